@@ -1,0 +1,359 @@
+"""Encoder throughput: the seeds' naive path against the optimized one, in one run on one machine.
+
+Slow configurations (one text per forward pass) run on an evenly spaced sample of ``naive_sample``
+texts so the bench stays short; batched ones run on every text. The report says which is which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import platform
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from encoders.batcher import MicroBatcher
+from encoders.config import EncoderConfig
+from encoders.model import (
+    TextEncoder,
+    check_texts,
+    cpu_bf16_supported,
+    dtype_name,
+    load_encoder,
+    pick_device,
+    pick_dtype,
+)
+
+T = TypeVar("T")
+
+TARGET_VS_NAIVE = 8.0
+TARGET_VS_ONE_AT_A_TIME = 2.5
+TARGET_CPU_PER_S = 300.0
+TARGET_GPU_PER_S = 10_000.0
+GPU_BATCH = 256
+_WARMUP_TEXTS = 8
+
+
+def _sample(texts: list[str], n: int) -> list[str]:
+    """Evenly spaced, so the sample spans the same length mix as the whole list."""
+    if n >= len(texts):
+        return list(texts)
+    step = len(texts) / n
+    return [texts[int(i * step)] for i in range(n)]
+
+
+def _run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """asyncio.run, also when the caller is already inside a running loop (then on a thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(make())
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="encoder-bench")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
+
+
+def _time_one_at_a_time(
+    encoder: TextEncoder, texts: list[str], pad: bool
+) -> tuple[float, np.ndarray]:
+    for text in texts[:_WARMUP_TEXTS]:
+        encoder.encode([text], batch_size=1, pad_to_max_length=pad)
+    rows = []
+    start = time.perf_counter()
+    for text in texts:
+        rows.append(encoder.encode([text], batch_size=1, pad_to_max_length=pad)[0])
+    return time.perf_counter() - start, np.stack(rows)
+
+
+def _time_batched(encoder: TextEncoder, texts: list[str], batch: int) -> tuple[float, np.ndarray]:
+    encoder.encode(texts[: batch * 2], batch_size=batch)
+    start = time.perf_counter()
+    vectors = encoder.encode(texts, batch_size=batch)
+    return time.perf_counter() - start, vectors
+
+
+def _time_micro_batched(
+    encoder: TextEncoder, texts: list[str], config: EncoderConfig
+) -> tuple[float, tuple[np.ndarray, int]]:
+    """Every text is its own concurrent caller, as when a burst of item events arrives."""
+
+    async def main() -> tuple[float, tuple[np.ndarray, int]]:
+        batcher = MicroBatcher(
+            encoder,
+            max_batch=config.batch_size,
+            max_wait_ms=config.max_wait_ms,
+            queue_size=config.queue_size,
+        )
+        async with batcher:
+            await asyncio.gather(*(batcher.encode([t]) for t in texts[: config.batch_size]))
+            before = batcher.batches
+            start = time.perf_counter()
+            rows = await asyncio.gather(*(batcher.encode([t]) for t in texts))
+            seconds = time.perf_counter() - start
+            return seconds, (np.concatenate(rows), batcher.batches - before)
+
+    return _run_async(main)
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+def _bench_one(
+    encoder: TextEncoder,
+    all_texts: list[str],
+    sample: list[str],
+    config: EncoderConfig,
+    repeats: int,
+    say: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]:
+    """Every mode on one loaded encoder; returns rows, batched vectors and agreement checks."""
+    rows: list[dict[str, Any]] = []
+
+    def measure(
+        mode: str, texts: list[str], batch: int, padded: bool, run: Callable[[], tuple[float, Any]]
+    ) -> Any:
+        # Median of repeats: a 2-core machine shared with other work has noisy single runs.
+        say(f"{encoder.device}/{encoder.dtype} {mode} on {len(texts)} texts x{repeats}")
+        timings: list[float] = []
+        result: Any = None
+        for _ in range(repeats):
+            seconds, result = run()
+            timings.append(seconds)
+        rates = sorted(len(texts) / t for t in timings)
+        row = {
+            "device": encoder.device,
+            "dtype": encoder.dtype,
+            "mode": mode,
+            "texts": len(texts),
+            "batch_size": batch,
+            "padded_to_max_length": padded,
+            "repeats": repeats,
+            "seconds": round(float(np.median(timings)), 4),
+            "per_s": round(float(np.median(rates)), 1),
+            "per_s_min": round(rates[0], 1),
+            "per_s_max": round(rates[-1], 1),
+        }
+        rows.append(row)
+        say(f"  {row['per_s']}/s (min {row['per_s_min']}, max {row['per_s_max']})")
+        return result
+
+    singles = {
+        pad: measure(
+            "one_at_a_time_padded" if pad else "one_at_a_time",
+            sample,
+            1,
+            pad,
+            lambda pad=pad: _time_one_at_a_time(encoder, sample, pad),  # type: ignore[misc]
+        )
+        for pad in (True, False)
+    }
+    vectors = measure(
+        "batched",
+        all_texts,
+        config.batch_size,
+        False,
+        lambda: _time_batched(encoder, all_texts, config.batch_size),
+    )
+    if encoder.device == "cuda" and config.batch_size != GPU_BATCH:
+        measure(
+            "batched",
+            all_texts,
+            GPU_BATCH,
+            False,
+            lambda: _time_batched(encoder, all_texts, GPU_BATCH),
+        )
+    micro, passes = measure(
+        "micro_batched",
+        all_texts,
+        config.batch_size,
+        False,
+        lambda: _time_micro_batched(encoder, all_texts, config),
+    )
+    rows[-1]["forward_passes"] = passes
+    # A text alone and inside a batch of mixed lengths must embed the same.
+    index = {text: i for i, text in enumerate(all_texts)}
+    in_batch = vectors[[index[t] for t in sample]]
+    check: dict[str, Any] = {
+        "device": encoder.device,
+        "dtype": encoder.dtype,
+        "alone_vs_batched_min_cosine": round(_min_cosine(singles[False], in_batch), 6),
+        "padded_vs_batched_min_cosine": round(_min_cosine(singles[True], in_batch), 6),
+        "micro_vs_batched_min_cosine": round(_min_cosine(micro, vectors), 6),
+    }
+    return rows, vectors, check
+
+
+def run_encoder_bench(
+    texts: Sequence[str],
+    config: EncoderConfig,
+    *,
+    naive_sample: int = 200,
+    progress: Callable[[str], None] | None = None,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """Sentences/s for each mode on each available device and precision, plus the target ratios.
+
+    Modes: ``one_at_a_time_padded`` (batch 1, padded to max_length; at float32 this is the seeds'
+    naive path), ``one_at_a_time`` (batch 1, own length), ``batched`` (length-sorted, one call),
+    ``micro_batched`` (through MicroBatcher, one concurrent caller per text: the streaming path).
+    """
+    all_texts = check_texts(texts)
+    if not all_texts:
+        raise ValueError("run_encoder_bench needs at least one text")
+    sample = _sample(all_texts, max(1, naive_sample))
+    say = progress or (lambda _msg: None)
+
+    devices = ["cpu", "cuda"] if config.device == "auto" and torch.cuda.is_available() else []
+    devices = devices or [pick_device(config.device)]
+    results: list[dict[str, Any]] = []
+    cosines: list[dict[str, Any]] = []
+    optimized_by_device: dict[str, str] = {}
+    encoder: TextEncoder | None = None
+    for device in devices:
+        wanted = pick_dtype(device, config.dtype)
+        dtypes = ["float32"] if wanted == torch.float32 else ["float32", dtype_name(wanted)]
+        reference: np.ndarray | None = None
+        for dtype in dtypes:
+            say(f"loading {device}/{dtype}")
+            encoder = load_encoder(dataclasses.replace(config, device=device, dtype=dtype))
+            # The load may fall back to float32 when reduced precision fails its check.
+            optimized_by_device[device] = encoder.dtype
+            rows, vectors, check = _bench_one(encoder, all_texts, sample, config, repeats, say)
+            results.extend(rows)
+            if reference is None:
+                reference = vectors
+            else:
+                check["vs_float32_min_cosine"] = round(_min_cosine(vectors, reference), 6)
+                check["vs_float32_mean_cosine"] = round(
+                    float(np.mean(np.sum(vectors * reference, axis=1))), 6
+                )
+            cosines.append(check)
+
+    assert encoder is not None
+    lengths = [len(ids) for ids in encoder.token_ids(all_texts)]
+
+    def find(device: str, dtype: str, mode: str) -> dict[str, Any]:
+        for row in results:
+            if (row["device"], row["dtype"], row["mode"]) == (device, dtype, mode):
+                return row
+        raise KeyError((device, dtype, mode))
+
+    ratios = []
+    for device, dtype in optimized_by_device.items():
+        optimized = find(device, dtype, "micro_batched")
+        naive = find(device, "float32", "one_at_a_time_padded")
+        single = find(device, dtype, "one_at_a_time")
+        single_padded = find(device, dtype, "one_at_a_time_padded")
+        target_per_s = TARGET_GPU_PER_S if device == "cuda" else TARGET_CPU_PER_S
+        best = max(
+            row["per_s"]
+            for row in results
+            if row["device"] == device and row["dtype"] == dtype and row["texts"] > 0
+        )
+        vs_naive = optimized["per_s"] / naive["per_s"]
+        vs_single = optimized["per_s"] / single["per_s"]
+        ratios.append(
+            {
+                "device": device,
+                "optimized": f"{dtype} micro_batched",
+                "optimized_per_s": optimized["per_s"],
+                "naive_per_s": naive["per_s"],
+                "optimized_vs_naive": round(vs_naive, 2),
+                "optimized_vs_one_at_a_time": round(vs_single, 2),
+                "optimized_vs_one_at_a_time_padded": round(
+                    optimized["per_s"] / single_padded["per_s"], 2
+                ),
+                "targets": {
+                    "optimized_vs_naive": TARGET_VS_NAIVE,
+                    "optimized_vs_one_at_a_time": TARGET_VS_ONE_AT_A_TIME,
+                    "per_s": target_per_s,
+                },
+                "met": {
+                    "optimized_vs_naive": vs_naive >= TARGET_VS_NAIVE,
+                    "optimized_vs_one_at_a_time": vs_single >= TARGET_VS_ONE_AT_A_TIME,
+                    "per_s": (best if device == "cuda" else optimized["per_s"]) >= target_per_s,
+                },
+            }
+        )
+
+    return {
+        "model": encoder.name,
+        "dim": encoder.dim,
+        "max_length": encoder.max_length,
+        "batch_size": config.batch_size,
+        "max_wait_ms": config.max_wait_ms,
+        "texts": len(all_texts),
+        "naive_sample": len(sample),
+        "tokens_mean": round(float(np.mean(lengths)), 1),
+        "tokens_max": int(max(lengths)),
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16": cpu_bf16_supported(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "results": results,
+        "agreement": cosines,
+        "ratios": ratios,
+    }
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    """A plain table for the terminal and the README."""
+    env = report["environment"]
+    lines = [
+        f"encoder bench: {report['model']} ({report['dim']}-d), max_length {report['max_length']},"
+        f" torch {env['torch']}, {env['threads']} threads, CPU {env['cpu_capability']}"
+        f" (bf16 {'yes' if env['cpu_bf16'] else 'no'})"
+        + (f", GPU {env['cuda']}" if env["cuda"] else ""),
+        f"texts: {report['texts']} (mean {report['tokens_mean']} tokens, max"
+        f" {report['tokens_max']}); one-at-a-time modes on an evenly spaced sample of"
+        f" {report['naive_sample']}",
+        "",
+        f"{'device':<7}{'dtype':<10}{'mode':<22}{'texts':>6}{'batch':>7}{'padded':>8}"
+        f"{'seconds':>9}{'texts/s':>10}",
+    ]
+    for row in report["results"]:
+        lines.append(
+            f"{row['device']:<7}{row['dtype']:<10}{row['mode']:<22}{row['texts']:>6}"
+            f"{row['batch_size']:>7}{'yes' if row['padded_to_max_length'] else 'no':>8}"
+            f"{row['seconds']:>9.2f}{row['per_s']:>10.1f}"
+        )
+    lines.append("")
+    for check in report["agreement"]:
+        parts = [f"{k}={v}" for k, v in check.items() if k not in ("device", "dtype")]
+        lines.append(f"agreement {check['device']}/{check['dtype']}: " + ", ".join(parts))
+    for r in report["ratios"]:
+        t, met = r["targets"], r["met"]
+        lines.append(
+            f"{r['device']}: optimized = {r['optimized']} at {r['optimized_per_s']:.1f}/s; "
+            f"vs naive (float32, batch 1, padded) {r['optimized_vs_naive']:.2f}x "
+            f"[target {t['optimized_vs_naive']}x: "
+            f"{'met' if met['optimized_vs_naive'] else 'MISSED'}]"
+            f"; vs one-at-a-time same precision {r['optimized_vs_one_at_a_time']:.2f}x "
+            f"[target {t['optimized_vs_one_at_a_time']}x: "
+            f"{'met' if met['optimized_vs_one_at_a_time'] else 'MISSED'}]"
+            f" (vs padded one-at-a-time {r['optimized_vs_one_at_a_time_padded']:.2f}x); "
+            f"throughput target {t['per_s']:.0f}/s: {'met' if met['per_s'] else 'MISSED'}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Kafka client configuration and topic administration (confluent-kafka).
+
+Every Kafka client the project creates takes its security options from :func:`client_config`,
+so SASL/SSL settings reach all of them the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def client_config(settings: Settings, bootstrap: str, **extra: Any) -> dict[str, Any]:
+    """librdkafka configuration for ``bootstrap`` with the configured security options."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        conf["sasl.username"] = settings.kafka_sasl_username
+        conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_security_protocol.endswith("SSL"):
+        if settings.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = settings.kafka_ssl_cafile
+        if settings.kafka_ssl_certfile:
+            conf["ssl.certificate.location"] = settings.kafka_ssl_certfile
+        if settings.kafka_ssl_keyfile:
+            conf["ssl.key.location"] = settings.kafka_ssl_keyfile
+    conf.update(extra)
+    return conf
+
+
+class TopicAdminError(RuntimeError):
+    """A topic could not be created or the cluster could not be reached."""
+
+
+def ensure_topics(settings: Settings, bootstrap: str, *, timeout_s: float = 15.0) -> dict[str, int]:
+    """Create every coldstream topic with its partition count; existing topics are fine.
+
+    Returns topic → partition count as the cluster reports it. Nothing relies on broker-side
+    auto-creation (the embedded broker acknowledges and loses produces to unknown topics).
+    """
+    admin = AdminClient(client_config(settings, bootstrap))
+    wanted = settings.topic_partitions()
+    existing = _list(admin, timeout_s)
+    missing = [
+        NewTopic(name, num_partitions=parts, replication_factor=settings.topic_replication_factor)
+        for name, parts in wanted.items()
+        if name not in existing
+    ]
+    if missing:
+        futures = admin.create_topics(
+            missing, operation_timeout=timeout_s, request_timeout=timeout_s
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout_s)
+                log.info("created topic %s (%d partitions)", name, wanted[name])
+            except KafkaException as exc:
+                err = exc.args[0]
+                if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                raise TopicAdminError(f"cannot create topic {name!r}: {err}") from exc
+    existing = _list(admin, timeout_s)
+    for name, parts in wanted.items():
+        have = existing.get(name)
+        if have is None:
+            raise TopicAdminError(f"topic {name!r} is missing after creation")
+        if have != parts:
+            log.warning("topic %s has %d partitions, settings ask for %d", name, have, parts)
+    return {name: existing[name] for name in wanted}
+
+
+def list_topics(settings: Settings, bootstrap: str, *, timeout_s: float = 15.0) -> dict[str, int]:
+    """Topic → partition count for every topic on the cluster."""
+    return _list(AdminClient(client_config(settings, bootstrap)), timeout_s)
+
+
+def _list(admin: AdminClient, timeout_s: float) -> dict[str, int]:
+    try:
+        meta = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise TopicAdminError(f"cannot reach Kafka: {exc.args[0]}") from exc
+    return {
+        name: len(topic.partitions)
+        for name, topic in meta.topics.items()
+        if not name.startswith("__")
+    }

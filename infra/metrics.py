@@ -1,0 +1,156 @@
+"""Every Prometheus metric coldstream exports, in one place (names: ``coldstream_*``)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+log = logging.getLogger(__name__)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_FAST_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+EVENTS_CONSUMED = Counter(
+    "coldstream_events_consumed_total",
+    "Behavior events consumed, by event type ('invalid' when undecodable)",
+    ["type"],
+    registry=REGISTRY,
+)
+EVENTS_SKIPPED = Counter(
+    "coldstream_events_skipped_total",
+    "Events not applied, by reason (replayed offset, duplicate event id)",
+    ["reason"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "coldstream_dead_letters_total",
+    "Records sent to the dead-letter topic, by source topic and reason",
+    ["topic", "reason"],
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "coldstream_batch_size",
+    "Records per stream batch, by agent",
+    ["agent"],
+    buckets=_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "coldstream_batch_duration_seconds",
+    "Wall time to process one stream batch, by agent",
+    ["agent"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+ENCODER_BATCH_SIZE = Histogram(
+    "coldstream_encoder_batch_size",
+    "Texts per encoder forward pass",
+    buckets=_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
+ENCODER_SECONDS = Histogram(
+    "coldstream_encoder_batch_duration_seconds",
+    "Wall time of one encoder forward pass",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+STORE_SECONDS = Histogram(
+    "coldstream_store_operation_duration_seconds",
+    "Vector-store call latency, by operation",
+    ["operation"],
+    buckets=_FAST_BUCKETS,
+    registry=REGISTRY,
+)
+STORE_ERRORS = Counter(
+    "coldstream_store_errors_total",
+    "Vector-store calls that failed and were retried",
+    registry=REGISTRY,
+)
+PROFILE_UPDATES = Counter(
+    "coldstream_profile_updates_total",
+    "Events applied to user profiles",
+    registry=REGISTRY,
+)
+ITEMS_INDEXED = Counter(
+    "coldstream_items_indexed_total",
+    "Items encoded and upserted into the items collection",
+    registry=REGISTRY,
+)
+ITEMS_RETIRED = Counter(
+    "coldstream_items_retired_total",
+    "Items retired (active=false)",
+    registry=REGISTRY,
+)
+RECOMMENDATIONS = Counter(
+    "coldstream_recommendations_emitted_total",
+    "Recommendation events produced, by the source of their first item",
+    ["source"],
+    registry=REGISTRY,
+)
+EVENT_TO_REC_SECONDS = Histogram(
+    "coldstream_event_to_recommendation_seconds",
+    "Time from an event's arrival on its topic to its recommendation being sent",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RANKER_VERSION = Gauge(
+    "coldstream_ranker_info",
+    "The ranker in use (value 1 on the active version)",
+    ["version"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "coldstream_consumer_lag",
+    "Records behind the log end, by topic and partition",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+
+
+def set_ranker_version(version: str) -> None:
+    RANKER_VERSION.clear()
+    RANKER_VERSION.labels(version=version).set(1)
+
+
+def serve(host: str, port: int) -> int:
+    """Expose ``/metrics`` on ``host:port`` (0 = a free port); returns the bound port."""
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    bound = int(server.server_address[1])
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return bound
+
+
+def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:
+    """Read a ``/metrics`` page into ``{"name{label=value,...}": value}`` (samples summed)."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(url, timeout=timeout_s) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            key = f"{sample.name}{{{labels}}}" if labels else sample.name
+            out[key] = out.get(key, 0.0) + float(sample.value)
+    return out
+
+
+def total(samples: dict[str, float], name: str) -> float:
+    """Sum of every sample of ``name`` across its labels."""
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))

@@ -1,0 +1,213 @@
+"""The vector store on qdrant-client: local mode on a directory, or a Qdrant server by URL.
+
+Qdrant point ids must be integers or UUIDs, so a string id maps to a UUIDv5 and the original id
+is kept in the payload under ``_id``. All calls are batch calls (one round trip each).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from ranking.store import Hit, Query, StoredPoint, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_NAMESPACE = uuid.UUID("6f1c2a0e-4f7b-5b8e-9d1a-2c3b4d5e6f70")
+_ID_KEY = "_id"
+T = TypeVar("T")
+
+
+def point_uuid(item_id: str) -> str:
+    """Stable Qdrant id for a string id."""
+    return str(uuid.uuid5(_NAMESPACE, item_id))
+
+
+class QdrantStore:
+    """:class:`ranking.store.VectorStore` over qdrant-client.
+
+    ``path`` opens the embedded local mode (one process at a time holds the directory);
+    ``url`` talks to a server or cluster. Connection errors surface as ``StoreUnavailable``.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str = "",
+        path: Path | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        if url:
+            self._client = QdrantClient(url=url, api_key=api_key or None, timeout=int(timeout_s))
+            self.location = url
+        else:
+            if path is None:
+                raise ValueError("QdrantStore needs a url or a local path")
+            path.mkdir(parents=True, exist_ok=True)
+            self._client = QdrantClient(path=str(path))
+            self.location = str(path)
+        self._observe = observe
+        self._dims: dict[str, int] = {}
+
+    # -- protocol -----------------------------------------------------------------------
+    def ensure_collection(self, name: str, dim: int) -> None:
+        def run() -> None:
+            if self._client.collection_exists(name):
+                info = self._client.get_collection(name)
+                params = info.config.params.vectors
+                have = params.size if isinstance(params, models.VectorParams) else None
+                if have is not None and have != dim:
+                    raise ValueError(
+                        f"collection {name!r} has dimension {have}, the encoder gives {dim}: "
+                        "use another collection name or data dir for another model"
+                    )
+            else:
+                self._client.create_collection(
+                    name,
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                )
+                for field, schema in (
+                    ("active", models.PayloadSchemaType.BOOL),
+                    ("created_at", models.PayloadSchemaType.FLOAT),
+                ):
+                    self._client.create_payload_index(name, field, field_schema=schema)
+
+        self._call("ensure_collection", run)
+        self._dims[name] = dim
+
+    def upsert(self, collection: str, points: Sequence[StoredPoint]) -> None:
+        if not points:
+            return
+        structs = [
+            models.PointStruct(
+                id=point_uuid(p.id),
+                vector=_as_list(p.vector, self._dims.get(collection)),
+                payload={**p.payload, _ID_KEY: p.id},
+            )
+            for p in points
+        ]
+        self._call("upsert", lambda: self._client.upsert(collection, structs, wait=True))
+
+    def retrieve(
+        self, collection: str, ids: Sequence[str], *, with_vectors: bool = True
+    ) -> dict[str, StoredPoint]:
+        if not ids:
+            return {}
+        records = self._call(
+            "retrieve",
+            lambda: self._client.retrieve(
+                collection,
+                [point_uuid(i) for i in dict.fromkeys(ids)],
+                with_payload=True,
+                with_vectors=with_vectors,
+            ),
+        )
+        out: dict[str, StoredPoint] = {}
+        for rec in records:
+            payload = dict(rec.payload or {})
+            sid = str(payload.pop(_ID_KEY, rec.id))
+            out[sid] = StoredPoint(sid, _vector(rec.vector) if with_vectors else None, payload)
+        return out
+
+    def search(self, collection: str, queries: Sequence[Query]) -> list[list[Hit]]:
+        if not queries:
+            return []
+        requests = [
+            models.QueryRequest(
+                query=q.vector.astype(np.float32).tolist(),
+                filter=_filter(q),
+                limit=q.limit,
+                with_payload=True,
+                with_vector=q.with_vectors,
+            )
+            for q in queries
+        ]
+        responses = self._call(
+            "search", lambda: self._client.query_batch_points(collection, requests)
+        )
+        results: list[list[Hit]] = []
+        for resp in responses:
+            hits = []
+            for sp in resp.points:
+                payload = dict(sp.payload or {})
+                sid = str(payload.pop(_ID_KEY, sp.id))
+                vec = _vector(sp.vector) if sp.vector is not None else None
+                hits.append(Hit(sid, float(sp.score), payload, vec))
+            results.append(hits)
+        return results
+
+    def set_payload(self, collection: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
+        if not ids:
+            return
+        self._call(
+            "set_payload",
+            lambda: self._client.set_payload(
+                collection, dict(payload), points=[point_uuid(i) for i in ids], wait=True
+            ),
+        )
+
+    def count(self, collection: str) -> int:
+        return int(self._call("count", lambda: self._client.count(collection, exact=True).count))
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # pragma: no cover - closing must never raise
+            log.debug("closing qdrant client failed", exc_info=True)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        import time
+
+        start = time.perf_counter()
+        try:
+            return fn()
+        except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
+            raise StoreUnavailable(f"vector store {self.location} unavailable: {exc}") from exc
+        except UnexpectedResponse as exc:
+            if exc.status_code is not None and exc.status_code >= 500:
+                raise StoreUnavailable(f"vector store {self.location}: {exc}") from exc
+            raise
+        finally:
+            if self._observe is not None:
+                self._observe(operation, time.perf_counter() - start)
+
+
+def _filter(q: Query) -> models.Filter | None:
+    must: list[models.Condition] = [
+        models.FieldCondition(key=key, match=models.MatchValue(value=value))
+        for key, value in q.where.items()
+    ]
+    if q.created_after is not None:
+        must.append(models.FieldCondition(key="created_at", range=models.Range(gt=q.created_after)))
+    must_not: list[models.Condition] = []
+    if q.exclude_ids:
+        must_not.append(models.HasIdCondition(has_id=[point_uuid(i) for i in q.exclude_ids]))
+    if not must and not must_not:
+        return None
+    return models.Filter(must=must or None, must_not=must_not or None)
+
+
+def _as_list(vector: np.ndarray | None, dim: int | None) -> list[float]:
+    if vector is None:
+        if dim is None:
+            raise ValueError("a point without a vector needs a known collection dimension")
+        return [1.0] + [0.0] * (dim - 1)  # cosine cannot normalize a zero vector
+    return np.asarray(vector, dtype=np.float32).tolist()
+
+
+def _vector(raw: Any) -> np.ndarray | None:
+    if raw is None:
+        return None
+    if isinstance(raw, dict):  # named vectors: take the default one
+        raw = raw.get("", next(iter(raw.values()), None))
+    return None if raw is None else np.asarray(raw, dtype=np.float32)

@@ -1,0 +1,184 @@
+"""The one settings object: every knob is an env var with the ``COLDSTREAM_`` prefix.
+
+Empty ``kafka_bootstrap`` means "start the embedded broker"; empty ``qdrant_url`` means
+"embedded store under ``data_dir``". Everything else has a default that runs on a laptop.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EventType = Literal[
+    "view", "click", "add_to_cart", "purchase", "rate", "search", "review", "profile"
+]
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "coldstream"
+
+
+class Settings(BaseSettings):
+    """Effective configuration of every coldstream process (worker, CLI, demo, bench, eval)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COLDSTREAM_", env_file=None, extra="ignore", validate_default=True
+    )
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("", description="host:port list; empty = embedded broker")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    kafka_session_timeout_s: float | None = Field(
+        None, description="consumer-group session timeout; default 6 s embedded, 30 s otherwise"
+    )
+    kafka_consumer_group: str = "coldstream"
+    embedded_broker_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
+    embedded_broker_start_timeout_s: float = 20.0
+
+    # --- Topics --------------------------------------------------------------------------
+    topic_events: str = "events"
+    topic_items: str = "items"
+    topic_recommendations: str = "recommendations"
+    topic_dead_letter: str = "dead-letter"
+    partitions_events: int = Field(4, ge=1)
+    partitions_items: int = Field(2, ge=1)
+    partitions_recommendations: int = Field(4, ge=1)
+    partitions_dead_letter: int = Field(1, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+
+    # --- Vector store --------------------------------------------------------------------
+    qdrant_url: str = Field("", description="Qdrant server URL; empty = embedded store")
+    qdrant_api_key: SecretStr = SecretStr("")
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    items_collection: str = "items"
+    users_collection: str = "users"
+    state_collection: str = "coldstream_state"
+
+    # --- Encoder -------------------------------------------------------------------------
+    encoder_model_path: str = Field(
+        "", description="local Hugging Face model directory; empty = packaged all-MiniLM-L6-v2"
+    )
+    encoder_device: Literal["auto", "cpu", "cuda"] = "auto"
+    encoder_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    encoder_max_length: int = Field(128, ge=8, le=512)
+    encoder_batch_size: int = Field(64, ge=1)
+    encoder_max_wait_ms: float = Field(2.0, ge=0)
+    encoder_queue_size: int = Field(4096, ge=1)
+    encoder_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")
+
+    # --- Stream batching -----------------------------------------------------------------
+    batch_max_events: int = Field(512, ge=1)
+    batch_within_s: float = Field(0.02, gt=0)
+    item_batch_max: int = Field(256, ge=1)
+    item_batch_within_s: float = Field(0.05, gt=0)
+
+    # --- Input limits --------------------------------------------------------------------
+    max_payload_bytes: int = Field(64 * 1024, ge=256)
+    max_text_chars: int = Field(4096, ge=1)
+    max_tags: int = Field(64, ge=0)
+    max_id_chars: int = Field(256, ge=1)
+
+    # --- Profiles ------------------------------------------------------------------------
+    weight_view: float = 1.0
+    weight_click: float = 1.5
+    weight_add_to_cart: float = 2.5
+    weight_purchase: float = 4.0
+    weight_rate: float = 2.0
+    weight_search: float = 1.5
+    weight_review: float = 2.0
+    weight_profile: float = 3.0
+    profile_half_life_hours: float = Field(72.0, gt=0)
+    profile_recent_items: int = Field(20, ge=1)
+    profile_seen_max: int = Field(2000, ge=1)
+
+    # --- Recommendations ----------------------------------------------------------------
+    recs_count: int = Field(10, ge=1)
+    recall_top_n: int = Field(100, ge=1)
+    mmr_lambda: float = Field(0.8, ge=0, le=1)
+    popularity_weight: float = Field(0.3, ge=0)
+    cold_item_slots: int = Field(2, ge=0)
+    cold_item_max_age_hours: float = Field(72.0, gt=0)
+    trending_half_life_hours: float = Field(24.0, gt=0)
+    trending_persist_every_s: float = Field(10.0, gt=0)
+
+    # --- Worker / metrics ----------------------------------------------------------------
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    web_enabled: bool = False
+    web_port: int = Field(6066, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap.strip()
+
+    @property
+    def embedded_qdrant(self) -> bool:
+        return not self.qdrant_url.strip()
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def effective_session_timeout_s(self) -> float:
+        if self.kafka_session_timeout_s is not None:
+            return self.kafka_session_timeout_s
+        return 6.0 if self.embedded_kafka else 30.0
+
+    def event_weights(self) -> dict[str, float]:
+        """Weight of each behavior type in the profile update rule."""
+        return {
+            "view": self.weight_view,
+            "click": self.weight_click,
+            "add_to_cart": self.weight_add_to_cart,
+            "purchase": self.weight_purchase,
+            "rate": self.weight_rate,
+            "search": self.weight_search,
+            "review": self.weight_review,
+            "profile": self.weight_profile,
+        }
+
+    def topic_partitions(self) -> dict[str, int]:
+        return {
+            self.topic_events: self.partitions_events,
+            self.topic_items: self.partitions_items,
+            self.topic_recommendations: self.partitions_recommendations,
+            self.topic_dead_letter: self.partitions_dead_letter,
+        }
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as plain data with every secret replaced by ``'***'`` (or '' when unset)."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out[name] = "***" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings read once from the environment."""
+    return Settings()

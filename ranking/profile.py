@@ -1,0 +1,162 @@
+"""Cold-start user profiles, updated one event at a time with no retraining.
+
+The whole update rule is :func:`apply_signal`:  ``u ← normalize(decay(Δt)·u + w(type)·v)``, where
+``v`` is the item's vector or the vector of the user's own text (search, review, onboarding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Rating scale of ``rate`` events: a 5 counts fully, a 1 a fifth (still a positive signal: the
+# user chose to watch/buy it; explicit dislikes are a ranking feature, not a profile direction).
+RATING_SCALE = 5.0
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    weights: Mapping[str, float]
+    half_life_s: float
+    recent_max: int = 20
+    seen_max: int = 2000
+    texts_max: int = 3
+    event_ids_max: int = 64
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What one behavior event contributes: a direction (``vector``) and bookkeeping."""
+
+    event_id: str
+    event_type: str
+    ts: float
+    vector: np.ndarray | None
+    item_id: str | None = None
+    category: str | None = None
+    rating: float | None = None
+    text: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass
+class Profile:
+    user_id: str
+    vector: np.ndarray | None = None
+    event_count: int = 0
+    last_ts: float | None = None
+    recent_items: list[str] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    categories: dict[str, float] = field(default_factory=dict)
+    texts: list[dict[str, Any]] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+    event_ids: list[str] = field(default_factory=list)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "event_count": self.event_count,
+            "last_ts": self.last_ts,
+            "recent_items": self.recent_items,
+            "seen": self.seen,
+            "categories": self.categories,
+            "texts": self.texts,
+            "offsets": self.offsets,
+            "event_ids": self.event_ids,
+            "has_vector": self.vector is not None,
+        }
+
+    @classmethod
+    def from_payload(
+        cls, user_id: str, vector: np.ndarray | None, payload: Mapping[str, Any]
+    ) -> Profile:
+        return cls(
+            user_id=user_id,
+            vector=vector if payload.get("has_vector", vector is not None) else None,
+            event_count=int(payload.get("event_count", 0)),
+            last_ts=payload.get("last_ts"),
+            recent_items=list(payload.get("recent_items", [])),
+            seen=list(payload.get("seen", [])),
+            categories={str(k): float(v) for k, v in payload.get("categories", {}).items()},
+            texts=list(payload.get("texts", [])),
+            offsets={str(k): int(v) for k, v in payload.get("offsets", {}).items()},
+            event_ids=list(payload.get("event_ids", [])),
+        )
+
+    def already_applied(self, event_id: str, partition: int | None, offset: int | None) -> bool:
+        """True for a replay (offset at or below the last applied one) or a duplicate event id."""
+        if partition is not None and offset is not None:
+            last = self.offsets.get(str(partition))
+            if last is not None and offset <= last:
+                return True
+        return event_id in self.event_ids
+
+
+def decay(dt_s: float, half_life_s: float) -> float:
+    """Weight left after ``dt_s`` seconds; events out of order (dt < 0) do not amplify."""
+    return math.pow(0.5, max(dt_s, 0.0) / half_life_s)
+
+
+def event_weight(cfg: ProfileConfig, event_type: str, rating: float | None) -> float:
+    weight = float(cfg.weights.get(event_type, 0.0))
+    if event_type == "rate" and rating is not None:
+        weight *= max(min(rating, RATING_SCALE), 0.0) / RATING_SCALE
+    return weight
+
+
+def normalize(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
+def apply_signal(profile: Profile, signal: Signal, cfg: ProfileConfig) -> None:
+    """Fold one event into ``profile`` in place (the incremental profile update rule)."""
+    dt = 0.0 if profile.last_ts is None else signal.ts - profile.last_ts
+    keep = decay(dt, cfg.half_life_s)
+    weight = event_weight(cfg, signal.event_type, signal.rating)
+    if signal.vector is not None and weight > 0:
+        v = np.asarray(signal.vector, dtype=np.float32)
+        if profile.vector is None:
+            profile.vector = normalize(v.copy())
+        else:
+            profile.vector = normalize(keep * profile.vector + weight * v).astype(np.float32)
+    if signal.category:
+        for key in profile.categories:
+            profile.categories[key] *= keep
+        profile.categories[signal.category] = profile.categories.get(signal.category, 0.0) + max(
+            weight, 0.0
+        )
+    if signal.item_id is not None:
+        _push_unique(profile.recent_items, signal.item_id, cfg.recent_max)
+        _push_unique(profile.seen, signal.item_id, cfg.seen_max)
+    if signal.text and signal.vector is not None:
+        profile.texts.append(
+            {
+                "type": signal.event_type,
+                "text": signal.text[:200],
+                "vector": _rounded(signal.vector),
+            }
+        )
+        del profile.texts[: -cfg.texts_max]
+    profile.event_count += 1
+    profile.last_ts = signal.ts if profile.last_ts is None else max(profile.last_ts, signal.ts)
+    if signal.partition is not None and signal.offset is not None:
+        key = str(signal.partition)
+        profile.offsets[key] = max(profile.offsets.get(key, -1), signal.offset)
+    profile.event_ids.append(signal.event_id)
+    del profile.event_ids[: -cfg.event_ids_max]
+
+
+def _push_unique(items: list[str], item: str, limit: int) -> None:
+    if item in items:
+        items.remove(item)
+    items.append(item)
+    del items[:-limit]
+
+
+def _rounded(vector: np.ndarray) -> list[float]:
+    return [round(float(x), 5) for x in vector]

@@ -1,0 +1,138 @@
+"""The cold-start split (DESIGN.md, "Evaluation protocol"), shared by baselines and the full system.
+
+- Cold items: a random `cold_items_frac` of the items that have interactions. They are removed from
+  ALL training data and exist only as catalog items that arrive as item events.
+- Test users: a random `test_users_frac` of users; none of their interactions are training data.
+- `reveal(k)`: each test user's first k interactions (time order, ties by file order) are replayed
+  as events, and the distinct items of all later interactions are the targets.
+
+Revealed interactions are the first k whatever they are, cold items included: a cold item a user
+touches early is a legitimate signal (the item event has arrived by then), and filtering would make
+the reveal depend on the cold draw. Items already revealed are removed from the targets, because
+every recommender excludes seen items and could never hit them. Text-only events (search,
+profile; item_id None) count toward k and are revealed, but never become targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from ranking.datasets import Dataset
+
+__all__ = ["Interaction", "Split", "make_split"]
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One revealed event, in the fields the `events` contract carries."""
+
+    user_id: str
+    item_id: str | None
+    ts: float
+    type: str
+    rating: float | None
+    text: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """A deterministic cold-start split. `train` keeps the dataset's (ts, file order) sort."""
+
+    dataset: Dataset
+    seed: int
+    cold_items: frozenset[str]
+    test_users: tuple[str, ...]
+    train: pd.DataFrame
+    test: pd.DataFrame = field(repr=False)
+
+    @cached_property
+    def catalog(self) -> tuple[str, ...]:
+        """Every item id, cold ones included, in dataset order."""
+        return tuple(it.item_id for it in self.dataset.items)
+
+    @cached_property
+    def warm_items(self) -> frozenset[str]:
+        """Catalog items that are not cold: the ones a system may know before evaluation."""
+        return frozenset(self.catalog) - self.cold_items
+
+    @cached_property
+    def _test_groups(self) -> dict[str, pd.DataFrame]:
+        return {str(u): g for u, g in self.test.groupby("user_id", sort=False)}
+
+    def reveal(self, k: int) -> tuple[dict[str, list[Interaction]], dict[str, set[str]]]:
+        """First k interactions per test user as events; the rest are targets.
+
+        Users whose targets are empty after the reveal (k or fewer interactions, or only repeats
+        of revealed items) are dropped from both dicts, so every returned user is scorable.
+        """
+        if k < 0:
+            raise ValueError("k must be >= 0")
+        revealed: dict[str, list[Interaction]] = {}
+        targets: dict[str, set[str]] = {}
+        for user in self.test_users:
+            g = self._test_groups.get(user)
+            if g is None:
+                continue
+            head, tail = g.iloc[:k], g.iloc[k:]
+            seen = {str(i) for i in head["item_id"] if pd.notna(i)}
+            tgt = {str(i) for i in tail["item_id"] if pd.notna(i)} - seen
+            if not tgt:
+                continue
+            revealed[user] = [
+                Interaction(
+                    user_id=user,
+                    item_id=str(r.item_id) if pd.notna(r.item_id) else None,
+                    ts=float(r.ts),
+                    type=str(r.type),
+                    rating=None if pd.isna(r.rating) else float(r.rating),
+                    text=str(r.text) if pd.notna(r.text) else None,
+                )
+                for r in head.itertuples(index=False)
+            ]
+            targets[user] = tgt
+        return revealed, targets
+
+
+def _draw(ids: list[str], frac: float, rng: np.random.Generator) -> list[str]:
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {frac}")
+    n = round(frac * len(ids))
+    if n == 0:
+        return []
+    idx = rng.choice(len(ids), size=n, replace=False)
+    return [ids[i] for i in sorted(idx)]
+
+
+def make_split(
+    dataset: Dataset,
+    *,
+    test_users_frac: float = 0.2,
+    cold_items_frac: float = 0.1,
+    seed: int = 0,
+) -> Split:
+    """Draw cold items and test users from sorted ids, so the split depends on the seed alone."""
+    df = dataset.interactions
+    with_items = df["item_id"].notna()
+    interacted = sorted({str(i) for i in df.loc[with_items, "item_id"]})
+    users = sorted({str(u) for u in df["user_id"]})
+    # Independent streams: changing one fraction does not reshuffle the other draw.
+    item_rng, user_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    cold = frozenset(_draw(interacted, cold_items_frac, item_rng))
+    test_users = tuple(_draw(users, test_users_frac, user_rng))
+
+    is_test = df["user_id"].isin(set(test_users))
+    is_cold = df["item_id"].isin(cold)
+    train = df.loc[~is_test & ~is_cold].reset_index(drop=True)
+    test = df.loc[is_test].reset_index(drop=True)
+    return Split(
+        dataset=dataset,
+        seed=seed,
+        cold_items=cold,
+        test_users=test_users,
+        train=train,
+        test=test,
+    )

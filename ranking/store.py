@@ -1,0 +1,71 @@
+"""The vector-store seam: what ranking needs from a store, without knowing it is Qdrant.
+
+Implementations live in ``infra/`` (qdrant-client local mode or server). Every call is a batch
+call: one pass over a stream batch does one read, one write and one query per collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class StoredPoint:
+    """One record of a collection: its string id, vector (or None) and JSON payload."""
+
+    id: str
+    vector: np.ndarray | None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: Mapping[str, Any]
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    """One nearest-neighbour query: cosine top ``limit`` excluding ``exclude_ids``.
+
+    ``where`` holds exact payload matches (e.g. ``{"active": True}``); ``created_after``
+    restricts to points whose payload ``created_at`` (epoch seconds) is newer.
+    """
+
+    vector: np.ndarray
+    limit: int
+    exclude_ids: Sequence[str] = ()
+    where: Mapping[str, Any] = field(default_factory=dict)
+    created_after: float | None = None
+    with_vectors: bool = False
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not be reached; the caller retries the whole batch later."""
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    def ensure_collection(self, name: str, dim: int) -> None: ...
+
+    def upsert(self, collection: str, points: Sequence[StoredPoint]) -> None: ...
+
+    def retrieve(
+        self, collection: str, ids: Sequence[str], *, with_vectors: bool = True
+    ) -> dict[str, StoredPoint]: ...
+
+    def search(self, collection: str, queries: Sequence[Query]) -> list[list[Hit]]: ...
+
+    def set_payload(
+        self, collection: str, ids: Sequence[str], payload: Mapping[str, Any]
+    ) -> None: ...
+
+    def count(self, collection: str) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,77 @@
+"""Trending items: interaction counts with exponential time decay, in event time.
+
+Kept per input partition so that ownership follows the consumer group: a worker that takes a
+partition over loads that partition's counts from the store and goes on counting.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+class TrendingCounter:
+    """Decayed counts ``c_i(t) = Σ w·0.5^((t - t_event)/half_life)``, stored at a reference time."""
+
+    def __init__(self, half_life_s: float, max_items: int = 50_000) -> None:
+        self.half_life_s = half_life_s
+        self.max_items = max_items
+        self.ref_ts: float | None = None
+        self.scores: dict[str, float] = {}
+
+    def add(self, item_id: str, ts: float, weight: float = 1.0) -> None:
+        self._advance(ts)
+        # an event older than the reference time counts less, by the same law
+        assert self.ref_ts is not None
+        factor = math.pow(0.5, max(self.ref_ts - ts, 0.0) / self.half_life_s)
+        self.scores[item_id] = self.scores.get(item_id, 0.0) + weight * factor
+        if len(self.scores) > self.max_items * 1.2:
+            self._prune()
+
+    def _advance(self, ts: float) -> None:
+        if self.ref_ts is None:
+            self.ref_ts = ts
+            return
+        if ts <= self.ref_ts:
+            return
+        factor = math.pow(0.5, (ts - self.ref_ts) / self.half_life_s)
+        if factor < 0.999:
+            for key in self.scores:
+                self.scores[key] *= factor
+            self.ref_ts = ts
+
+    def _prune(self) -> None:
+        keep = heapq.nlargest(self.max_items, self.scores.items(), key=lambda kv: kv[1])
+        self.scores = dict(keep)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"ref_ts": self.ref_ts, "scores": self.scores}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], half_life_s: float) -> TrendingCounter:
+        counter = cls(half_life_s)
+        counter.ref_ts = payload.get("ref_ts")
+        counter.scores = {str(k): float(v) for k, v in payload.get("scores", {}).items()}
+        return counter
+
+
+def merged_scores(counters: Iterable[TrendingCounter], at_ts: float | None) -> dict[str, float]:
+    """Scores of several partitions' counters brought to one time and summed."""
+    total: dict[str, float] = {}
+    for counter in counters:
+        if counter.ref_ts is None:
+            continue
+        factor = 1.0
+        if at_ts is not None and at_ts > counter.ref_ts:
+            factor = math.pow(0.5, (at_ts - counter.ref_ts) / counter.half_life_s)
+        for item, score in counter.scores.items():
+            total[item] = total.get(item, 0.0) + score * factor
+    return total
+
+
+def top_items(scores: Mapping[str, float], n: int, exclude: Iterable[str] = ()) -> list[str]:
+    excluded = set(exclude)
+    ranked = heapq.nlargest(n + len(excluded), scores.items(), key=lambda kv: kv[1])
+    return [item for item, _ in ranked if item not in excluded][:n]

@@ -1,0 +1,79 @@
+"""The Faust application and its topics: the only place that configures Faust.
+
+Faust keeps no state here (``memory://`` store, no tables): profiles and trending counts live in
+the vector store, so a restarted or rebalanced worker loses nothing (DESIGN.md, "State").
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import faust
+from faust.types import TopicT
+
+from infra.settings import Settings
+
+
+@dataclass(frozen=True)
+class Topics:
+    events: TopicT
+    items: TopicT
+    recommendations: TopicT
+    dead_letter: TopicT
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust (aiokafka) credentials from the same settings every other Kafka client uses."""
+    protocol = settings.kafka_security_protocol
+    context: ssl.SSLContext | None = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(
+                settings.kafka_ssl_certfile, keyfile=settings.kafka_ssl_keyfile or None
+            )
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Topics]:
+    session_timeout = settings.effective_session_timeout_s
+    app = faust.App(
+        settings.kafka_consumer_group,
+        broker=[f"kafka://{host}" for host in bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        web_enabled=settings.web_enabled,
+        web_bind="127.0.0.1",
+        web_port=settings.web_port,
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=max(session_timeout / 6.0, 0.5),
+        consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+        topic_allow_declare=False,  # the project creates topics itself (infra.kafka)
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_linger=0.001,
+        stream_wait_empty=False,
+    )
+
+    def topic(name: str) -> TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, allow_empty=True)
+
+    topics = Topics(
+        events=topic(settings.topic_events),
+        items=topic(settings.topic_items),
+        recommendations=topic(settings.topic_recommendations),
+        dead_letter=topic(settings.topic_dead_letter),
+    )
+    return app, topics

@@ -1,0 +1,201 @@
+"""The ``coldstream`` command line: one sub-command per job, each a thin call into a module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from infra.settings import Settings, get_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(settings.masked(), indent=2, default=str))
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.schemas import json_schemas
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        path = out / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2) + "\n")
+        print(path)
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.broker import EmbeddedBroker
+    from infra.kafka import ensure_topics
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedBroker(args.port, start_timeout_s=settings.embedded_broker_start_timeout_s) as b:
+        if args.create_topics:
+            ensure_topics(settings, b.bootstrap)
+        print(f"embedded broker (Tansu) on {b.bootstrap}; Ctrl-C to stop", flush=True)
+        print(f"export COLDSTREAM_KAFKA_BOOTSTRAP={b.bootstrap}", flush=True)
+        while not stop.wait(0.5):
+            if not b.is_running():
+                print("broker exited unexpectedly", file=sys.stderr)
+                return 1
+    print("broker stopped")
+    return 0
+
+
+def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.kafka import ensure_topics, list_topics
+
+    if settings.embedded_kafka:
+        print("set COLDSTREAM_KAFKA_BOOTSTRAP (e.g. from `coldstream broker`)", file=sys.stderr)
+        return 2
+    topics = (
+        ensure_topics(settings, settings.kafka_bootstrap)
+        if args.action == "create"
+        else list_topics(settings, settings.kafka_bootstrap)
+    )
+    for name, parts in sorted(topics.items()):
+        print(f"{name}\t{parts} partitions")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.worker import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.produce import produce_file
+
+    if settings.embedded_kafka:
+        print("set COLDSTREAM_KAFKA_BOOTSTRAP to the broker to publish to", file=sys.stderr)
+        return 2
+    report = produce_file(settings, settings.kafka_bootstrap, args.kind, Path(args.file))
+    print(report.summary())
+    return 0 if report.invalid == 0 or args.allow_invalid else 1
+
+
+def _cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.tail import tail
+
+    if settings.embedded_kafka:
+        print("set COLDSTREAM_KAFKA_BOOTSTRAP to the broker to read from", file=sys.stderr)
+        return 2
+    tail(settings, settings.kafka_bootstrap, limit=args.limit, from_beginning=args.from_beginning)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(
+        settings, users=args.users, max_events=args.events, seed=args.seed, rate=args.rate
+    )
+
+
+def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
+    from encoders.bench import format_bench, run_encoder_bench
+    from ranking.datasets import load_movielens_100k
+    from streams.worker import encoder_config
+
+    texts = movielens_texts(load_movielens_100k(), args.texts)
+    report = run_encoder_bench(
+        texts,
+        encoder_config(settings),
+        naive_sample=args.naive_sample,
+        progress=lambda msg: print(f"  … {msg}", file=sys.stderr, flush=True),
+    )
+    print(format_bench(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def movielens_texts(dataset: object, limit: int) -> list[str]:
+    """Real item texts (titles, genres) and user-side texts (genre searches) from MovieLens."""
+    from encoders.texts import item_text, user_text
+    from ranking.datasets import Dataset
+
+    assert isinstance(dataset, Dataset)
+    items = [item_text(i.title, i.category, i.tags, i.brand, i.description) for i in dataset.items]
+    genres = sorted({t for i in dataset.items for t in i.tags})
+    searches = [user_text("search", f"{g.lower()} movies") for g in genres]
+    texts = items + searches
+    return texts[:limit] if limit > 0 else texts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coldstream",
+        description="Streaming cold-start recommender (Kafka/Faust + BERT encoder + Qdrant). "
+        "Settings come from COLDSTREAM_* environment variables (see `coldstream config`).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("config", _cmd_config, "print the effective settings (secrets masked)")
+    p = add("schemas", _cmd_schemas, "write the JSON Schemas of the wire contracts")
+    p.add_argument("--out", default="schemas", help="output directory (default: ./schemas)")
+    p = add("broker", _cmd_broker, "run the embedded Kafka broker (Tansu) in the foreground")
+    p.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)")
+    p.add_argument("--create-topics", action="store_true", help="also create coldstream topics")
+    p = add("topics", _cmd_topics, "create or list topics on the configured broker")
+    p.add_argument("action", choices=["create", "list"])
+    add("worker", _cmd_worker, "run the stream worker (Faust agents for items and events)")
+    p = add("produce", _cmd_produce, "publish a JSONL file of items or events (validated)")
+    p.add_argument("kind", choices=["items", "events"])
+    p.add_argument("file", help="JSON Lines file, one payload per line")
+    p.add_argument("--allow-invalid", action="store_true", help="exit 0 even if lines were bad")
+    p = add("tail", _cmd_tail, "consume and pretty-print recommendations")
+    p.add_argument("--limit", type=int, default=0, help="stop after N messages (0 = forever)")
+    p.add_argument("--from-beginning", action="store_true")
+    p = add("demo", _cmd_demo, "end-to-end demo on MovieLens-100K with the embedded stack")
+    p.add_argument("--users", type=int, default=200, help="users whose events are replayed")
+    p.add_argument("--events", type=int, default=20000, help="at most this many events")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--rate", type=float, default=0, help="events/s to send (0 = as fast as possible)"
+    )
+    bench = add("bench", _cmd_bench_help, "benchmarks (see sub-commands)")
+    bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    p = bsub.add_parser("encoder", help="encoder throughput: naive vs micro-batched")
+    p.set_defaults(handler=_cmd_bench_encoder)
+    p.add_argument("--texts", type=int, default=1000, help="texts to encode (0 = all)")
+    p.add_argument("--naive-sample", type=int, default=150, help="texts for one-at-a-time modes")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    return parser
+
+
+def _cmd_bench_help(args: argparse.Namespace, settings: Settings) -> int:  # pragma: no cover
+    build_parser().parse_args(["bench", "--help"])
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    handler: Handler = args.handler
+    return handler(args, settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""What the agents do with a batch of records, with no Faust in sight.
+
+Agents hand over plain :class:`Record` batches and send back what this returns. Blocking store
+calls run on one dedicated thread and encoder passes on the batcher's thread, so the event loop
+(which also heartbeats the consumer group) never waits on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import numpy as np
+
+from encoders.batcher import MicroBatcher
+from encoders.texts import item_text, user_text
+from infra import metrics
+from infra.settings import Settings
+from ranking.catalog import CatalogItem, item_points
+from ranking.engine import BatchOutcome, BehaviorEngine, Interaction, UserRecs
+from ranking.store import StoreUnavailable, VectorStore
+from streams.schemas import (
+    BehaviorEvent,
+    DeadLetter,
+    InvalidPayload,
+    ItemEvent,
+    Limits,
+    ModelInfo,
+    Recommendation,
+    RecommendedItem,
+    decode,
+    raw_preview,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka record; ``timestamp`` (epoch seconds) is when it reached its topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float
+
+
+@dataclass
+class Outputs:
+    """What a batch produces: recommendations (key, value) and dead letters (key, value)."""
+
+    recommendations: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_payload_bytes=settings.max_payload_bytes,
+        max_text_chars=settings.max_text_chars,
+        max_tags=settings.max_tags,
+        max_id_chars=settings.max_id_chars,
+    )
+
+
+def dead_letter(record: Record, reason: str, error: str) -> tuple[bytes | None, bytes]:
+    letter = DeadLetter(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=None if record.key is None else record.key.decode("utf-8", "backslashreplace"),
+        raw=raw_preview(record.value),
+        error=error,
+        reason=reason,
+        ts=datetime.now(UTC),
+    )
+    return record.key, letter.model_dump_json().encode()
+
+
+class Pipeline:
+    """The per-batch work of both agents: validate, encode, write, recall, rank, explain."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: VectorStore,
+        batcher: MicroBatcher,
+        engine: BehaviorEngine,
+        *,
+        encoder_name: str,
+        encoder_dim: int,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.batcher = batcher
+        self.engine = engine
+        self.encoder_name = encoder_name
+        self.encoder_dim = encoder_dim
+        self.limits = limits_from(settings)
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="coldstream-store")
+        self._max_backoff_s = 5.0
+        self._start_lock = asyncio.Lock()
+        self._started = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Idempotent: both agents call it before their first batch."""
+        async with self._start_lock:
+            if self._started:
+                return
+            await self._start()
+            self._started = True
+
+    async def _start(self) -> None:
+        s = self.settings
+        await self._run(lambda: self.store.ensure_collection(s.items_collection, self.encoder_dim))
+        await self._run(lambda: self.store.ensure_collection(s.users_collection, self.encoder_dim))
+        await self._run(lambda: self.store.ensure_collection(s.state_collection, 1))
+        await self.batcher.start()
+        metrics.set_ranker_version(self.engine.scorer.version)
+
+    async def stop(self) -> None:
+        if not self._started:
+            await self._run(self.store.close)
+            self._store_thread.shutdown(wait=True)
+            return
+        self._started = False
+        await self.batcher.stop()
+        try:
+            await self._run(self.engine.persist_trending)
+        except Exception:  # pragma: no cover - best effort on the way out
+            log.warning("could not persist trending counts at shutdown", exc_info=True)
+        await self._run(self.store.close)
+        self._store_thread.shutdown(wait=True)
+
+    async def on_partitions_assigned(self, partitions: Sequence[int]) -> None:
+        await self.start()
+        await self._retrying(lambda: self._run(lambda: self.engine.load_trending(partitions)))
+
+    async def on_partitions_revoked(self, partitions: Sequence[int]) -> None:
+        await self._run(self.engine.persist_trending)
+        self.engine.drop_trending(partitions)
+
+    async def persist_trending(self) -> int:
+        return await self._run(self.engine.persist_trending)
+
+    # -- items --------------------------------------------------------------------------
+    async def on_items(self, records: Sequence[Record]) -> Outputs:
+        out = Outputs()
+        latest: dict[str, tuple[ItemEvent, Record]] = {}
+        for record in records:
+            try:
+                item = decode(record.value, ItemEvent, self.limits)
+            except InvalidPayload as exc:
+                self._reject(out, record, exc.reason, exc.message)
+                continue
+            latest[item.item_id] = (item, record)  # within a batch the last version wins
+        active = [(i, r) for i, r in latest.values() if i.active]
+        retired = [i.item_id for i, _ in latest.values() if not i.active]
+        if active:
+            texts = [
+                item_text(i.title, i.category, i.tags, i.brand, i.description) for i, _ in active
+            ]
+            vectors = await self.batcher.encode(texts)
+            catalog = [
+                CatalogItem(
+                    item_id=i.item_id,
+                    title=i.title,
+                    category=i.category,
+                    tags=tuple(i.tags),
+                    brand=i.brand,
+                    description=i.description,
+                    price=i.price,
+                    created_at=i.ts.timestamp() if i.ts else r.timestamp,
+                )
+                for i, r in active
+            ]
+            points = item_points(catalog, vectors)
+            name = self.settings.items_collection
+            await self._retrying(lambda: self._run(lambda: self.store.upsert(name, points)))
+            metrics.ITEMS_INDEXED.inc(len(points))
+        if retired:
+            found = await self._retrying(lambda: self._run(lambda: self._retire(retired)))
+            metrics.ITEMS_RETIRED.inc(found)
+            if found < len(retired):
+                metrics.EVENTS_SKIPPED.labels(reason="retire_unknown_item").inc(
+                    len(retired) - found
+                )
+        return out
+
+    def _retire(self, item_ids: list[str]) -> int:
+        name = self.settings.items_collection
+        existing = list(self.store.retrieve(name, item_ids, with_vectors=False))
+        self.store.set_payload(name, existing, {"active": False})
+        return len(existing)
+
+    # -- behavior events ----------------------------------------------------------------
+    async def on_events(self, records: Sequence[Record]) -> Outputs:
+        out = Outputs()
+        interactions: list[Interaction] = []
+        by_event: dict[int, Record] = {}
+        for record in records:
+            try:
+                ev = decode(record.value, BehaviorEvent, self.limits)
+            except InvalidPayload as exc:
+                metrics.EVENTS_CONSUMED.labels(type="invalid").inc()
+                self._reject(out, record, exc.reason, exc.message)
+                continue
+            metrics.EVENTS_CONSUMED.labels(type=ev.type).inc()
+            inter = Interaction(
+                event_id=ev.event_id,
+                user_id=ev.user_id,
+                type=ev.type,
+                ts=ev.ts_epoch,
+                item_id=ev.item_id,
+                text=ev.text,
+                rating=ev.rating,
+                partition=record.partition,
+                offset=record.offset,
+                arrival=record.timestamp,
+            )
+            by_event[id(inter)] = record
+            interactions.append(inter)
+        if not interactions:
+            return out
+        outcome = await self._retrying(lambda: self._process(interactions))
+        for rej in outcome.rejected:
+            self._reject(out, by_event[id(rej.interaction)], rej.reason, rej.message)
+        for skipped in outcome.skipped:
+            reason = "replayed_offset" if skipped.offset is not None else "duplicate_event"
+            metrics.EVENTS_SKIPPED.labels(reason=reason).inc()
+        metrics.PROFILE_UPDATES.inc(outcome.applied)
+        for recs in outcome.recommendations:
+            out.recommendations.append(self._recommendation(recs))
+            out.latencies_s.append(max(time.time() - recs.trigger.arrival, 0.0))
+        return out
+
+    async def _process(self, interactions: list[Interaction]) -> BatchOutcome:
+        prep = await self._run(lambda: self.engine.prepare(interactions))
+        vectors: np.ndarray | None = None
+        if prep.texts:
+            vectors = await self.batcher.encode([user_text(kind, t) for kind, t in prep.texts])
+        return await self._run(lambda: self.engine.apply(prep, vectors))
+
+    def _recommendation(self, recs: UserRecs) -> tuple[bytes, bytes]:
+        trigger = recs.trigger
+        rec = Recommendation(
+            user_id=recs.user_id,
+            trigger_event_id=trigger.event_id,
+            generated_at=datetime.now(UTC),
+            profile_events=recs.profile_events,
+            items=[
+                RecommendedItem(
+                    item_id=item.item_id,
+                    rank=rank,
+                    score=round(item.score, 6),
+                    source=item.source,
+                    reasons=item.reasons,
+                )
+                for rank, item in enumerate(recs.items, start=1)
+            ],
+            model=ModelInfo(encoder=self.encoder_name, ranker=self.engine.scorer.version),
+            latency_ms=round(max(time.time() - trigger.arrival, 0.0) * 1000.0, 3),
+        )
+        metrics.RECOMMENDATIONS.labels(source=recs.items[0].source if recs.items else "none").inc()
+        return recs.user_id.encode(), rec.model_dump_json().encode()
+
+    def _reject(self, out: Outputs, record: Record, reason: str, message: str) -> None:
+        out.dead_letters.append(self.dead_letter_for(record, reason, message))
+
+    def dead_letter_for(
+        self, record: Record, reason: str, message: str
+    ) -> tuple[bytes | None, bytes]:
+        metrics.DEAD_LETTERS.labels(topic=record.topic, reason=reason).inc()
+        return dead_letter(record, reason, message)
+
+    # -- plumbing -----------------------------------------------------------------------
+    async def _run(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_thread, fn)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Retry while the store is unavailable, backing off up to a cap; never give up."""
+        delay = 0.1
+        while True:
+            try:
+                return await attempt()
+            except StoreUnavailable as exc:
+                metrics.STORE_ERRORS.inc()
+                log.warning("vector store unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff_s)

@@ -1,0 +1,158 @@
+"""A whole local stack for the demo, the benchmark and the integration tests.
+
+Broker (embedded unless ``COLDSTREAM_KAFKA_BOOTSTRAP`` is set), topics, and a real
+``coldstream worker`` child process; readiness and progress are read from the worker's own
+Prometheus endpoint, as an operator would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from infra import metrics
+from infra.broker import EmbeddedBroker, free_port
+from infra.kafka import ensure_topics
+from infra.settings import Settings
+
+
+class WorkerProcess:
+    """``python -m streams.cli worker`` as a child, configured through ``COLDSTREAM_*`` env vars."""
+
+    def __init__(self, settings: Settings, bootstrap: str, *, log_path: Path | None = None) -> None:
+        self.metrics_port = free_port()
+        self.env = {
+            **os.environ,
+            **settings_env(settings),
+            "COLDSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "COLDSTREAM_METRICS_PORT": str(self.metrics_port),
+            "COLDSTREAM_METRICS_HOST": "127.0.0.1",
+        }
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> WorkerProcess:
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        try:
+            return metrics.scrape(self.metrics_url)
+        except OSError:
+            return {}
+
+    def wait_for(self, name: str, at_least: float, timeout_s: float) -> float:
+        """Poll the worker's metric ``name`` (summed over labels) until it reaches ``at_least``."""
+        deadline = time.monotonic() + timeout_s
+        value = 0.0
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with code {self.proc.returncode}{self._tail()}")
+            value = metrics.total(self.metrics(), name)
+            if value >= at_least:
+                return value
+            time.sleep(0.1)
+        raise TimeoutError(f"{name} reached {value}, not {at_least}, in {timeout_s}s{self._tail()}")
+
+    def _tail(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return (
+                "\n--- worker log (tail) ---\n" + self.log_path.read_text(errors="replace")[-3000:]
+            )
+        return ""
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if the worker has not exited in ``timeout_s``."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout_s)
+        return proc.returncode
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown hooks, no flush (the crash test)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        env[f"COLDSTREAM_{name.upper()}"] = str(raw).lower() if isinstance(raw, bool) else str(raw)
+    return env
+
+
+class LocalStack:
+    """Broker + topics + one worker; everything started here is stopped on exit."""
+
+    def __init__(self, settings: Settings, *, log_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.broker: EmbeddedBroker | None = None
+        self.worker: WorkerProcess | None = None
+        self.bootstrap = settings.kafka_bootstrap
+
+    def __enter__(self) -> LocalStack:
+        try:
+            if self.settings.embedded_kafka:
+                self.broker = EmbeddedBroker(
+                    self.settings.embedded_broker_port,
+                    start_timeout_s=self.settings.embedded_broker_start_timeout_s,
+                ).start()
+                self.bootstrap = self.broker.bootstrap
+            ensure_topics(self.settings, self.bootstrap)
+            self.worker = self.new_worker().start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def new_worker(self) -> WorkerProcess:
+        log_path = self.log_dir / "worker.log" if self.log_dir else None
+        return WorkerProcess(self.settings, self.bootstrap, log_path=log_path)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

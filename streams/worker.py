@@ -1,0 +1,135 @@
+"""Assemble a worker from settings: broker, topics, store, encoder, engine, Faust app."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any, cast
+
+import faust
+
+from encoders.batcher import MicroBatcher
+from encoders.config import EncoderConfig
+from encoders.model import TextEncoder, load_encoder
+from infra import metrics
+from infra.broker import kafka_bootstrap
+from infra.kafka import ensure_topics
+from infra.qdrant_store import QdrantStore
+from infra.settings import Settings
+from ranking.engine import BehaviorEngine, EngineConfig
+from ranking.profile import ProfileConfig
+from ranking.scoring import BlendScorer
+from ranking.store import VectorStore
+from streams.agents import register_agents
+from streams.app import create_app
+from streams.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def encoder_config(settings: Settings) -> EncoderConfig:
+    return EncoderConfig(
+        model_path=settings.encoder_model_path,
+        device=settings.encoder_device,
+        dtype=settings.encoder_dtype,
+        max_length=settings.encoder_max_length,
+        batch_size=settings.encoder_batch_size,
+        max_wait_ms=settings.encoder_max_wait_ms,
+        queue_size=settings.encoder_queue_size,
+        threads=settings.encoder_threads,
+    )
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        profile=ProfileConfig(
+            weights=settings.event_weights(),
+            half_life_s=settings.profile_half_life_hours * 3600.0,
+            recent_max=settings.profile_recent_items,
+            seen_max=settings.profile_seen_max,
+        ),
+        items_collection=settings.items_collection,
+        users_collection=settings.users_collection,
+        state_collection=settings.state_collection,
+        recs_count=settings.recs_count,
+        recall_top_n=settings.recall_top_n,
+        mmr_lambda=settings.mmr_lambda,
+        cold_item_slots=settings.cold_item_slots,
+        cold_item_max_age_s=settings.cold_item_max_age_hours * 3600.0,
+        trending_half_life_s=settings.trending_half_life_hours * 3600.0,
+    )
+
+
+def open_store(settings: Settings) -> QdrantStore:
+    """The configured store, with each call's latency fed to Prometheus."""
+
+    def observe(operation: str, seconds: float) -> None:
+        metrics.STORE_SECONDS.labels(operation=operation).observe(seconds)
+
+    if settings.embedded_qdrant:
+        return QdrantStore(path=settings.qdrant_path, observe=observe)
+    return QdrantStore(
+        url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key.get_secret_value() or None,
+        observe=observe,
+    )
+
+
+def build_pipeline(
+    settings: Settings, store: VectorStore, encoder: TextEncoder | None = None
+) -> Pipeline:
+    encoder = encoder or load_encoder(encoder_config(settings))
+
+    def on_batch(size: int, seconds: float) -> None:
+        metrics.ENCODER_BATCH_SIZE.observe(size)
+        metrics.ENCODER_SECONDS.observe(seconds)
+
+    batcher = MicroBatcher(
+        encoder,
+        max_batch=settings.encoder_batch_size,
+        max_wait_ms=settings.encoder_max_wait_ms,
+        queue_size=settings.encoder_queue_size,
+        on_batch=on_batch,
+    )
+    engine = BehaviorEngine(store, engine_config(settings), BlendScorer(settings.popularity_weight))
+    return Pipeline(
+        settings, store, batcher, engine, encoder_name=encoder.name, encoder_dim=encoder.dim
+    )
+
+
+@contextlib.contextmanager
+def worker_app(
+    settings: Settings, bootstrap: str, store: VectorStore, encoder: TextEncoder | None = None
+) -> Iterator[tuple[faust.App, Pipeline]]:
+    """A ready-to-run Faust app wired to a pipeline over ``store``; closes what it opened."""
+    ensure_topics(settings, bootstrap)
+    pipeline = build_pipeline(settings, store, encoder)
+    app, topics = create_app(settings, bootstrap)
+    register_agents(app, topics, pipeline, settings)
+
+    async def _stop_pipeline(sender: object, **kwargs: object) -> None:
+        await pipeline.stop()
+
+    app.on_before_shutdown.connect(cast(Any, _stop_pipeline))
+
+    yield app, pipeline
+
+
+def run_worker(settings: Settings) -> None:
+    """``coldstream worker``: run until SIGTERM/SIGINT (embedded broker when none is configured)."""
+    logging.basicConfig(level=settings.log_level)
+    with kafka_bootstrap(
+        settings.kafka_bootstrap,
+        port=settings.embedded_broker_port,
+        start_timeout_s=settings.embedded_broker_start_timeout_s,
+    ) as bootstrap:
+        if settings.embedded_kafka:
+            print(f"embedded broker: {bootstrap}", flush=True)
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_host, settings.metrics_port)
+        store = open_store(settings)
+        with worker_app(settings, bootstrap, store) as (app, _pipeline):
+            worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+            with contextlib.suppress(SystemExit):
+                worker.execute_from_commandline()

@@ -1,0 +1,181 @@
+"""The real all-MiniLM-L6-v2, loaded once for the module: vectors, batching, precision, batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoders.batcher import MicroBatcher
+from encoders.config import EncoderConfig
+from encoders.model import TextEncoder, cpu_bf16_supported, load_encoder, resolve_model_path
+from encoders.texts import item_text, user_text
+
+pytestmark = pytest.mark.integration
+
+MIXED = [
+    "Toy Story (1995). Animation. Children's, Comedy",
+    "GoldenEye (1995). Action. Adventure, Thriller",
+    "a",
+    "Star Wars (1977). Action. Adventure, Romance, Sci-Fi, War",
+    "a slow, moody psychological drama about grief, memory and a family that cannot talk to "
+    "each other after an accident on a winter road, told over three decades",
+    "Heat (1995)",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Iterator[TextEncoder]:
+    yield load_encoder(EncoderConfig())
+
+
+@pytest.fixture(scope="module")
+def fp32(encoder: TextEncoder) -> Iterator[TextEncoder]:
+    if encoder.dtype == "float32":
+        yield encoder
+    else:
+        yield load_encoder(EncoderConfig(dtype="float32"))
+
+
+def test_identity(encoder: TextEncoder) -> None:
+    assert encoder.name == "all-MiniLM-L6-v2"
+    assert encoder.dim == 384
+    assert encoder.device in ("cpu", "cuda")
+    assert encoder.dtype in ("float32", "bfloat16", "float16")
+    if encoder.device == "cpu":
+        assert encoder.dtype == ("bfloat16" if cpu_bf16_supported() else "float32")
+
+
+def test_unit_norm_float32_in_order(encoder: TextEncoder) -> None:
+    vectors = encoder.encode(MIXED)
+    assert vectors.shape == (len(MIXED), 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    for text, row in zip(MIXED, vectors, strict=True):
+        assert float(encoder.encode([text])[0] @ row) >= 0.999
+
+
+def test_deterministic(encoder: TextEncoder) -> None:
+    np.testing.assert_array_equal(encoder.encode(MIXED), encoder.encode(MIXED))
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 64])
+def test_batching_and_padding_do_not_change_vectors(encoder: TextEncoder, batch_size: int) -> None:
+    alone = np.stack([encoder.encode([t])[0] for t in MIXED])
+    batched = encoder.encode(list(reversed(MIXED)), batch_size=batch_size)[::-1]
+    padded = encoder.encode(MIXED, batch_size=batch_size, pad_to_max_length=True)
+    assert np.min(np.sum(alone * batched, axis=1)) >= 0.999
+    assert np.min(np.sum(alone * padded, axis=1)) >= 0.999
+
+
+def test_related_texts_score_higher(encoder: TextEncoder) -> None:
+    query, related, unrelated = encoder.encode(
+        [
+            user_text("search", "animated movie for kids with toys"),
+            item_text("Toy Story (1995)", "Animation", ["Animation", "Children's", "Comedy"]),
+            item_text("Heat (1995)", "Action", ["Action", "Crime", "Thriller"]),
+        ]
+    )
+    assert float(query @ related) > float(query @ unrelated) + 0.1
+
+
+def test_empty_text_rejected(encoder: TextEncoder) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        encoder.encode(["fine", "   "])
+    assert encoder.encode([]).shape == (0, 384)
+
+
+def test_long_text_is_truncated(encoder: TextEncoder) -> None:
+    long = "the quick brown fox jumps over the lazy dog " * 5_000
+    assert len(encoder.token_ids([long])[0]) == encoder.max_length
+    vector = encoder.encode([long])[0]
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+
+def test_reduced_precision_matches_float32(encoder: TextEncoder, fp32: TextEncoder) -> None:
+    if encoder.dtype == "float32":
+        pytest.skip("auto precision is float32 on this machine")
+    cosine = np.sum(encoder.encode(MIXED) * fp32.encode(MIXED), axis=1)
+    assert float(np.min(cosine)) >= 0.999
+
+
+def test_local_directory_named_after_itself(tmp_path: Path) -> None:
+    packaged, _ = resolve_model_path("")
+    local = tmp_path / "my-minilm"
+    local.mkdir()
+    for file in packaged.iterdir():
+        if file.is_file():
+            os.symlink(file, local / file.name)
+    loaded = load_encoder(EncoderConfig(model_path=str(local), dtype="float32"))
+    assert loaded.name == "my-minilm"
+    assert loaded.dim == 384
+
+
+def test_batcher_matches_direct_encode(encoder: TextEncoder) -> None:
+    calls = [[t] for t in MIXED] + [MIXED[:3], MIXED[2:], [MIXED[4], MIXED[0]]]
+    batch_sizes: list[int] = []
+
+    async def main() -> list[np.ndarray]:
+        batcher = MicroBatcher(
+            encoder,
+            max_batch=4,
+            max_wait_ms=5.0,
+            queue_size=8,
+            on_batch=lambda n, _s: batch_sizes.append(n),
+        )
+        async with batcher:
+            return await asyncio.gather(*(batcher.encode(c) for c in calls))
+
+    results = asyncio.run(main())
+    for call, got in zip(calls, results, strict=True):
+        direct = encoder.encode(call)
+        assert got.shape == direct.shape
+        assert float(np.min(np.sum(got * direct, axis=1))) >= 0.999
+    assert sum(batch_sizes) == sum(len(c) for c in calls)
+    assert max(batch_sizes) <= 4
+
+
+def test_forward_pass_runs_off_the_event_loop(encoder: TextEncoder) -> None:
+    """The pass can only finish if the loop keeps running while it is in progress."""
+    in_pass = threading.Event()
+    loop_alive = threading.Event()
+    threads: list[str] = []
+
+    class Probe:
+        dim = encoder.dim
+        token_ids = staticmethod(encoder.token_ids)
+
+        def encode_ids(self, ids: Sequence[Sequence[int]], *, batch_size: int) -> np.ndarray:
+            threads.append(threading.current_thread().name)
+            in_pass.set()
+            assert loop_alive.wait(10), "the event loop was blocked during the forward pass"
+            return encoder.encode_ids(ids, batch_size=batch_size)
+
+    async def main() -> np.ndarray:
+        async def heartbeat() -> None:
+            while not in_pass.is_set():
+                await asyncio.sleep(0.001)
+            loop_alive.set()
+
+        probe = Probe()
+        async with MicroBatcher(probe, max_batch=64, max_wait_ms=1.0, queue_size=64) as b:  # type: ignore[arg-type]
+            beat = asyncio.create_task(heartbeat())
+            vectors = await b.encode(MIXED)
+            await beat
+            return vectors
+
+    vectors = asyncio.run(main())
+    assert threads and all(name.startswith("encoder") for name in threads)
+    assert float(np.min(np.sum(vectors * encoder.encode(MIXED), axis=1))) >= 0.999
+
+
+def test_load_logs_the_choice(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="encoders.model"):
+        load_encoder(EncoderConfig(dtype="float32", max_length=32))
+    assert "all-MiniLM-L6-v2" in caplog.text

@@ -1,0 +1,149 @@
+"""MicroBatcher mechanics against a fake encoder: routing, batching, back-pressure, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from encoders.batcher import BatcherStopped, MicroBatcher
+
+pytestmark = pytest.mark.unit
+
+DIM = 8
+
+
+def _vector(text: str) -> np.ndarray:
+    rng = np.random.default_rng(zlib.crc32(text.encode()))
+    v = rng.standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class FakeEncoder:
+    """Token ids are the characters, so length order is text length; vectors depend on text only."""
+
+    dim = DIM
+
+    def __init__(self, gate: threading.Event | None = None, fail_on: str | None = None) -> None:
+        self.gate = gate
+        self.fail_on = fail_on
+        self.passes: list[int] = []
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return [[ord(c) for c in t] for t in texts]
+
+    def encode_ids(self, ids: Sequence[Sequence[int]], *, batch_size: int | None = None) -> Any:
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        texts = ["".join(map(chr, row)) for row in ids]
+        if self.fail_on in texts:
+            raise RuntimeError("boom")
+        self.passes.append(len(texts))
+        return np.stack([_vector(t) for t in texts])
+
+
+def _batcher(encoder: FakeEncoder, **kw: Any) -> MicroBatcher:
+    opts: dict[str, Any] = {"max_batch": 4, "max_wait_ms": 5.0, "queue_size": 64}
+    opts.update(kw)
+    return MicroBatcher(encoder, **opts)  # type: ignore[arg-type]
+
+
+def test_concurrent_callers_get_their_own_vectors() -> None:
+    encoder = FakeEncoder()
+    seen: list[tuple[int, float]] = []
+
+    async def main() -> list[np.ndarray]:
+        batcher = _batcher(encoder, on_batch=lambda n, s: seen.append((n, s)))
+        async with batcher:
+            calls = [[f"text {i}" + "x" * (i % 7), f"other {i}"] for i in range(25)]
+            results = await asyncio.gather(*(batcher.encode(c) for c in calls))
+            for call, got in zip(calls, results, strict=True):
+                assert got.shape == (2, DIM)
+                np.testing.assert_array_equal(got, np.stack([_vector(t) for t in call]))
+            return results
+
+    asyncio.run(main())
+    assert max(encoder.passes) <= 4
+    assert sum(encoder.passes) == 50
+    assert len(encoder.passes) < 50  # callers shared passes
+    assert sum(n for n, _ in seen) == 50
+
+
+def test_empty_text_rejected_before_queueing() -> None:
+    async def main() -> None:
+        async with _batcher(FakeEncoder()) as batcher:
+            with pytest.raises(ValueError, match="empty"):
+                await batcher.encode(["fine", "  "])
+            assert batcher.queued == 0
+            assert (await batcher.encode([])).shape == (0, DIM)
+
+    asyncio.run(main())
+
+
+def test_not_started_raises() -> None:
+    async def main() -> None:
+        with pytest.raises(BatcherStopped):
+            await _batcher(FakeEncoder()).encode(["a"])
+
+    asyncio.run(main())
+
+
+def test_queue_is_bounded_and_drains() -> None:
+    gate = threading.Event()
+    encoder = FakeEncoder(gate)
+
+    async def main() -> None:
+        async with _batcher(encoder, queue_size=3, max_batch=2, window_batches=1) as batcher:
+            first = asyncio.create_task(batcher.encode(["a", "b"]))  # taken by the blocked pass
+            await asyncio.sleep(0.05)
+            texts = [f"t{i}" for i in range(10)]
+            big = asyncio.create_task(batcher.encode(texts))
+            await asyncio.sleep(0.05)
+            assert batcher.queued == 3  # the rest of the caller's texts wait for room
+            assert not big.done()
+            gate.set()
+            assert (await first).shape == (2, DIM)
+            np.testing.assert_array_equal(await big, np.stack([_vector(t) for t in texts]))
+
+    asyncio.run(main())
+    assert max(encoder.passes) <= 2
+
+
+def test_failed_pass_fails_only_its_callers() -> None:
+    encoder = FakeEncoder(fail_on="bad")
+
+    async def main() -> None:
+        async with _batcher(encoder, max_wait_ms=0.0) as batcher:
+            with pytest.raises(RuntimeError, match="boom"):
+                await batcher.encode(["bad"])
+            got = await batcher.encode(["good"])  # the batcher survives
+            np.testing.assert_array_equal(got[0], _vector("good"))
+
+    asyncio.run(main())
+
+
+def test_stop_fails_waiting_callers() -> None:
+    gate = threading.Event()
+
+    async def main() -> None:
+        batcher = _batcher(FakeEncoder(gate), queue_size=2, max_batch=1, window_batches=1)
+        await batcher.start()
+        running = asyncio.create_task(batcher.encode(["in flight"]))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(batcher.encode(["q1", "q2", "q3"]))  # blocks on put
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(batcher.stop())
+        await asyncio.sleep(0.05)
+        gate.set()
+        await stopping
+        for task in (running, queued):
+            with pytest.raises(BatcherStopped):
+                await task
+        assert not batcher.running
+
+    asyncio.run(main())
