@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import platform
 import threading
 import time
@@ -116,89 +117,84 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1)))
 
 
-def _bench_one(
-    encoder: TextEncoder,
-    all_texts: list[str],
-    sample: list[str],
-    config: EncoderConfig,
-    repeats: int,
-    say: Callable[[str], None],
-) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]:
-    """Every mode on one loaded encoder; returns rows, batched vectors and agreement checks."""
-    rows: list[dict[str, Any]] = []
+@dataclasses.dataclass
+class _Job:
+    """One (encoder, mode) measurement; its runs are interleaved with the other jobs' runs."""
 
-    def measure(
-        mode: str, texts: list[str], batch: int, padded: bool, run: Callable[[], tuple[float, Any]]
-    ) -> Any:
-        # Median of repeats: a 2-core machine shared with other work has noisy single runs.
-        say(f"{encoder.device}/{encoder.dtype} {mode} on {len(texts)} texts x{repeats}")
-        timings: list[float] = []
-        result: Any = None
-        for _ in range(repeats):
-            seconds, result = run()
-            timings.append(seconds)
-        rates = sorted(len(texts) / t for t in timings)
-        row = {
-            "device": encoder.device,
-            "dtype": encoder.dtype,
-            "mode": mode,
-            "texts": len(texts),
-            "batch_size": batch,
-            "padded_to_max_length": padded,
-            "repeats": repeats,
-            "seconds": round(float(np.median(timings)), 4),
+    encoder: TextEncoder
+    mode: str
+    texts: list[str]
+    batch: int
+    padded: bool
+    run: Callable[[], tuple[float, Any]]
+    timings: list[float] = dataclasses.field(default_factory=list)
+    result: Any = None
+
+    def row(self) -> dict[str, Any]:
+        rates = sorted(len(self.texts) / t for t in self.timings)
+        return {
+            "device": self.encoder.device,
+            "dtype": self.encoder.dtype,
+            "mode": self.mode,
+            "texts": len(self.texts),
+            "batch_size": self.batch,
+            "padded_to_max_length": self.padded,
+            "repeats": len(self.timings),
+            "seconds": round(float(np.median(self.timings)), 4),
             "per_s": round(float(np.median(rates)), 1),
             "per_s_min": round(rates[0], 1),
             "per_s_max": round(rates[-1], 1),
         }
-        rows.append(row)
-        say(f"  {row['per_s']}/s (min {row['per_s_min']}, max {row['per_s_max']})")
-        return result
 
-    singles = {
-        pad: measure(
-            "one_at_a_time_padded" if pad else "one_at_a_time",
-            sample,
-            1,
-            pad,
-            lambda pad=pad: _time_one_at_a_time(encoder, sample, pad),  # type: ignore[misc]
-        )
-        for pad in (True, False)
-    }
-    vectors = measure(
-        "batched",
-        all_texts,
-        config.batch_size,
-        False,
-        lambda: _time_batched(encoder, all_texts, config.batch_size),
-    )
-    if encoder.device == "cuda" and config.batch_size != GPU_BATCH:
-        measure(
+
+def _jobs(
+    encoder: TextEncoder, all_texts: list[str], sample: list[str], config: EncoderConfig
+) -> list[_Job]:
+    one = functools.partial(_time_one_at_a_time, encoder, sample)
+    batched = functools.partial(_time_batched, encoder, all_texts)
+    jobs = [
+        _Job(encoder, "one_at_a_time_padded", sample, 1, True, functools.partial(one, True)),
+        _Job(encoder, "one_at_a_time", sample, 1, False, functools.partial(one, False)),
+        _Job(
+            encoder,
             "batched",
             all_texts,
-            GPU_BATCH,
+            config.batch_size,
             False,
-            lambda: _time_batched(encoder, all_texts, GPU_BATCH),
-        )
-    micro, passes = measure(
-        "micro_batched",
-        all_texts,
-        config.batch_size,
-        False,
-        lambda: _time_micro_batched(encoder, all_texts, config),
-    )
-    rows[-1]["forward_passes"] = passes
-    # A text alone and inside a batch of mixed lengths must embed the same.
+            functools.partial(batched, config.batch_size),
+        ),
+    ]
+    if encoder.device == "cuda" and config.batch_size != GPU_BATCH:
+        big = functools.partial(batched, GPU_BATCH)
+        jobs.append(_Job(encoder, "batched", all_texts, GPU_BATCH, False, big))
+    micro = functools.partial(_time_micro_batched, encoder, all_texts, config)
+    jobs.append(_Job(encoder, "micro_batched", all_texts, config.batch_size, False, micro))
+    return jobs
+
+
+def _agreement(
+    jobs: list[_Job], all_texts: list[str], sample: list[str], reference: np.ndarray | None
+) -> dict[str, Any]:
+    """Alone, padded, in a batch, through the batcher, at reduced precision: the same vector."""
+    results = {job.mode: job.result for job in reversed(jobs)}  # first "batched" wins
+    vectors = results["batched"]
     index = {text: i for i, text in enumerate(all_texts)}
     in_batch = vectors[[index[t] for t in sample]]
     check: dict[str, Any] = {
-        "device": encoder.device,
-        "dtype": encoder.dtype,
-        "alone_vs_batched_min_cosine": round(_min_cosine(singles[False], in_batch), 6),
-        "padded_vs_batched_min_cosine": round(_min_cosine(singles[True], in_batch), 6),
-        "micro_vs_batched_min_cosine": round(_min_cosine(micro, vectors), 6),
+        "device": jobs[0].encoder.device,
+        "dtype": jobs[0].encoder.dtype,
+        "alone_vs_batched_min_cosine": round(_min_cosine(results["one_at_a_time"], in_batch), 6),
+        "padded_vs_batched_min_cosine": round(
+            _min_cosine(results["one_at_a_time_padded"], in_batch), 6
+        ),
+        "micro_vs_batched_min_cosine": round(_min_cosine(results["micro_batched"][0], vectors), 6),
     }
-    return rows, vectors, check
+    if reference is not None:
+        check["vs_float32_min_cosine"] = round(_min_cosine(vectors, reference), 6)
+        check["vs_float32_mean_cosine"] = round(
+            float(np.mean(np.sum(vectors * reference, axis=1))), 6
+        )
+    return check
 
 
 def run_encoder_bench(
@@ -214,7 +210,12 @@ def run_encoder_bench(
     Modes: ``one_at_a_time_padded`` (batch 1, padded to max_length; at float32 this is the seeds'
     naive path), ``one_at_a_time`` (batch 1, own length), ``batched`` (length-sorted, one call),
     ``micro_batched`` (through MicroBatcher, one concurrent caller per text: the streaming path).
+    Each figure is the median of ``repeats`` runs after a warm-up. Runs are interleaved round by
+    round across all configurations, so a burst of other work on a shared machine hits every
+    configuration alike instead of skewing one ratio.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats}: expected >= 1")
     all_texts = check_texts(texts)
     if not all_texts:
         raise ValueError("run_encoder_bench needs at least one text")
@@ -223,29 +224,41 @@ def run_encoder_bench(
 
     devices = ["cpu", "cuda"] if config.device == "auto" and torch.cuda.is_available() else []
     devices = devices or [pick_device(config.device)]
-    results: list[dict[str, Any]] = []
-    cosines: list[dict[str, Any]] = []
+    groups: list[list[_Job]] = []
     optimized_by_device: dict[str, str] = {}
     encoder: TextEncoder | None = None
     for device in devices:
         wanted = pick_dtype(device, config.dtype)
         dtypes = ["float32"] if wanted == torch.float32 else ["float32", dtype_name(wanted)]
-        reference: np.ndarray | None = None
         for dtype in dtypes:
             say(f"loading {device}/{dtype}")
             encoder = load_encoder(dataclasses.replace(config, device=device, dtype=dtype))
             # The load may fall back to float32 when reduced precision fails its check.
             optimized_by_device[device] = encoder.dtype
-            rows, vectors, check = _bench_one(encoder, all_texts, sample, config, repeats, say)
-            results.extend(rows)
-            if reference is None:
-                reference = vectors
-            else:
-                check["vs_float32_min_cosine"] = round(_min_cosine(vectors, reference), 6)
-                check["vs_float32_mean_cosine"] = round(
-                    float(np.mean(np.sum(vectors * reference, axis=1))), 6
+            groups.append(_jobs(encoder, all_texts, sample, config))
+
+    for round_ in range(repeats):
+        for jobs in groups:
+            for job in jobs:
+                seconds, job.result = job.run()
+                job.timings.append(seconds)
+                say(
+                    f"round {round_ + 1}/{repeats} {job.encoder.device}/{job.encoder.dtype} "
+                    f"{job.mode} batch {job.batch}: {len(job.texts) / seconds:.1f}/s"
                 )
-            cosines.append(check)
+
+    results: list[dict[str, Any]] = []
+    cosines: list[dict[str, Any]] = []
+    references: dict[str, np.ndarray] = {}
+    for jobs in groups:
+        for job in jobs:
+            row = job.row()
+            if job.mode == "micro_batched":
+                row["forward_passes"] = job.result[1]
+            results.append(row)
+        device = jobs[0].encoder.device
+        cosines.append(_agreement(jobs, all_texts, sample, references.get(device)))
+        references.setdefault(device, next(j.result for j in jobs if j.mode == "batched"))
 
     assert encoder is not None
     lengths = [len(ids) for ids in encoder.token_ids(all_texts)]
@@ -302,6 +315,7 @@ def run_encoder_bench(
         "max_wait_ms": config.max_wait_ms,
         "texts": len(all_texts),
         "naive_sample": len(sample),
+        "repeats": repeats,
         "tokens_mean": round(float(np.mean(lengths)), 1),
         "tokens_max": int(max(lengths)),
         "environment": {
@@ -328,16 +342,18 @@ def format_bench(report: dict[str, Any]) -> str:
         + (f", GPU {env['cuda']}" if env["cuda"] else ""),
         f"texts: {report['texts']} (mean {report['tokens_mean']} tokens, max"
         f" {report['tokens_max']}); one-at-a-time modes on an evenly spaced sample of"
-        f" {report['naive_sample']}",
+        f" {report['naive_sample']}; each figure the median of {report['repeats']} runs"
+        " (min-max after it)",
         "",
         f"{'device':<7}{'dtype':<10}{'mode':<22}{'texts':>6}{'batch':>7}{'padded':>8}"
-        f"{'seconds':>9}{'texts/s':>10}",
+        f"{'seconds':>9}{'texts/s':>10}  range",
     ]
     for row in report["results"]:
         lines.append(
             f"{row['device']:<7}{row['dtype']:<10}{row['mode']:<22}{row['texts']:>6}"
             f"{row['batch_size']:>7}{'yes' if row['padded_to_max_length'] else 'no':>8}"
             f"{row['seconds']:>9.2f}{row['per_s']:>10.1f}"
+            f"  {row['per_s_min']:.0f}-{row['per_s_max']:.0f}"
         )
     lines.append("")
     for check in report["agreement"]:

@@ -107,7 +107,10 @@ class Settings(BaseSettings):
     recs_count: int = Field(10, ge=1)
     recall_top_n: int = Field(100, ge=1)
     mmr_lambda: float = Field(0.8, ge=0, le=1)
-    popularity_weight: float = Field(0.3, ge=0)
+    popularity_weight: float = Field(0.3, ge=0, le=1)
+    popularity_half_count: float = Field(
+        5.0, gt=0, description="decayed interaction count at which the prior is worth half"
+    )
     cold_item_slots: int = Field(2, ge=0)
     cold_item_max_age_hours: float = Field(72.0, gt=0)
     trending_half_life_hours: float = Field(24.0, gt=0)

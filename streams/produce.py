@@ -35,7 +35,14 @@ class ProduceReport:
 def make_producer(settings: Settings, bootstrap: str) -> Producer:
     return Producer(
         client_config(
-            settings, bootstrap, **{"linger.ms": 5, "enable.idempotence": False, "acks": "all"}
+            settings,
+            bootstrap,
+            **{
+                "linger.ms": 5,
+                "acks": "all",
+                # let oversize payloads reach the worker, which dead-letters them with a reason
+                "message.max.bytes": 8 * 1024 * 1024,
+            },
         )
     )
 

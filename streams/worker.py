@@ -92,7 +92,11 @@ def build_pipeline(
         queue_size=settings.encoder_queue_size,
         on_batch=on_batch,
     )
-    engine = BehaviorEngine(store, engine_config(settings), BlendScorer(settings.popularity_weight))
+    engine = BehaviorEngine(
+        store,
+        engine_config(settings),
+        BlendScorer(settings.popularity_weight, settings.popularity_half_count),
+    )
     return Pipeline(
         settings, store, batcher, engine, encoder_name=encoder.name, encoder_dim=encoder.dim
     )

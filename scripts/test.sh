@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set everything up, then lint, type-check and run the whole test suite (unit + integration).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PACKAGES=(streams encoders ranking infra)
+echo "== ruff"
+.venv/bin/ruff check "${PACKAGES[@]}" tests
+.venv/bin/ruff format --check "${PACKAGES[@]}" tests
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/pytest "$@"
