@@ -286,7 +286,8 @@ class BehaviorEngine:
             point = known.get(item_id)
             if point is not None and point.vector is not None:
                 title = str(point.payload.get("title") or item_id)
-                anchors.append(item_anchor(title, "view", point.vector))
+                kind = profile.recent_types.get(item_id, "view")
+                anchors.append(item_anchor(title, kind, point.vector))
         for t in profile.texts:
             anchors.append(
                 text_anchor(str(t["text"]), str(t["type"]), np.asarray(t["vector"], np.float32))

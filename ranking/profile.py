@@ -51,6 +51,7 @@ class Profile:
     event_count: int = 0
     last_ts: float | None = None
     recent_items: list[str] = field(default_factory=list)
+    recent_types: dict[str, str] = field(default_factory=dict)  # item → last event type on it
     seen: list[str] = field(default_factory=list)
     categories: dict[str, float] = field(default_factory=dict)
     texts: list[dict[str, Any]] = field(default_factory=list)
@@ -62,6 +63,7 @@ class Profile:
             "event_count": self.event_count,
             "last_ts": self.last_ts,
             "recent_items": self.recent_items,
+            "recent_types": self.recent_types,
             "seen": self.seen,
             "categories": self.categories,
             "texts": self.texts,
@@ -80,6 +82,7 @@ class Profile:
             event_count=int(payload.get("event_count", 0)),
             last_ts=payload.get("last_ts"),
             recent_items=list(payload.get("recent_items", [])),
+            recent_types={str(k): str(v) for k, v in payload.get("recent_types", {}).items()},
             seen=list(payload.get("seen", [])),
             categories={str(k): float(v) for k, v in payload.get("categories", {}).items()},
             texts=list(payload.get("texts", [])),
@@ -132,6 +135,10 @@ def apply_signal(profile: Profile, signal: Signal, cfg: ProfileConfig) -> None:
         )
     if signal.item_id is not None:
         _push_unique(profile.recent_items, signal.item_id, cfg.recent_max)
+        profile.recent_types[signal.item_id] = signal.event_type
+        if len(profile.recent_types) > len(profile.recent_items):
+            recent = set(profile.recent_items)
+            profile.recent_types = {k: v for k, v in profile.recent_types.items() if k in recent}
         _push_unique(profile.seen, signal.item_id, cfg.seen_max)
     if signal.text and signal.vector is not None:
         profile.texts.append(

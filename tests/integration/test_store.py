@@ -10,7 +10,11 @@ import pytest
 from infra.qdrant_store import QdrantStore, point_uuid
 from ranking.store import Query, StoredPoint, VectorStore
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # local mode warns that payload indexes are a no-op there; they matter on a server
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+]
 
 DIM = 384
 N = 1_000
@@ -38,8 +42,8 @@ def test_point_uuid_is_stable_and_distinct() -> None:
     assert point_uuid("a") != point_uuid("b")
 
 
-def test_thousand_vectors_survive_close_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "qdrant"
+def test_thousand_vectors_survive_close_and_reopen(store_dir: Path) -> None:
+    path = store_dir
     vectors = _unit_vectors(N, DIM)
     first = QdrantStore(path=path)
     try:
