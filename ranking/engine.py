@@ -363,10 +363,10 @@ def _guarantee_cold(picks: list[int], cands: Candidates, slots: int) -> list[int
     if not extra:
         return picks
     keep = list(picks)
-    for cold in extra:  # drop the lowest warm pick for each cold item added
-        for pos in range(len(keep) - 1, -1, -1):
-            if not cands.is_cold[keep[pos]]:
-                del keep[pos]
-                break
+    for cold in extra:  # the lowest warm pick makes room; the list never grows
+        warm = [pos for pos, i in enumerate(keep) if not cands.is_cold[i]]
+        if not warm:
+            break
+        del keep[warm[-1]]
         keep.append(cold)
     return keep

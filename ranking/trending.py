@@ -58,7 +58,14 @@ class TrendingCounter:
 
 
 def merged_scores(counters: Iterable[TrendingCounter], at_ts: float | None) -> dict[str, float]:
-    """Scores of several partitions' counters brought to one time and summed."""
+    """Scores of several partitions' counters brought to one time and summed.
+
+    ``at_ts=None`` means the newest reference time among them, so an idle partition's old
+    counts decay to the same moment as a busy one's instead of competing at face value.
+    """
+    counters = [c for c in counters if c.ref_ts is not None]
+    if at_ts is None and counters:
+        at_ts = max(c.ref_ts for c in counters if c.ref_ts is not None)
     total: dict[str, float] = {}
     for counter in counters:
         if counter.ref_ts is None:

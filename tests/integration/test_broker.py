@@ -147,6 +147,7 @@ def test_topics_round_trip_and_clean_stop(own_broker: EmbeddedBroker, settings: 
         assert key == event.user_id.encode()
         assert event.ts.tzinfo is not None
 
+    del producer  # close its connection: Tansu drains open client connections on SIGTERM
     own_broker.stop()
     assert not own_broker.is_running()
     assert own_broker.pid is None
@@ -154,6 +155,23 @@ def test_topics_round_trip_and_clean_stop(own_broker: EmbeddedBroker, settings: 
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # the whole process group is gone too
     own_broker.stop()  # stopping twice is harmless
+
+
+def test_stop_kills_broker_with_connected_client(settings: Settings) -> None:
+    """A client still connected keeps Tansu from exiting on SIGTERM: stop() escalates to SIGKILL."""
+    broker = EmbeddedBroker().start()
+    try:
+        pid = broker.pid
+        assert pid is not None
+        ensure_topics(settings, broker.bootstrap)
+        producer = Producer(client_config(settings, broker.bootstrap))
+        producer.produce(settings.topic_events, key=b"u1", value=json.dumps(_event(0)).encode())
+        assert producer.flush(10) == 0
+        broker.stop(timeout_s=0.5)
+        assert not _pid_alive(pid)
+        assert not broker.is_running()
+    finally:
+        broker.stop()
 
 
 def test_per_user_order_within_partition(broker: EmbeddedBroker, settings: Settings) -> None:

@@ -110,7 +110,11 @@ def test_default_max_bytes_checked_before_parsing() -> None:
     [
         b"[" * 5000 + b"]" * 5000,
         b'{"a":' * 3000 + b"1" + b"}" * 3000,
-        json.dumps(event(text=None)).encode()[:-1] + b', "deep": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+        json.dumps(event(text=None)).encode()[:-1]
+        + b', "deep": '
+        + b"[" * 2000
+        + b"]" * 2000
+        + b"}",
     ],
 )
 def test_deep_json(payload: bytes) -> None:
@@ -347,7 +351,7 @@ def test_item_round_trip_with_defaults() -> None:
 
 
 def test_recommendation_and_dead_letter_are_strict_outputs() -> None:
-    rec = {
+    rec: dict[str, Any] = {
         "user_id": "u1",
         "trigger_event_id": "e1",
         "generated_at": TS,
@@ -396,8 +400,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -452,7 +457,9 @@ common = settings(max_examples=150, deadline=None, suppress_health_check=[Health
 
 
 @common
-@given(payload=st.binary(max_size=300), model=MODELS, limits=st.sampled_from([DEFAULT_LIMITS, SMALL]))
+@given(
+    payload=st.binary(max_size=300), model=MODELS, limits=st.sampled_from([DEFAULT_LIMITS, SMALL])
+)
 def test_arbitrary_bytes_never_crash(
     payload: bytes, model: type[BaseModel], limits: Limits
 ) -> None:

@@ -1,0 +1,205 @@
+"""Vector-store micro-benchmark: the calls the stream engine makes, on synthetic unit vectors.
+
+Run: ``python -m infra.store_bench --backend edge --items 100000 --path /tmp/sb``. It measures
+what decides the embedded default: catalog search latency at scale and the store time of one
+stream batch (a 500-profile write and a 500-id read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infra.edge_store import EdgeStore
+from infra.qdrant_store import QdrantStore
+from ranking.store import Query, StoredPoint, VectorStore
+
+BACKENDS = ("edge", "qdrant-local")
+
+
+def open_backend(backend: str, path: Path) -> VectorStore:
+    if backend == "edge":
+        return EdgeStore(path)
+    if backend == "qdrant-local":
+        return QdrantStore(path=path)
+    raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+
+
+def _unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _max_stall(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Run ``fn`` while a thread ticks every 10 ms: (fn's seconds, longest gap between ticks).
+
+    The gap shows whether the call lets other Python threads (the Faust event loop) run.
+    """
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.01)
+
+    t = threading.Thread(target=tick, daemon=True)
+    t.start()
+    seconds = _timed(fn)
+    stop.set()
+    t.join()
+    gaps = np.diff(ticks) if len(ticks) > 1 else np.array([seconds])
+    return seconds, float(gaps.max())
+
+
+def run_store_bench(
+    backend: str,
+    n_items: int,
+    dim: int = 384,
+    queries: int = 500,
+    path: Path | None = None,
+    *,
+    seed: int = 0,
+    upsert_batch: int = 1000,
+) -> dict[str, Any]:
+    """Time the store calls one stream batch makes; returns a JSON-ready dict of figures."""
+    root = path if path is not None else Path(f"/tmp/coldstream-store-bench-{backend}")
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    vectors = _unit_vectors(rng, n_items, dim)
+    now = time.time()
+    store = open_backend(backend, root)
+    out: dict[str, Any] = {"backend": backend, "n_items": n_items, "dim": dim}
+    try:
+        store.ensure_collection("items", dim)
+        store.ensure_collection("users", dim)
+
+        def load() -> None:
+            for start in range(0, n_items, upsert_batch):
+                store.upsert(
+                    "items",
+                    [
+                        StoredPoint(
+                            f"i{i}",
+                            vectors[i],
+                            {
+                                "active": i % 20 != 0,
+                                "created_at": now - i,
+                                "title": f"Item {i}",
+                                "category": f"c{i % 19}",
+                            },
+                        )
+                        for i in range(start, min(n_items, start + upsert_batch))
+                    ],
+                )
+
+        seconds = _timed(load)
+        out["upsert_s"] = round(seconds, 3)
+        out["upsert_per_s"] = round(n_items / seconds)
+        if isinstance(store, EdgeStore):
+            opt_s, stall = _max_stall(store.optimize)
+            out["optimize_s"] = round(opt_s, 3)
+            out["optimize_max_thread_stall_s"] = round(stall, 3)
+
+        qvecs = _unit_vectors(rng, queries, dim)
+
+        def query(k: int) -> Query:
+            exclude = [f"i{j}" for j in rng.integers(0, n_items, 50)]
+            return Query(qvecs[k], 100, exclude, {"active": True}, with_vectors=True)
+
+        store.search("items", [query(0)])  # warm caches
+        singles = [[query(k)] for k in range(queries)]
+        lat = np.array([_timed(partial(store.search, "items", q)) for q in singles])
+        lat_ms = lat * 1000
+        for p in (50, 95, 99):
+            out[f"search1_p{p}_ms"] = round(float(np.percentile(lat_ms, p)), 3)
+
+        batch = [query(k % queries) for k in range(64)]
+        runs = [_timed(lambda: store.search("items", batch)) for _ in range(5)]
+        out["search64_ms"] = round(1000 * float(np.median(runs)), 2)
+
+        # recall@100 of the filtered search against exact cosine, on 20 queries
+        active = np.array([i % 20 != 0 for i in range(n_items)])
+        recalls = []
+        for k in range(min(20, queries)):
+            scores = np.where(active, vectors @ qvecs[k], -np.inf)
+            truth = {f"i{i}" for i in np.argsort(-scores)[:100]}
+            (hits,) = store.search("items", [Query(qvecs[k], 100, (), {"active": True})])
+            recalls.append(len(truth & {h.id for h in hits}) / 100)
+        out["recall_at_100"] = round(float(np.mean(recalls)), 3)
+
+        ids = [f"i{j}" for j in rng.integers(0, n_items, 500)]
+        out["retrieve500_ms"] = round(
+            1000
+            * float(np.median([_timed(lambda: store.retrieve("items", ids)) for _ in range(5)])),
+            2,
+        )
+
+        # a stream batch's profile write: 500 users, ~2 KB payload each (seen set, recents, ...)
+        def profiles(round_: int) -> list[StoredPoint]:
+            uvecs = _unit_vectors(rng, 500, dim)
+            return [
+                StoredPoint(
+                    f"u{u}",
+                    uvecs[u],
+                    {
+                        "event_count": round_ + 1,
+                        "seen": [f"i{j}" for j in range(u, u + 150)],
+                        "recent_items": [f"i{j}" for j in range(u, u + 20)],
+                        "categories": {f"c{c}": 0.1 * c for c in range(19)},
+                        "offsets": {"0": round_, "1": round_},
+                    },
+                )
+                for u in range(500)
+            ]
+
+        batches = [profiles(r) for r in range(6)]
+        out["payload_bytes"] = len(json.dumps(batches[0][0].payload))
+        writes = [_timed(partial(store.upsert, "users", b)) for b in batches]
+        out["upsert500_profiles_ms"] = round(1000 * float(np.median(writes[1:])), 2)
+        uids = [f"u{u}" for u in range(500)]
+        out["retrieve500_profiles_ms"] = round(
+            1000
+            * float(np.median([_timed(lambda: store.retrieve("users", uids)) for _ in range(5)])),
+            2,
+        )
+        out["stream_batch_store_ms"] = round(
+            out["retrieve500_profiles_ms"]
+            + out["retrieve500_ms"]
+            + out["upsert500_profiles_ms"]
+            + out["search64_ms"] * 500 / 64,
+            1,
+        )
+    finally:
+        store.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backend", choices=BACKENDS, default="edge")
+    parser.add_argument("--items", type=int, default=1682)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--path", type=Path, default=None)
+    args = parser.parse_args(argv)
+    print(json.dumps(run_store_bench(args.backend, args.items, args.dim, args.queries, args.path)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""One contract for every VectorStore: qdrant-client local mode and Qdrant Edge must agree."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infra.edge_store import EdgeStore
+from infra.qdrant_store import QdrantStore
+from ranking.store import Query, StoredPoint, VectorStore
+
+pytestmark = pytest.mark.integration
+
+DIM = 8
+Opener = Callable[[Path], VectorStore]
+OPENERS: dict[str, Opener] = {
+    "qdrant-local": lambda path: QdrantStore(path=path),
+    "edge": lambda path: EdgeStore(path),
+}
+
+
+@pytest.fixture(params=sorted(OPENERS))
+def opener(request: pytest.FixtureRequest) -> Opener:
+    return OPENERS[request.param]
+
+
+@pytest.fixture
+def store(opener: Opener, tmp_path: Path) -> Iterator[VectorStore]:
+    s = opener(tmp_path / "store")
+    s.ensure_collection("items", DIM)
+    yield s
+    s.close()
+
+
+def _unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def _items(n: int = 20) -> list[StoredPoint]:
+    return [
+        StoredPoint(
+            f"item-{i}",
+            _unit(i),
+            {"active": i % 4 != 0, "created_at": float(1000 + i), "category": f"c{i % 3}"},
+        )
+        for i in range(n)
+    ]
+
+
+def test_upsert_retrieve_round_trip(store: VectorStore) -> None:
+    store.upsert("items", _items())
+    got = store.retrieve("items", ["item-3", "item-7", "missing", "item-3"])
+    assert set(got) == {"item-3", "item-7"}
+    p = got["item-3"]
+    assert p.id == "item-3"
+    assert p.payload == {"active": True, "created_at": 1003.0, "category": "c0"}
+    assert p.vector is not None
+    np.testing.assert_allclose(p.vector, _unit(3), atol=1e-5)
+    assert store.retrieve("items", ["item-3"], with_vectors=False)["item-3"].vector is None
+
+
+def test_upsert_overwrites_and_count(store: VectorStore) -> None:
+    store.upsert("items", _items())
+    assert store.count("items") == 20
+    store.upsert("items", [StoredPoint("item-1", _unit(99), {"active": False})])
+    assert store.count("items") == 20
+    assert store.retrieve("items", ["item-1"])["item-1"].payload == {"active": False}
+
+
+def test_point_without_vector(store: VectorStore) -> None:
+    store.ensure_collection("state", 1)
+    store.upsert("state", [StoredPoint("trending/0", None, {"counts": {"a": 1.5}})])
+    got = store.retrieve("state", ["trending/0"], with_vectors=False)
+    assert got["trending/0"].payload == {"counts": {"a": 1.5}}
+
+
+def test_reopen_from_disk(opener: Opener, tmp_path: Path) -> None:
+    first = opener(tmp_path / "store")
+    first.ensure_collection("items", DIM)
+    first.upsert("items", _items())
+    first.close()
+    again = opener(tmp_path / "store")
+    try:
+        again.ensure_collection("items", DIM)
+        assert again.count("items") == 20
+        assert again.retrieve("items", ["item-5"])["item-5"].payload["category"] == "c2"
+        hits = again.search("items", [Query(_unit(5), limit=1)])[0]
+        assert [h.id for h in hits] == ["item-5"]
+    finally:
+        again.close()
+
+
+def test_search_nearest_first_and_with_vectors(store: VectorStore) -> None:
+    store.upsert("items", _items())
+    plain, with_vec = store.search(
+        "items", [Query(_unit(6), limit=5), Query(_unit(6), limit=5, with_vectors=True)]
+    )
+    assert plain[0].id == "item-6"
+    assert plain[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.score for h in plain] == sorted((h.score for h in plain), reverse=True)
+    assert plain[0].vector is None
+    assert "_id" not in plain[0].payload
+    assert with_vec[0].vector is not None
+    np.testing.assert_allclose(with_vec[0].vector, _unit(6), atol=1e-5)
+
+
+def test_exclude_ids_never_returned(store: VectorStore) -> None:
+    store.upsert("items", _items())
+    excluded = [f"item-{i}" for i in range(0, 20, 2)] + ["never-stored"]
+    (hits,) = store.search("items", [Query(_unit(2), limit=20, exclude_ids=excluded)])
+    assert {h.id for h in hits} == {f"item-{i}" for i in range(1, 20, 2)}
+
+
+def test_where_active_filter(store: VectorStore) -> None:
+    store.upsert("items", _items())
+    (active,) = store.search("items", [Query(_unit(0), limit=20, where={"active": True})])
+    assert {h.id for h in active} == {f"item-{i}" for i in range(20) if i % 4 != 0}
+    (retired,) = store.search("items", [Query(_unit(0), limit=20, where={"active": False})])
+    assert {h.id for h in retired} == {f"item-{i}" for i in range(0, 20, 4)}
+    (cat,) = store.search("items", [Query(_unit(0), limit=20, where={"category": "c1"})])
+    assert {h.id for h in cat} == {f"item-{i}" for i in range(20) if i % 3 == 1}
+
+
+def test_created_after_filter(store: VectorStore) -> None:
+    store.upsert("items", _items())
+    (hits,) = store.search("items", [Query(_unit(0), limit=20, created_after=1015.0)])
+    assert {h.id for h in hits} == {f"item-{i}" for i in range(16, 20)}
+
+
+def test_set_payload_merges(store: VectorStore) -> None:
+    store.upsert("items", _items())
+    store.set_payload("items", ["item-1", "item-2"], {"active": False, "note": "retired"})
+    got = store.retrieve("items", ["item-1", "item-2", "item-3"], with_vectors=False)
+    assert got["item-1"].payload == {
+        "active": False,
+        "created_at": 1001.0,
+        "category": "c1",
+        "note": "retired",
+    }
+    assert got["item-3"].payload["active"] is True
+    (hits,) = store.search("items", [Query(_unit(1), limit=20, where={"active": True})])
+    assert "item-1" not in {h.id for h in hits}
+
+
+def test_ensure_collection_dim_mismatch(opener: Opener, tmp_path: Path) -> None:
+    s = opener(tmp_path / "store")
+    try:
+        s.ensure_collection("items", DIM)
+        s.ensure_collection("items", DIM)  # idempotent
+        with pytest.raises(ValueError, match="dimension"):
+            s.ensure_collection("items", DIM + 1)
+    finally:
+        s.close()
+    again = opener(tmp_path / "store")
+    try:
+        with pytest.raises(ValueError, match="dimension"):
+            again.ensure_collection("items", DIM * 2)
+    finally:
+        again.close()
+
+
+def test_empty_calls_are_no_ops(store: VectorStore) -> None:
+    store.upsert("items", [])
+    store.set_payload("items", [], {"active": False})
+    assert store.retrieve("items", []) == {}
+    assert store.search("items", []) == []
+    assert store.count("items") == 0
+
+
+def test_edge_directory_held_by_one_store(tmp_path: Path) -> None:
+    from ranking.store import StoreUnavailable
+
+    first = EdgeStore(tmp_path / "store")
+    first.ensure_collection("items", DIM)
+    second = EdgeStore(tmp_path / "store")
+    try:
+        with pytest.raises(StoreUnavailable):
+            second.ensure_collection("items", DIM)
+    finally:
+        second.close()
+        first.close()
+
+
+def test_edge_optimize_keeps_results(tmp_path: Path) -> None:
+    s = EdgeStore(tmp_path / "store")
+    try:
+        s.ensure_collection("items", DIM)
+        s.upsert("items", _items())
+        before = s.search("items", [Query(_unit(4), limit=5, where={"active": True})])
+        s.optimize()
+        after = s.search("items", [Query(_unit(4), limit=5, where={"active": True})])
+        assert [h.id for h in after[0]] == [h.id for h in before[0]]
+        assert s.count("items") == 20
+    finally:
+        s.close()

@@ -1,0 +1,599 @@
+"""Trending, MMR, reasons and the batch engine (over a real local Qdrant store, 8-d vectors).
+
+The engine tests open a real ``QdrantStore`` on a temporary directory (through the ``store``
+fixture) and use small hand-made vectors, so every expected recommendation can be read off the
+geometry. No encoder, no broker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infra.qdrant_store import QdrantStore
+from infra.settings import Settings
+from ranking.diversity import mmr
+from ranking.engine import (
+    BatchOutcome,
+    BehaviorEngine,
+    EngineConfig,
+    Interaction,
+    UserRecs,
+    _guarantee_cold,
+)
+from ranking.profile import Profile, ProfileConfig
+from ranking.reasons import Anchor, explain, item_anchor, text_anchor
+from ranking.scoring import BlendScorer, Candidates
+from ranking.store import StoredPoint
+from ranking.trending import TrendingCounter, merged_scores, top_items
+
+# Markers per test: the engine tests open a real local Qdrant store (``store`` fixture), which
+# the project counts as integration; everything else here is a pure unit test.
+unit = pytest.mark.unit
+integration = pytest.mark.integration
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+
+DIM = 8
+HOUR = 3600.0
+T0 = 1_700_000_000.0
+
+
+def uvec(*pairs: tuple[int, float]) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    for i, x in pairs:
+        v[i] = x
+    return v / np.linalg.norm(v)
+
+
+# ==== trending ===============================================================================
+
+
+@unit
+def test_trending_decays_in_event_time() -> None:
+    c = TrendingCounter(half_life_s=10.0)
+    c.add("a", 0.0)
+    assert c.scores == {"a": 1.0}
+    c.add("a", 10.0)  # one half-life later: 1·0.5 + 1
+    assert c.scores["a"] == pytest.approx(1.5)
+    assert c.ref_ts == 10.0
+    c.add("b", 0.0, weight=2.0)  # an old event counts less, by the same law
+    assert c.scores["b"] == pytest.approx(1.0)
+    assert c.ref_ts == 10.0  # and does not move the clock back
+    c.add("a", 30.0)
+    assert c.scores["a"] == pytest.approx(1.5 * 0.25 + 1.0)
+    assert c.scores["b"] == pytest.approx(0.25)
+
+
+@unit
+def test_trending_prunes_to_max_items() -> None:
+    c = TrendingCounter(half_life_s=HOUR, max_items=10)
+    for n in range(13):
+        c.add(f"i{n}", 0.0, weight=float(n + 1))
+    assert len(c.scores) <= 12
+    for n in range(13, 20):
+        c.add(f"i{n}", 0.0, weight=float(n + 1))
+    assert len(c.scores) <= 12
+    assert "i19" in c.scores and "i0" not in c.scores
+
+
+@unit
+def test_trending_payload_round_trip() -> None:
+    c = TrendingCounter(half_life_s=HOUR)
+    c.add("a", T0, 2.0)
+    c.add("b", T0 + 60, 1.0)
+    back = TrendingCounter.from_payload(c.to_payload(), HOUR)
+    assert back.ref_ts == c.ref_ts and back.scores == c.scores
+    assert TrendingCounter.from_payload({}, HOUR).scores == {}
+
+
+@unit
+def test_merged_scores_brings_counters_to_one_time() -> None:
+    c1 = TrendingCounter(half_life_s=10.0)
+    c1.add("a", 0.0)
+    c2 = TrendingCounter(half_life_s=10.0)
+    c2.add("a", 10.0)
+    c2.add("b", 10.0, 2.0)
+    empty = TrendingCounter(half_life_s=10.0)
+    merged = merged_scores([c1, c2, empty], at_ts=10.0)
+    assert merged == pytest.approx({"a": 1.5, "b": 2.0})
+    later = merged_scores([c1, c2], at_ts=20.0)
+    assert later == pytest.approx({"a": 0.25 + 0.5, "b": 1.0})
+    # a time before a counter's reference never amplifies it
+    assert merged_scores([c2], at_ts=0.0) == pytest.approx({"a": 1.0, "b": 2.0})
+    assert merged_scores([], at_ts=None) == {}
+
+
+@unit
+def test_merged_scores_without_time_uses_latest_reference() -> None:
+    stale = TrendingCounter(half_life_s=HOUR)
+    stale.add("old", T0, 3.0)
+    fresh = TrendingCounter(half_life_s=HOUR)
+    fresh.add("new", T0 + 10 * HOUR, 2.0)
+    assert merged_scores([stale, fresh], None) == pytest.approx(
+        merged_scores([stale, fresh], T0 + 10 * HOUR)
+    )
+
+
+@unit
+def test_top_items_excludes_and_orders() -> None:
+    scores = {"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.5}
+    assert top_items(scores, 2) == ["a", "b"]
+    assert top_items(scores, 2, exclude=["a"]) == ["b", "c"]
+    assert top_items(scores, 3, exclude=["a", "c", "zzz"]) == ["b", "d"]
+    assert top_items(scores, 10, exclude=scores) == []
+    assert top_items(scores, 0) == []
+    assert top_items({}, 5) == []
+
+
+# ==== diversity ===============================================================================
+
+
+def _rng_unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@unit
+def test_mmr_lambda_one_is_sort_by_relevance() -> None:
+    rel = np.array([0.2, 0.9, 0.5, 0.9, 0.1], dtype=np.float32)
+    vectors = _rng_unit_rows(5, 4, seed=1)
+    assert mmr(rel, vectors, 3, 1.0) == [1, 3, 2]  # ties keep input order
+    assert mmr(rel, vectors, 10, 1.0) == [1, 3, 2, 0, 4]
+
+
+@unit
+def test_mmr_avoids_near_duplicate() -> None:
+    a = np.array([1.0, 0.0, 0.0])
+    twin = np.array([0.999, 0.0447, 0.0])
+    other = np.array([0.0, 0.0, 1.0])
+    vectors = np.stack([a, twin / np.linalg.norm(twin), other]).astype(np.float32)
+    rel = np.array([1.0, 0.99, 0.8], dtype=np.float32)
+    assert mmr(rel, vectors, 2, 1.0) == [0, 1]
+    assert mmr(rel, vectors, 2, 0.5) == [0, 2]
+    assert mmr(rel, vectors, 3, 0.5) == [0, 2, 1]
+
+
+@unit
+def test_mmr_fixed_slots_come_first() -> None:
+    rel = np.array([0.1, 0.2, 0.9, 0.8], dtype=np.float32)
+    vectors = _rng_unit_rows(4, 4, seed=2)
+    assert mmr(rel, vectors, 3, 1.0, fixed=2) == [0, 1, 2]
+    assert mmr(rel, vectors, 3, 0.7, fixed=2)[:2] == [0, 1]
+    assert mmr(rel, vectors, 1, 0.7, fixed=2) == [0]
+
+
+@unit
+def test_mmr_edge_cases() -> None:
+    vectors = _rng_unit_rows(3, 4, seed=3)
+    rel = np.array([0.3, 0.2, 0.1], dtype=np.float32)
+    assert mmr(np.array([], dtype=np.float32), np.zeros((0, 4)), 5, 0.5) == []
+    assert mmr(rel, vectors, 0, 0.5) == []
+    assert sorted(mmr(rel, vectors, 10, 0.5)) == [0, 1, 2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 25),
+    k=st.integers(1, 30),
+    lam=st.floats(0.0, 1.0),
+    fixed=st.integers(0, 5),
+    seed=st.integers(0, 1000),
+)
+@unit
+def test_mmr_returns_distinct_valid_indices(
+    n: int, k: int, lam: float, fixed: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    rel = rng.random(n).astype(np.float32)
+    picks = mmr(rel, _rng_unit_rows(n, 6, seed), k, lam, fixed=fixed)
+    assert len(picks) == min(k, n)
+    assert len(set(picks)) == len(picks)
+    assert all(0 <= i < n for i in picks)
+    assert picks[: min(fixed, k, n)] == list(range(min(fixed, k, n)))
+
+
+# ==== reasons =================================================================================
+
+
+@unit
+def test_explain_picks_nearest_anchor() -> None:
+    anchors = [
+        item_anchor("Toy Story (1995)", "view", uvec((0, 1.0))),
+        item_anchor("Heat (1995)", "purchase", uvec((1, 1.0))),
+        text_anchor("space opera", "search", uvec((2, 1.0))),
+    ]
+    assert explain(uvec((1, 1.0), (0, 0.3)), anchors, source="content") == [
+        "similar to 'Heat (1995)' you bought"
+    ]
+    assert explain(uvec((0, 1.0), (1, 0.3)), anchors, source="content") == [
+        "similar to 'Toy Story (1995)' you viewed"
+    ]
+    assert explain(uvec((2, 1.0)), anchors, source="content") == [
+        "matches your search 'space opera'"
+    ]
+
+
+@unit
+def test_explain_channels_and_fallback() -> None:
+    anchor = [Anchor("because", uvec((0, 1.0)))]
+    assert explain(uvec((0, 1.0)), anchor, source="trending") == ["because", "trending now"]
+    assert explain(None, anchor, source="trending") == ["trending now"]
+    assert explain(None, [], source="content") == ["popular with other users"]
+    assert explain(uvec((0, 1.0)), [], source="covisit", extra={"c": "watched together"}) == [
+        "watched together"
+    ]
+
+
+@unit
+def test_anchor_labels() -> None:
+    assert item_anchor("X", "add_to_cart", uvec((0, 1.0))).label == (
+        "similar to 'X' you added to your cart"
+    )
+    assert item_anchor("X", "mystery", uvec((0, 1.0))).label == "similar to 'X' you liked"
+    assert text_anchor("westerns", "profile", uvec((0, 1.0))).label == (
+        "matches your interest in 'westerns'"
+    )
+    assert text_anchor("meh", "other", uvec((0, 1.0))).label == "matches 'meh'"
+    long = item_anchor("word " * 40, "view", uvec((0, 1.0))).label
+    title = long.removeprefix("similar to '").removesuffix("' you viewed")
+    assert len(title) == 60 and title.endswith("…")
+    assert "  " not in text_anchor("a \n\t b", "search", uvec((0, 1.0))).label
+
+
+# ==== _guarantee_cold ===========================================================================
+
+
+def _cands(cosine: Sequence[float], cold: Sequence[int]) -> Candidates:
+    """Candidates with the given cosines; ``cold`` is 0/1 per row."""
+    n = len(cosine)
+    return Candidates(
+        ids=[f"c{i}" for i in range(n)],
+        vectors=np.eye(n, DIM, dtype=np.float32),
+        cosine=np.asarray(cosine, dtype=np.float32),
+        popularity=np.where(np.asarray(cold), 0.0, 5.0).astype(np.float32),
+        categories=[None] * n,
+        is_cold=np.asarray(cold, dtype=bool),
+    )
+
+
+@unit
+def test_guarantee_cold_replaces_tail_warm_picks() -> None:
+    #            0     1     2     3     4      5      6
+    cands = _cands([0.9, 0.8, 0.7, 0.6, 0.3, 0.5, 0.1], [0, 0, 0, 0, 1, 1, 1])
+    out = _guarantee_cold([0, 1, 2, 3], cands, 2)
+    assert out == [0, 1, 5, 4]  # head kept in order; best cold by content first
+    assert len(out) == 4
+
+
+@unit
+def test_guarantee_cold_counts_cold_already_picked() -> None:
+    cands = _cands([0.9, 0.8, 0.7, 0.6, 0.3, 0.5], [0, 0, 0, 0, 1, 1])
+    assert _guarantee_cold([0, 4, 1, 2], cands, 2) == [0, 4, 1, 5]
+    assert _guarantee_cold([0, 4, 5, 1], cands, 2) == [0, 4, 5, 1]
+
+
+@unit
+def test_guarantee_cold_no_op_cases() -> None:
+    cands = _cands([0.9, 0.8, 0.7], [0, 0, 0])
+    assert _guarantee_cold([0, 1], cands, 2) == [0, 1]  # nothing cold to add
+    cands = _cands([0.9, 0.8, 0.7], [0, 0, 1])
+    assert _guarantee_cold([0, 1], cands, 0) == [0, 1]  # no slots asked
+
+
+@unit
+def test_guarantee_cold_fewer_cold_than_slots() -> None:
+    cands = _cands([0.9, 0.8, 0.7, 0.2], [0, 0, 0, 1])
+    assert _guarantee_cold([0, 1, 2], cands, 3) == [0, 1, 3]
+
+
+@unit
+def test_guarantee_cold_never_lengthens_the_list() -> None:
+    cands = _cands([0.9, 0.5, 0.4], [0, 1, 1])
+    assert len(_guarantee_cold([0], cands, 2)) == 1
+
+
+# ==== BehaviorEngine over a real store ========================================================
+
+ITEMS: dict[str, tuple[np.ndarray, str, bool]] = {
+    # id: (vector, category, active)
+    "a0": (uvec((0, 1.0)), "A", True),
+    "a1": (uvec((0, 1.0), (1, 0.10)), "A", True),
+    "a2": (uvec((0, 1.0), (2, 0.20)), "A", True),
+    "a3": (uvec((0, 1.0), (3, 0.15)), "A", True),
+    "a4": (uvec((0, 1.0), (4, 0.25)), "A", True),
+    "a5": (uvec((0, 1.0), (5, 0.30)), "A", True),
+    "retired": (uvec((0, 1.0), (1, 0.05)), "A", False),
+    "b0": (uvec((6, 1.0)), "B", True),
+    "b1": (uvec((7, 1.0)), "B", True),
+}
+
+
+def engine_for(store: QdrantStore, **overrides: Any) -> BehaviorEngine:
+    """An engine on ``store`` with the ITEMS catalog loaded (4 recs, no cold slots by default)."""
+    s = Settings()
+    cfg = EngineConfig(
+        profile=ProfileConfig(
+            weights=s.event_weights(), half_life_s=72 * HOUR, recent_max=20, seen_max=2000
+        ),
+        **{"recs_count": 4, "recall_top_n": 50, "cold_item_slots": 0, **overrides},
+    )
+    store.ensure_collection(cfg.items_collection, DIM)
+    store.ensure_collection(cfg.users_collection, DIM)
+    store.ensure_collection(cfg.state_collection, 1)
+    store.upsert(
+        cfg.items_collection,
+        [
+            StoredPoint(
+                item_id,
+                vec,
+                {"title": f"Title {item_id}", "category": cat, "active": active, "created_at": 0.0},
+            )
+            for item_id, (vec, cat, active) in ITEMS.items()
+        ],
+    )
+    return BehaviorEngine(store, cfg, BlendScorer(0.3))
+
+
+_counter = iter(range(1_000_000))
+
+
+def ev(
+    user: str,
+    kind: str = "view",
+    item: str | None = None,
+    *,
+    ts: float = T0,
+    event_id: str | None = None,
+    partition: int | None = 0,
+    offset: int | None = None,
+    text: str | None = None,
+    rating: float | None = None,
+) -> Interaction:
+    n = next(_counter)
+    return Interaction(
+        event_id=event_id or f"ev{n}",
+        user_id=user,
+        type=kind,
+        ts=ts,
+        item_id=item,
+        text=text,
+        rating=rating,
+        partition=partition,
+        offset=n if offset is None else offset,
+    )
+
+
+def run(
+    engine: BehaviorEngine, events: list[Interaction], texts: np.ndarray | None = None
+) -> BatchOutcome:
+    prep = engine.prepare(events)
+    return engine.apply(prep, texts)
+
+
+def recs_of(outcome_recs: list[UserRecs], user: str) -> list[str]:
+    (mine,) = [r for r in outcome_recs if r.user_id == user]
+    return [i.item_id for i in mine.items]
+
+
+@integration
+def test_prepare_rejects_unknown_items(store: QdrantStore) -> None:
+    engine = engine_for(store)
+    events = [ev("u1", "view", "ghost"), ev("u1", "view", "a0"), ev("u1", "search", text="x")]
+    prep = engine.prepare(events)
+    assert [(r.interaction.item_id, r.reason) for r in prep.rejected] == [("ghost", "unknown_item")]
+    assert "ghost" in prep.rejected[0].message
+    assert [e.item_id for e in prep.to_apply] == ["a0", None]
+    assert prep.texts == [("search", "x")]
+    assert prep.users == ["u1"]
+    assert "a0" in prep.items and "ghost" not in prep.items
+
+
+@integration
+def test_prepare_skips_replays_and_duplicates(store: QdrantStore) -> None:
+    engine = engine_for(store)
+    first = ev("u1", "view", "a0", event_id="e-1", partition=0, offset=5)
+    out = run(engine, [first])
+    assert out.applied == 1
+
+    replay_same = ev("u1", "view", "a0", event_id="e-1", partition=0, offset=5)
+    replay_older = ev("u1", "view", "a1", event_id="e-x", partition=0, offset=3)
+    dup_id_new_offset = ev("u1", "view", "a1", event_id="e-1", partition=0, offset=9)
+    fresh = ev("u1", "view", "a1", event_id="e-2", partition=0, offset=6)
+    same_in_batch = ev("u1", "view", "a2", event_id="e-2", partition=None, offset=None)
+    other_partition = ev("u1", "view", "a2", event_id="e-3", partition=1, offset=0)
+    prep = engine.prepare(
+        [replay_same, replay_older, dup_id_new_offset, fresh, same_in_batch, other_partition]
+    )
+    assert prep.skipped == [replay_same, replay_older, dup_id_new_offset, same_in_batch]
+    assert prep.to_apply == [fresh, other_partition]
+    out = engine.apply(prep, None)
+    assert out.applied == 2
+    assert out.skipped == prep.skipped
+    (user,) = store.retrieve("users", ["u1"]).values()
+    assert user.payload["event_count"] == 3
+    assert user.payload["offsets"] == {"0": 6, "1": 0}
+
+
+@integration
+def test_apply_updates_and_writes_profiles(store: QdrantStore) -> None:
+    engine = engine_for(store)
+    events = [
+        ev("u1", "view", "a0", ts=T0),
+        ev("u2", "purchase", "b0", ts=T0),
+        ev("u1", "click", "b1", ts=T0 + HOUR),
+    ]
+    out = run(engine, events)
+    assert out.applied == 3 and out.rejected == [] and out.skipped == []
+    assert [r.user_id for r in out.recommendations] == ["u1", "u2"]
+    by_user = {r.user_id: r for r in out.recommendations}
+    assert by_user["u1"].trigger == events[2]
+    assert by_user["u1"].profile_events == 2
+
+    stored = store.retrieve("users", ["u1", "u2"])
+    u1, u2 = stored["u1"], stored["u2"]
+    assert u1.payload["event_count"] == 2
+    assert u1.payload["seen"] == ["a0", "b1"]
+    assert u1.payload["has_vector"] is True
+    keep = 0.5 ** (1 / 72)
+    expected = keep * ITEMS["a0"][0] + 1.5 * ITEMS["b1"][0]
+    assert u1.vector is not None and u2.vector is not None
+    np.testing.assert_allclose(u1.vector, expected / np.linalg.norm(expected), atol=1e-5)
+    np.testing.assert_allclose(u2.vector, ITEMS["b0"][0], atol=1e-5)
+    assert u1.payload["categories"] == pytest.approx({"A": keep, "B": 1.5})
+
+    # the next batch starts from the stored profile, not from scratch
+    out = run(engine, [ev("u1", "view", "a1", ts=T0 + HOUR)])
+    assert out.recommendations[0].profile_events == 3
+
+
+@integration
+def test_recommendations_exclude_seen_and_inactive(store: QdrantStore) -> None:
+    engine = engine_for(store, recs_count=10)
+    out = run(engine, [ev("u1", "view", "a0"), ev("u1", "view", "a1")])
+    recs = recs_of(out.recommendations, "u1")
+    assert recs, "a user with a profile gets recommendations"
+    assert not {"a0", "a1", "retired"} & set(recs)
+    assert set(recs) == {"a2", "a3", "a4", "a5", "b0", "b1"}
+    items = out.recommendations[0].items
+    assert all(i.source == "content" for i in items)
+    assert all(i.reasons for i in items)
+    assert items[0].reasons[0] in {
+        "similar to 'Title a0' you viewed",
+        "similar to 'Title a1' you viewed",
+    }
+
+    # retiring an item takes it out of later lists
+    store.set_payload("items", ["a2"], {"active": False})
+    out = run(engine, [ev("u1", "view", "a3")])
+    recs = recs_of(out.recommendations, "u1")
+    assert not {"a0", "a1", "a2", "a3", "retired"} & set(recs)
+
+
+@integration
+def test_reasons_name_the_event_type(store: QdrantStore) -> None:
+    engine = engine_for(store, recs_count=1, mmr_lambda=1.0)
+    out = run(engine, [ev("u1", "purchase", "b0")])
+    (rec,) = out.recommendations[0].items
+    assert rec.reasons == ["similar to 'Title b0' you bought"]
+
+
+@integration
+def test_recommendations_follow_the_profile(store: QdrantStore) -> None:
+    engine = engine_for(store, recs_count=2, mmr_lambda=1.0)
+    out = run(engine, [ev("u1", "view", "a0")])
+    assert recs_of(out.recommendations, "u1") == ["a1", "a3"]  # nearest to e0, by cosine
+
+
+@integration
+def test_text_events_need_their_vectors(store: QdrantStore) -> None:
+    engine = engine_for(store, recs_count=2, mmr_lambda=1.0)
+    prep = engine.prepare([ev("u1", "search", text="space opera", partition=0)])
+    with pytest.raises(ValueError):
+        engine.apply(prep, None)
+    out = engine.apply(prep, np.stack([ITEMS["b0"][0]]))
+    recs = out.recommendations[0].items
+    assert recs[0].item_id == "b0"
+    assert recs[0].reasons == ["matches your search 'space opera'"]
+    (user,) = store.retrieve("users", ["u1"]).values()
+    assert user.payload["texts"][0]["text"] == "space opera"
+
+
+@integration
+def test_review_blends_text_and_item(store: QdrantStore) -> None:
+    engine = engine_for(store)
+    out = run(engine, [ev("u1", "review", "a0", text="loved it")], np.stack([ITEMS["b0"][0]]))
+    assert out.applied == 1
+    (user,) = store.retrieve("users", ["u1"]).values()
+    assert user.vector is not None
+    expected = ITEMS["a0"][0] + ITEMS["b0"][0]
+    np.testing.assert_allclose(user.vector, expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def _crowd(engine: BehaviorEngine, partition: int = 0, ts: float = T0) -> None:
+    """Other users make a1 > a2 > a3 > a4 popular (4, 3, 2, 1 views)."""
+    events = []
+    for n, item in enumerate(["a1", "a2", "a3", "a4"]):
+        for k in range(4 - n):
+            events.append(ev(f"crowd{k}", "view", item, partition=partition, ts=ts))
+    run(engine, events)
+
+
+@integration
+def test_user_without_vector_gets_trending(store: QdrantStore) -> None:
+    engine = engine_for(store)
+    _crowd(engine)
+    # a rating of 0 has weight 0: the profile gets no vector, but the item is seen
+    out = run(engine, [ev("newbie", "rate", "a2", rating=0.0)])
+    (recs,) = out.recommendations
+    assert [i.item_id for i in recs.items] == ["a1", "a3", "a4"]
+    assert all(i.source == "trending" and i.reasons == ["trending now"] for i in recs.items)
+    assert recs.items[0].score == pytest.approx(1.0)
+    assert [i.score for i in recs.items] == sorted((i.score for i in recs.items), reverse=True)
+    (user,) = store.retrieve("users", ["newbie"]).values()
+    assert user.payload["has_vector"] is False
+    # a brand-new user straight through recommend()
+    fresh = engine.recommend([Profile("nobody")], {})
+    assert [i.item_id for i in fresh["nobody"]] == ["a1", "a2", "a3", "a4"]
+
+
+@integration
+def test_cold_items_get_their_slots(store: QdrantStore) -> None:
+    engine = engine_for(store, recs_count=4, cold_item_slots=2)
+    _crowd(engine)
+    out = run(engine, [ev("u1", "view", "a0")])
+    recs = recs_of(out.recommendations, "u1")
+    popular = set(merged_scores(engine.trending.values(), None))
+    cold = [i for i in recs if i not in popular]
+    assert len(recs) == 4
+    assert len(cold) >= 2
+    assert "a5" in cold  # the best cold item by content
+    assert "a0" not in recs
+
+
+@integration
+def test_without_cold_slots_popular_items_win(store: QdrantStore) -> None:
+    engine = engine_for(store, recs_count=4, cold_item_slots=0)
+    _crowd(engine)
+    out = run(engine, [ev("u1", "view", "a0")])
+    assert set(recs_of(out.recommendations, "u1")) == {"a1", "a2", "a3", "a4"}
+
+
+@integration
+def test_new_items_count_as_cold_even_when_popular(store: QdrantStore) -> None:
+    engine = engine_for(store, recs_count=4, cold_item_slots=2)
+    _crowd(engine)
+    store.set_payload("items", ["a4"], {"created_at": time.time()})
+    out = run(engine, [ev("u1", "view", "a0")])
+    recs = recs_of(out.recommendations, "u1")
+    assert "a4" in recs and "a5" in recs
+    assert len(recs) == 4
+
+
+@integration
+def test_trending_persist_and_load(store: QdrantStore) -> None:
+    engine = engine_for(store)
+    _crowd(engine, partition=3)
+    assert engine.persist_trending() == 1
+    assert engine.persist_trending() == 0  # nothing changed since
+    other = BehaviorEngine(store, engine.cfg, BlendScorer(0.3))
+    other.load_trending([3, 7])
+    assert set(other.trending) == {3}
+    assert other.trending[3].scores == engine.trending[3].scores
+    other.drop_trending([3])
+    assert other.trending == {}
+
+
+@integration
+def test_trending_prefers_fresh_over_stale_across_partitions(store: QdrantStore) -> None:
+    engine = engine_for(store)
+    # 3 views of a1 on partition 1, ten days ago; 2 views of b0 on partition 0, now
+    run(engine, [ev(f"s{k}", "view", "a1", partition=1, ts=T0) for k in range(3)])
+    run(engine, [ev(f"f{k}", "view", "b0", partition=0, ts=T0 + 240 * HOUR) for k in range(2)])
+    recs = engine.recommend([Profile("nobody")], {})["nobody"]
+    assert recs[0].item_id == "b0"
