@@ -113,6 +113,12 @@ RANKER_VERSION = Gauge(
     ["version"],
     registry=REGISTRY,
 )
+DEPENDENCY_UP = Gauge(
+    "coldstream_dependency_up",
+    "1 while a dependency answers, 0 while the worker is retrying against it",
+    ["dependency"],
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "coldstream_consumer_lag",
     "Records behind the log end, by topic and partition",

@@ -172,8 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rate", type=float, default=0, help="events/s to send (0 = as fast as possible)"
     )
-    bench = add("bench", _cmd_bench_help, "benchmarks (see sub-commands)")
-    bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    bench = add(
+        "bench",
+        _cmd_bench,
+        "end-to-end benchmark on the embedded stack (`bench encoder`: the encoder alone)",
+    )
+    bench.add_argument("--duration", type=float, default=60.0, help="seconds of sending")
+    bench.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
+    bench.add_argument("--users", type=int, default=2000, help="synthetic users")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--with-encoder", action="store_true", help="also run `bench encoder`")
+    bench.add_argument("--json", help="also write the figures to this JSON file")
+    bsub = bench.add_subparsers(dest="bench", required=False, metavar="BENCH")
     p = bsub.add_parser("encoder", help="encoder throughput: naive vs micro-batched")
     p.set_defaults(handler=_cmd_bench_encoder)
     p.add_argument("--texts", type=int, default=1000, help="texts to encode (0 = all)")
@@ -182,9 +192,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_bench_help(args: argparse.Namespace, settings: Settings) -> int:  # pragma: no cover
-    build_parser().parse_args(["bench", "--help"])
-    return 2
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+
+    from streams.bench import format_report, run_bench
+
+    with tempfile.TemporaryDirectory(prefix="coldstream-bench-") as tmp:
+        run_settings = settings.model_copy(update={"data_dir": Path(tmp) / "data"})
+        report = run_bench(
+            run_settings,
+            duration_s=args.duration,
+            rate=args.rate,
+            users=args.users,
+            seed=args.seed,
+            log_dir=Path(tmp),
+        )
+    print(format_report(report))
+    if args.with_encoder:
+        from encoders.bench import format_bench, run_encoder_bench
+        from ranking.datasets import load_movielens_100k
+        from streams.worker import encoder_config
+
+        enc = run_encoder_bench(
+            movielens_texts(load_movielens_100k(), 1000), encoder_config(settings), naive_sample=150
+        )
+        print(format_bench(enc))
+        report["encoder"] = enc
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

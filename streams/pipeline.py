@@ -129,18 +129,24 @@ class Pipeline:
         metrics.set_ranker_version(self.engine.scorer.version)
 
     async def stop(self) -> None:
-        if not self._started:
-            await self._run(self.store.close)
-            self._store_thread.shutdown(wait=True)
-            return
-        self._started = False
-        await self.batcher.stop()
-        try:
-            await self._run(self.engine.persist_trending)
-        except Exception:  # pragma: no cover - best effort on the way out
-            log.warning("could not persist trending counts at shutdown", exc_info=True)
-        await self._run(self.store.close)
+        """Stop encoding, then :meth:`close` (for callers that own the event loop)."""
+        if self._started:
+            self._started = False
+            await self.batcher.stop()
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Persist trending counts and close the store; safe once no batch is running.
+
+        The worker calls it after Faust has stopped its agents and closed its loop: closing the
+        store any earlier could fail a batch that is still in flight.
+        """
         self._store_thread.shutdown(wait=True)
+        try:
+            self.engine.persist_trending()
+        except Exception:  # best effort on the way out; counts are rebuilt from events
+            log.warning("could not persist trending counts at shutdown", exc_info=True)
+        self.store.close()
 
     async def on_partitions_assigned(self, partitions: Sequence[int]) -> None:
         await self.start()
@@ -293,9 +299,13 @@ class Pipeline:
         delay = 0.1
         while True:
             try:
-                return await attempt()
+                result = await attempt()
             except StoreUnavailable as exc:
                 metrics.STORE_ERRORS.inc()
+                metrics.DEPENDENCY_UP.labels(dependency="store").set(0)
                 log.warning("vector store unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
+            else:
+                metrics.DEPENDENCY_UP.labels(dependency="store").set(1)
+                return result

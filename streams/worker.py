@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any, cast
 
 import faust
 
@@ -112,12 +111,10 @@ def worker_app(
     app, topics = create_app(settings, bootstrap)
     register_agents(app, topics, pipeline, settings)
 
-    async def _stop_pipeline(sender: object, **kwargs: object) -> None:
-        await pipeline.stop()
-
-    app.on_before_shutdown.connect(cast(Any, _stop_pipeline))
-
-    yield app, pipeline
+    try:
+        yield app, pipeline
+    finally:
+        pipeline.close()
 
 
 def run_worker(settings: Settings) -> None:

@@ -1,0 +1,206 @@
+"""``coldstream bench``: end-to-end throughput and latency through the real stack.
+
+Publishes the MovieLens catalog as items, then behavior events from synthetic users (Zipf-like
+item popularity) at a fixed rate (open loop) or as fast as possible, for a bounded time; reads the
+output topic on a second thread and reports events/s in, recommendations/s out, producer-send →
+consumer-receive latency percentiles, the backlog over time, and the worker's CPU and RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from tqdm import tqdm
+
+from infra import metrics
+from infra.settings import Settings
+from ranking.datasets import load_movielens_100k
+from streams.demo import item_payload
+from streams.produce import Publisher
+from streams.stack import LocalStack
+from streams.tail import output_consumer
+
+
+@dataclass
+class _Collector:
+    """Output-topic reader on its own thread: latency per trigger event."""
+
+    settings: Settings
+    bootstrap: str
+    sent_at: dict[str, float]
+    latencies_ms: list[float] = field(default_factory=list)
+    received: int = 0
+    received_times: list[float] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        consumer = output_consumer(
+            self.settings, self.bootstrap, self.settings.topic_recommendations
+        )
+        try:
+            while not self.stop.is_set():
+                messages = consumer.consume(1000, 0.1)
+                now = time.time()
+                for msg in messages:
+                    value = msg.value()
+                    if msg.error() is not None or value is None:
+                        continue
+                    trigger = json.loads(value)["trigger_event_id"]
+                    sent = self.sent_at.get(trigger)
+                    self.received += 1
+                    self.received_times.append(now)
+                    if sent is not None:
+                        self.latencies_ms.append((now - sent) * 1000.0)
+        finally:
+            consumer.close()
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    arr = np.asarray(values)
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 2),
+        "p95": round(float(np.percentile(arr, 95)), 2),
+        "p99": round(float(np.percentile(arr, 99)), 2),
+        "max": round(float(arr.max()), 2),
+    }
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    duration_s: float = 60.0,
+    rate: float = 0.0,
+    users: int = 2000,
+    seed: int = 0,
+    drain_timeout_s: float = 60.0,
+    log_dir: Path | None = None,
+) -> dict[str, Any]:
+    """One bounded run; returns JSON-able figures."""
+    rng = random.Random(seed)
+    dataset = load_movielens_100k()
+    item_ids = [i.item_id for i in dataset.items]
+    weights = [1.0 / (rank + 1) ** 0.8 for rank in range(len(item_ids))]
+    rng.shuffle(item_ids)
+    user_ids = [f"bench-{seed}-{n}" for n in range(users)]
+    with LocalStack(settings, log_dir=log_dir) as stack:
+        assert stack.worker is not None and stack.worker.proc is not None
+        worker = psutil.Process(stack.worker.proc.pid)
+        publisher = Publisher(settings, stack.bootstrap)
+        for item in dataset.items:
+            publisher.item(item_payload(item))
+        publisher.flush()
+        stack.worker.wait_for("coldstream_items_indexed_total", len(item_ids), timeout_s=300)
+        sent_at: dict[str, float] = {}
+        collector = _Collector(settings, stack.bootstrap, sent_at)
+        reader = threading.Thread(target=collector.run, name="bench-reader", daemon=True)
+        reader.start()
+        rss_start = worker.memory_info().rss
+        cpu_start = worker.cpu_times()
+        backlog: list[tuple[float, float]] = []
+        sent = 0
+        start = time.time()
+        next_sample = start + 1.0
+        with tqdm(total=int(duration_s), desc="bench", unit="s", file=sys.stderr) as bar:
+            while (now := time.time()) - start < duration_s:
+                if rate > 0:
+                    due = int((now - start) * rate)
+                    if sent >= due:
+                        time.sleep(min(0.001, max(0.0, start + (sent + 1) / rate - now)))
+                        continue
+                user = rng.choice(user_ids)
+                item_id = rng.choices(item_ids, weights)[0]
+                event_id = str(uuid.uuid4())
+                sent_at[event_id] = time.time()
+                publisher.event(
+                    {
+                        "event_id": event_id,
+                        "user_id": user,
+                        "type": "click",
+                        "item_id": item_id,
+                        "ts": int(time.time() * 1000),
+                    }
+                )
+                sent += 1
+                if now >= next_sample:
+                    applied = metrics.total(
+                        stack.worker.metrics(), "coldstream_profile_updates_total"
+                    )
+                    backlog.append((round(now - start, 1), sent - applied))
+                    bar.update(int(now - start) - bar.n)
+                    next_sample += 1.0
+        publisher.flush()
+        send_seconds = time.time() - start
+        deadline = time.monotonic() + drain_timeout_s
+        applied = 0.0
+        while time.monotonic() < deadline:
+            applied = metrics.total(stack.worker.metrics(), "coldstream_profile_updates_total")
+            if applied >= sent:
+                break
+            time.sleep(0.2)
+        drained_at = time.time()
+        time.sleep(1.0)  # let the last recommendations reach the reader
+        collector.stop.set()
+        reader.join(10)
+        cpu_end = worker.cpu_times()
+        rss_end = worker.memory_info().rss
+        worker_metrics = stack.worker.metrics()
+    cpu_s = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+    total_s = drained_at - start
+    half = [b for t, b in backlog if t <= duration_s / 2]
+    late = [b for t, b in backlog if t > duration_s / 2]
+    return {
+        "mode": f"open loop at {rate:g} events/s" if rate > 0 else "as fast as possible",
+        "duration_s": duration_s,
+        "users": users,
+        "catalog_items": len(item_ids),
+        "events_sent": sent,
+        "events_applied": int(applied),
+        "send_rate_per_s": round(sent / send_seconds, 1),
+        "processed_rate_per_s": round(applied / total_s, 1),
+        "recommendations": collector.received,
+        "recommendations_per_s": round(collector.received / total_s, 1),
+        "drain_s_after_send": round(drained_at - start - send_seconds, 2),
+        "latency_ms": _percentiles(collector.latencies_ms),
+        "latency_samples": len(collector.latencies_ms),
+        "backlog_first_half_max": max(half, default=0),
+        "backlog_second_half_max": max(late, default=0),
+        "backlog_series": backlog,
+        "worker_cpu_percent": round(100.0 * cpu_s / total_s, 1),
+        "worker_rss_mb_start": round(rss_start / 2**20, 1),
+        "worker_rss_mb_end": round(rss_end / 2**20, 1),
+        "dead_letters": metrics.total(worker_metrics, "coldstream_dead_letters_total"),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lat = report["latency_ms"]
+    return "\n".join(
+        [
+            f"coldstream bench — {report['mode']}, {report['duration_s']:g} s, "
+            f"{report['users']} users, {report['catalog_items']} items",
+            f"events sent / applied      {report['events_sent']} / {report['events_applied']}"
+            f"  (send {report['send_rate_per_s']}/s, processed {report['processed_rate_per_s']}/s)",
+            f"recommendations            {report['recommendations']}"
+            f" ({report['recommendations_per_s']}/s)",
+            f"event→recommendation ms    p50 {lat['p50']} · p95 {lat['p95']} · p99 {lat['p99']}"
+            f" · max {lat['max']}  ({report['latency_samples']} samples)",
+            f"backlog max (events)       first half {report['backlog_first_half_max']:.0f}"
+            f" · second half {report['backlog_second_half_max']:.0f}"
+            f" · drained {report['drain_s_after_send']} s after the last send",
+            f"worker                     CPU {report['worker_cpu_percent']}% · RSS"
+            f" {report['worker_rss_mb_start']} → {report['worker_rss_mb_end']} MB",
+            f"dead letters               {report['dead_letters']:.0f}",
+        ]
+    )
