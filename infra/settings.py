@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     # --- Vector store --------------------------------------------------------------------
     qdrant_url: str = Field("", description="Qdrant server URL; empty = embedded store")
     qdrant_api_key: SecretStr = SecretStr("")
+    store_backend: Literal["edge", "qdrant-local"] = Field(
+        "edge",
+        description="embedded engine when qdrant_url is empty: Qdrant Edge (fast, default) or "
+        "qdrant-client local mode",
+    )
+    store_optimize_on_start: bool = Field(
+        True, description="edge: build the items HNSW index at start-up (blocks; never mid-stream)"
+    )
     data_dir: Path = Field(default_factory=_default_data_dir)
     items_collection: str = "items"
     users_collection: str = "users"
@@ -139,6 +147,11 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
+
+    @property
+    def edge_path(self) -> Path:
+        """Qdrant Edge shards; a separate directory, as the on-disk formats differ."""
+        return self.data_dir / "edge"
 
     @property
     def effective_session_timeout_s(self) -> float:

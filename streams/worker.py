@@ -13,6 +13,7 @@ from encoders.config import EncoderConfig
 from encoders.model import TextEncoder, load_encoder
 from infra import metrics
 from infra.broker import kafka_bootstrap
+from infra.edge_store import EdgeStore
 from infra.kafka import ensure_topics
 from infra.qdrant_store import QdrantStore
 from infra.settings import Settings
@@ -60,12 +61,20 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
-def open_store(settings: Settings) -> QdrantStore:
+def open_store(settings: Settings) -> VectorStore:
     """The configured store, with each call's latency fed to Prometheus."""
 
     def observe(operation: str, seconds: float) -> None:
         metrics.STORE_SECONDS.labels(operation=operation).observe(seconds)
 
+    if settings.embedded_qdrant and settings.store_backend == "edge":
+        store = EdgeStore(settings.edge_path, observe=observe)
+        if (
+            settings.store_optimize_on_start
+            and (settings.edge_path / settings.items_collection).exists()
+        ):
+            store.optimize(settings.items_collection)  # before Faust starts: it blocks
+        return store
     if settings.embedded_qdrant:
         return QdrantStore(path=settings.qdrant_path, observe=observe)
     return QdrantStore(
