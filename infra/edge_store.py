@@ -149,7 +149,7 @@ class EdgeStore:
                 limit=q.limit,
                 query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist()),
                 filter=_filter(q),
-                with_payload=True,
+                with_payload=True if q.payload_fields is None else [*q.payload_fields, _ID_KEY],
                 # vectors come from one deduplicated retrieve below: the binding's per-hit
                 # vector conversion costs ~2.5 ms per query of 100 hits, and hits overlap a lot
                 with_vector=False,

@@ -126,7 +126,7 @@ class QdrantStore:
                 query=q.vector.astype(np.float32).tolist(),
                 filter=_filter(q),
                 limit=q.limit,
-                with_payload=True,
+                with_payload=True if q.payload_fields is None else [*q.payload_fields, _ID_KEY],
                 with_vector=q.with_vectors,
             )
             for q in queries

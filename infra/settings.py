@@ -113,7 +113,7 @@ class Settings(BaseSettings):
 
     # --- Recommendations ----------------------------------------------------------------
     recs_count: int = Field(10, ge=1)
-    recall_top_n: int = Field(100, ge=1)
+    recall_top_n: int = Field(50, ge=1)
     mmr_lambda: float = Field(0.8, ge=0, le=1)
     popularity_weight: float = Field(0.3, ge=0, le=1)
     popularity_half_count: float = Field(
@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     trending_persist_every_s: float = Field(10.0, gt=0)
 
     # --- Worker / metrics ----------------------------------------------------------------
+    lag_interval_s: float = Field(5.0, gt=0, description="how often consumer lag is measured")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9108, ge=0, le=65535)
     web_enabled: bool = False

@@ -35,7 +35,8 @@ class Query:
     """One nearest-neighbour query: cosine top ``limit`` excluding ``exclude_ids``.
 
     ``where`` holds exact payload matches (e.g. ``{"active": True}``); ``created_after``
-    restricts to points whose payload ``created_at`` (epoch seconds) is newer.
+    restricts to points whose payload ``created_at`` (epoch seconds) is newer. Asking for a few
+    scalar ``payload_fields`` saves decoding whole payloads on a hot path.
     """
 
     vector: np.ndarray
@@ -44,6 +45,7 @@ class Query:
     where: Mapping[str, Any] = field(default_factory=dict)
     created_after: float | None = None
     with_vectors: bool = False
+    payload_fields: Sequence[str] | None = None  # None = whole payload; else only these keys
 
 
 class StoreUnavailable(RuntimeError):

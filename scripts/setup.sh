@@ -11,6 +11,24 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
+# Prometheus + promtool (Debian's `prometheus` package) for the metrics integration test and the
+# demo. Checked on every run, before the stamp's early exit; costs two `command -v` when present.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  SUDO=()
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=(sudo -n); fi
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ ${#SUDO[@]} -gt 0 ]; }; then
+    echo "setup: installing Debian's prometheus package (prometheus, promtool)"
+    if ! { "${SUDO[@]}" apt-get update -qq &&
+      "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null; then
+      echo "setup: WARNING: apt-get could not install prometheus (see above)" >&2
+    fi
+  else
+    echo "setup: WARNING: prometheus/promtool missing and cannot apt-get install them" \
+      "(need Debian/Ubuntu and root or sudo); the Prometheus integration test will fail" >&2
+  fi
+fi
+
 PIP=(.venv/bin/python -m pip --disable-pip-version-check --quiet)
 stamp=.venv/.coldstream-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)

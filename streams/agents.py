@@ -14,6 +14,7 @@ from faust.types import EventT
 from infra import metrics
 from infra.settings import Settings
 from streams.app import Topics
+from streams.lag import update_consumer_lag
 from streams.pipeline import Outputs, Pipeline, Record
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,10 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
     async def persist_trending() -> None:
         await pipeline.persist_trending()
 
+    @app.timer(settings.lag_interval_s)
+    async def consumer_lag() -> None:
+        await update_consumer_lag(app, {settings.topic_events, settings.topic_items})
+
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
         parts = [tp.partition for tp in assigned if tp.topic == settings.topic_events]
         if parts:
@@ -133,4 +138,9 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
     app.on_partitions_assigned.connect(cast(Any, on_assigned))
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
 
-    _ = (item_agent, behavior_agent, persist_trending)  # registered on the app by decorators
+    _ = (
+        item_agent,
+        behavior_agent,
+        persist_trending,
+        consumer_lag,
+    )  # registered on the app by decorators

@@ -197,3 +197,18 @@ def test_edge_optimize_keeps_results(tmp_path: Path) -> None:
         assert s.count("items") == 20
     finally:
         s.close()
+
+
+def test_payload_fields_limit_what_comes_back(store: VectorStore) -> None:
+    points = _items()
+    for p in points:
+        p.payload["tags"] = ["a", "b"]
+    store.upsert("items", points)
+    (hits,) = store.search(
+        "items", [Query(_unit(1), limit=5, payload_fields=("category",), with_vectors=True)]
+    )
+    assert hits[0].id == "item-1"
+    assert all(set(h.payload) == {"category"} for h in hits)
+    assert all(h.vector is not None for h in hits)
+    (full,) = store.search("items", [Query(_unit(1), limit=1)])
+    assert full[0].payload["tags"] == ["a", "b"]
