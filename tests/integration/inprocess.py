@@ -1,0 +1,97 @@
+"""Run real Faust workers inside the test process, sharing one store object.
+
+The embedded store is opened by one process at a time, so a test of several workers in one
+consumer group runs several Faust apps here, each on its own thread and event loop, all over the
+same store (DESIGN.md, "Scale-out and the embedded store"). The apps are the production wiring
+(:func:`streams.worker.worker_app`); only the process around them differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from encoders.model import TextEncoder
+from infra.settings import Settings
+from ranking.store import VectorStore
+from streams.worker import worker_app
+
+
+class InProcessWorker:
+    """One Faust app (one consumer-group member) on a background thread."""
+
+    def __init__(
+        self, settings: Settings, bootstrap: str, store: VectorStore, encoder: TextEncoder
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.store = store
+        self.encoder = encoder
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="inprocess-worker", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> InProcessWorker:
+        self._thread.start()
+        if not self._ready.wait(60):
+            raise TimeoutError("in-process worker did not start")
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # surfaced to the test through .error
+            self.error = exc
+            self._ready.set()
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        with worker_app(self.settings, self.bootstrap, _Unclosable(self.store), self.encoder) as (
+            app,
+            _pipeline,
+        ):
+            await app.start()
+            self._ready.set()
+            await self._stop.wait()
+            await app.stop()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Leave the group cleanly (the other members take the partitions over)."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise TimeoutError("in-process worker did not stop")
+
+
+class _Unclosable:
+    """The shared store outlives each worker: ``close`` is the test's job, not a worker's."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def close(self) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def running(*workers: InProcessWorker) -> Iterator[tuple[InProcessWorker, ...]]:
+    started: list[InProcessWorker] = []
+    try:
+        for worker in workers:
+            started.append(worker.start())
+        yield workers
+    finally:
+        for worker in started:
+            with contextlib.suppress(Exception):
+                worker.stop()

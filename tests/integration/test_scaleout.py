@@ -1,0 +1,181 @@
+"""Issue 7: a rebalance and a store outage lose nothing and apply nothing twice.
+
+Two real Faust apps of one consumer group run in this process over one shared store (the
+embedded store is single-process; see tests/integration/inprocess.py). One leaves mid-stream and
+the other takes its partitions over. Separately, the store goes away for 5 s mid-stream.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from encoders.model import TextEncoder, load_encoder
+from infra import metrics
+from infra.broker import EmbeddedBroker
+from infra.edge_store import EdgeStore
+from infra.kafka import ensure_topics
+from infra.settings import Settings
+from ranking.profile import Profile
+from ranking.store import StoreUnavailable, VectorStore
+from streams.produce import Publisher
+from streams.worker import encoder_config
+from tests.integration.inprocess import InProcessWorker, running
+from tests.integration.test_pipeline import ITEMS, item
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+USERS = 100
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return load_encoder(encoder_config(Settings()))
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[Settings, str, EdgeStore]]:
+    settings = Settings(
+        data_dir=tmp_path / "data", partitions_events=4, partitions_items=1, metrics_port=0
+    )
+    store = EdgeStore(settings.edge_path)
+    with EmbeddedBroker() as broker:
+        ensure_topics(settings, broker.bootstrap)
+        yield settings, broker.bootstrap, store
+    store.close()
+
+
+def _events(n: int, seed: int) -> list[dict[str, object]]:
+    rng = random.Random(seed)
+    ids = [spec[0] for spec in ITEMS]
+    return [
+        {
+            "event_id": str(uuid.uuid4()),
+            "user_id": f"user-{rng.randrange(USERS)}",
+            "type": rng.choice(["view", "click", "purchase"]),
+            "item_id": rng.choice(ids),
+            "ts": 1_700_000_000_000 + i * 1000,
+        }
+        for i in range(n)
+    ]
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+def _applied() -> float:
+    # this process's counter: both in-process workers feed it
+    return metrics.REGISTRY.get_sample_value("coldstream_profile_updates_total") or 0.0
+
+
+def _assert_exact(store: VectorStore, settings: Settings, events: list[dict[str, object]]) -> None:
+    expected = Counter(str(e["user_id"]) for e in events)
+    stored = store.retrieve(settings.users_collection, list(expected), with_vectors=True)
+    counts = {
+        uid: Profile.from_payload(uid, p.vector, p.payload).event_count for uid, p in stored.items()
+    }
+    wrong = {uid: (counts.get(uid), n) for uid, n in expected.items() if counts.get(uid) != n}
+    assert not wrong, f"{len(wrong)} users off (have, want): {list(wrong.items())[:5]}"
+
+
+def _settled(store: VectorStore, settings: Settings, events: list[dict[str, object]]) -> bool:
+    expected = Counter(str(e["user_id"]) for e in events)
+    stored = store.retrieve(settings.users_collection, list(expected), with_vectors=False)
+    total = sum(int(p.payload.get("event_count", 0)) for p in stored.values())
+    return total >= len(events)
+
+
+def _publish_items(settings: Settings, bootstrap: str) -> Publisher:
+    publisher = Publisher(settings, bootstrap)
+    for spec in ITEMS:
+        publisher.item(item(*spec))
+    publisher.flush()
+    return publisher
+
+
+def test_rebalance_after_a_member_leaves_keeps_profiles_exact(
+    env: tuple[Settings, str, EdgeStore], encoder: TextEncoder
+) -> None:
+    settings, bootstrap, store = env
+    publisher = _publish_items(settings, bootstrap)
+    first = InProcessWorker(settings, bootstrap, store, encoder)
+    second = InProcessWorker(settings, bootstrap, store, encoder)
+    events = _events(4000, seed=3)
+    with running(first, second):
+        _wait(lambda: store.count(settings.items_collection) >= len(ITEMS), 120, "items")
+        base = _applied()
+        for payload in events[:2000]:
+            publisher.event(payload)
+        publisher.flush()
+        _wait(lambda: _applied() - base >= 500, 120, "first events applied")
+        second.stop()  # leaves the group mid-stream: the first takes its partitions over
+        for payload in events[2000:]:
+            publisher.event(payload)
+        publisher.flush()
+        _wait(lambda: _settled(store, settings, events), 240, "all events applied")
+        time.sleep(2.0)  # anything applied twice would show up now
+    _assert_exact(store, settings, events)
+
+
+class FlakyStore:
+    """The real store behind a switch that makes every call fail as an outage would."""
+
+    def __init__(self, inner: VectorStore) -> None:
+        self.inner = inner
+        self.down = threading.Event()
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name == "close":
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down.is_set():
+                self.refused += 1
+                raise StoreUnavailable("connection refused (outage)")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_store_outage_of_5s_neither_crashes_nor_loses_events(
+    env: tuple[Settings, str, EdgeStore], encoder: TextEncoder
+) -> None:
+    settings, bootstrap, store = env
+    flaky = FlakyStore(store)
+    publisher = _publish_items(settings, bootstrap)
+    worker = InProcessWorker(settings, bootstrap, flaky, encoder)  # type: ignore[arg-type]
+    events = _events(3000, seed=5)
+    with running(worker):
+        _wait(lambda: store.count(settings.items_collection) >= len(ITEMS), 120, "items")
+        base = _applied()
+        for payload in events[:1500]:
+            publisher.event(payload)
+        publisher.flush()
+        _wait(lambda: _applied() - base >= 300, 120, "first events applied")
+        flaky.down.set()
+        for payload in events[1500:]:
+            publisher.event(payload)
+        publisher.flush()
+        time.sleep(5.0)
+        flaky.down.clear()
+        assert flaky.refused > 0, "the outage never reached the worker"
+        assert (metrics.REGISTRY.get_sample_value("coldstream_store_errors_total") or 0) > 0
+        _wait(lambda: _settled(store, settings, events), 240, "all events applied")
+        time.sleep(2.0)
+        assert worker.error is None
+    _assert_exact(store, settings, events)
