@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     kafka_session_timeout_s: float | None = Field(
         None, description="consumer-group session timeout; default 6 s embedded, 30 s otherwise"
     )
+    kafka_fetch_max_wait_ms: int | None = Field(
+        None, ge=1, description="consumer fetch long-poll; default 10 ms embedded, 500 otherwise"
+    )
     kafka_consumer_group: str = "coldstream"
     embedded_broker_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
     embedded_broker_start_timeout_s: float = 20.0
@@ -155,6 +158,13 @@ class Settings(BaseSettings):
         return self.data_dir / "edge"
 
     @property
+    def effective_fetch_max_wait_ms(self) -> int:
+        """The embedded broker holds a fetch for the whole wait (it is not woken by new data)."""
+        if self.kafka_fetch_max_wait_ms is not None:
+            return self.kafka_fetch_max_wait_ms
+        return 10 if self.embedded_kafka else 500
+
+    @property
     def effective_session_timeout_s(self) -> float:
         if self.kafka_session_timeout_s is not None:
             return self.kafka_session_timeout_s
@@ -193,6 +203,52 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+    # === Learned ranker, co-visitation, evaluation (issue 5; owned by ranking/) =============
+    ranker_path: str = Field(
+        "", description="ranker safetensors file; empty = <data_dir>/model/ranker.safetensors"
+    )
+    covisit_path: str = Field(
+        "", description="co-visitation snapshot; empty = <data_dir>/model/covisit.safetensors"
+    )
+    ranker_enabled: bool = Field(True, description="use the trained ranker when its file loads")
+    ranker_reload_every_s: float = Field(
+        30.0, gt=0, description="how often the worker checks the ranker/snapshot files"
+    )
+    covisit_top_n: int = Field(50, ge=0, description="co-visitation recall channel size")
+    covisit_window: int = Field(
+        20, ge=1, description="online pairs: an event pairs with this many recent items"
+    )
+    covisit_recency: float = Field(0.8, gt=0, le=1, description="weight per step back in time")
+    covisit_max_pairs: int = Field(200_000, ge=1, description="online pairs kept per partition")
+    covisit_train_window: int = Field(500, ge=1, description="snapshot pairs: max distance")
+    covisit_neighbors: int = Field(200, ge=1, description="snapshot neighbors kept per item")
+    popular_top_n: int = Field(50, ge=0, description="popular recall channel size")
+    cold_item_max_count: float = Field(
+        0.0, ge=0, description="an item stays 'new' (slot-eligible) up to this many visits"
+    )
+    cold_slots_follow_content: bool = Field(
+        True, description="give new items more slots when content alone ranks more of them"
+    )
+    ranker_hidden: int = Field(32, ge=1)
+    ranker_epochs: int = Field(15, ge=1)
+    ranker_val_frac: float = Field(0.15, gt=0, lt=1, description="validation users (training)")
+
+    @property
+    def ranker_file(self) -> Path:
+        return (
+            Path(self.ranker_path)
+            if self.ranker_path
+            else self.data_dir / "model" / "ranker.safetensors"
+        )
+
+    @property
+    def covisit_file(self) -> Path:
+        return (
+            Path(self.covisit_path)
+            if self.covisit_path
+            else self.data_dir / "model" / "covisit.safetensors"
+        )
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ import faust
 from faust.types import TopicT
 
 from infra.settings import Settings
+from streams.transport import transport_with_fetch_wait
 
 
 @dataclass(frozen=True)
@@ -76,4 +77,7 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Topics]:
         recommendations=topic(settings.topic_recommendations),
         dead_letter=topic(settings.topic_dead_letter),
     )
+    fetch_wait = settings.effective_fetch_max_wait_ms
+    transport_cls = transport_with_fetch_wait(fetch_wait)
+    app._new_transport = lambda: transport_cls(app.conf.broker_consumer, app)  # type: ignore[method-assign]
     return app, topics

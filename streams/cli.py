@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from infra.settings import Settings, get_settings
+from streams import eval_cli
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -170,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=20000, help="at most this many events")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--rate", type=float, default=0, help="events/s to send (0 = as fast as possible)"
+        "--rate",
+        type=float,
+        default=500.0,
+        help="events/s of the paced (latency) phase after the burst; 0 = burst everything",
     )
     bench = add(
         "bench",
@@ -189,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", type=int, default=1000, help="texts to encode (0 = all)")
     p.add_argument("--naive-sample", type=int, default=150, help="texts for one-at-a-time modes")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    eval_cli.add_commands(sub)  # eval, train (issue 5)
     return parser
 
 

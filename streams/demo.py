@@ -62,6 +62,7 @@ def replay_events(
 @dataclass
 class DemoResult:
     events: int = 0
+    burst_events: int = 0
     seconds: float = 0.0
     recommendations: int = 0
     e2e_ms: list[float] = field(default_factory=list)
@@ -70,7 +71,12 @@ class DemoResult:
 
 
 def run_demo(
-    settings: Settings, *, users: int = 200, max_events: int = 20000, seed: int = 0, rate: float = 0
+    settings: Settings,
+    *,
+    users: int = 200,
+    max_events: int = 20000,
+    seed: int = 0,
+    rate: float = 500.0,
 ) -> int:
     dataset = load_movielens_100k()
     events = replay_events(dataset, users, max_events, seed)
@@ -116,14 +122,41 @@ def _replay(
     events: list[dict[str, object]],
     rate: float,
 ) -> DemoResult:
-    """Send ``events`` (paced at ``rate``/s when > 0, else as fast as possible) and collect."""
+    """Two phases over the same time-ordered events.
+
+    Burst: the first three quarters as fast as possible, timed until every user's last burst
+    event has its recommendation (throughput). Paced: the rest at ``rate`` events/s, where
+    event→recommendation latency means something (a backlog would only measure queueing).
+    """
     consumer = output_consumer(settings, stack.bootstrap, settings.topic_recommendations)
+    result = DemoResult(events=len(events))
+    split = len(events) * 3 // 4 if rate > 0 else len(events)
+    burst, paced = events[:split], events[split:]
+    start = time.time()
+    _send(consumer, publisher, burst, 0.0, result, "burst", latency=rate <= 0)
+    result.seconds = time.time() - start
+    result.burst_events = len(burst)
+    if paced:
+        _send(consumer, publisher, paced, rate, result, f"paced at {rate:g}/s", latency=True)
+    consumer.close()
+    return result
+
+
+def _send(
+    consumer: object,
+    publisher: Publisher,
+    events: list[dict[str, object]],
+    rate: float,
+    result: DemoResult,
+    label: str,
+    *,
+    latency: bool,
+) -> None:
     last_event = {str(e["user_id"]): str(e["event_id"]) for e in events}
     pending = set(last_event.values())
     sent_at: dict[str, float] = {}
-    result = DemoResult(events=len(events))
     start = time.time()
-    with tqdm(total=len(events), desc="events sent", unit="ev", file=sys.stderr) as bar:
+    with tqdm(total=len(events), desc=f"{label}: sent", unit="ev", file=sys.stderr) as bar:
         for i, payload in enumerate(events):
             if rate > 0:
                 wait = start + i / rate - time.time()
@@ -131,21 +164,19 @@ def _replay(
                     time.sleep(wait)
             sent_at[str(payload["event_id"])] = time.time()
             publisher.event(payload)
-            if i % 500 == 499:
-                bar.update(500)
-                _drain(consumer, result, sent_at, pending, timeout_s=0)
+            if i % 250 == 249:
+                bar.update(250)
+                publisher.producer.poll(0)
+                _drain(consumer, result, sent_at, pending, timeout_s=0, latency=latency)
         bar.update(len(events) - bar.n)
     publisher.flush()
-    with tqdm(total=len(last_event), desc="users done", unit="user", file=sys.stderr) as bar:
+    with tqdm(total=len(last_event), desc=f"{label}: users done", file=sys.stderr) as bar:
         deadline = time.monotonic() + 120
         while pending and time.monotonic() < deadline:
-            _drain(consumer, result, sent_at, pending, timeout_s=0.5)
+            _drain(consumer, result, sent_at, pending, timeout_s=0.2, latency=latency)
             bar.update(len(last_event) - len(pending) - bar.n)
-    result.seconds = time.time() - start
-    consumer.close()
     if pending:
         say(f"warning: {len(pending)} users' final events got no recommendation in time")
-    return result
 
 
 def _drain(
@@ -154,22 +185,25 @@ def _drain(
     sent_at: dict[str, float],
     pending: set[str],
     timeout_s: float,
+    *,
+    latency: bool,
 ) -> None:
     from confluent_kafka import Consumer
 
     assert isinstance(consumer, Consumer)
-    now_batch = consumer.consume(1000, timeout_s)
-    received = time.time()
-    for msg in now_batch:
+    for msg in consumer.consume(1000, timeout_s):
         value = msg.value()
         if msg.error() is not None or value is None:
             continue
         rec = Recommendation.model_validate_json(value)
         result.recommendations += 1
-        result.worker_ms.append(rec.latency_ms)
         sent = sent_at.get(rec.trigger_event_id)
-        if sent is not None:
-            result.e2e_ms.append((received - sent) * 1000.0)
+        if sent is not None and latency:
+            # the output record's own timestamp (set when the worker produced it), so the
+            # figure does not depend on how often this loop polls
+            produced_ms = msg.timestamp()[1]
+            result.worker_ms.append(rec.latency_ms)
+            result.e2e_ms.append(produced_ms - sent * 1000.0)
         result.last[rec.user_id] = rec
         pending.discard(rec.trigger_event_id)
 
@@ -184,16 +218,19 @@ def _summary(result: DemoResult, dataset: Dataset) -> None:
     print("=== coldstream demo summary ===")
     print(f"events replayed            {result.events}")
     print(f"recommendation events      {result.recommendations}")
-    print(f"wall time                  {result.seconds:.1f} s")
-    print(f"throughput                 {result.events / max(result.seconds, 1e-9):.0f} events/s")
     print(
-        "event→recommendation ms    "
-        f"p50 {pct(result.e2e_ms, 50)} · p95 {pct(result.e2e_ms, 95)}"
-        f" · p99 {pct(result.e2e_ms, 99)}"
-        "  (producer send → consumer receive)"
+        f"throughput (burst)         {result.burst_events / max(result.seconds, 1e-9):.0f}"
+        f" events/s  ({result.burst_events} events sent at once, all users' lists in"
+        f" {result.seconds:.1f} s)"
     )
     print(
-        "worker-reported ms         "
+        "latency (paced phase) ms   "
+        f"p50 {pct(result.e2e_ms, 50)} · p95 {pct(result.e2e_ms, 95)}"
+        f" · p99 {pct(result.e2e_ms, 99)}"
+        "  (event sent → recommendation produced)"
+    )
+    print(
+        "  worker-reported ms       "
         f"p50 {pct(result.worker_ms, 50)} · p95 {pct(result.worker_ms, 95)}"
         f" · p99 {pct(result.worker_ms, 99)}  (topic arrival → emit)"
     )

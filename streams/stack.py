@@ -27,9 +27,17 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, bootstrap: str, *, log_path: Path | None = None) -> None:
         self.metrics_port = free_port()
+        # pin the profile-dependent defaults: the child sees a bootstrap address and would
+        # otherwise take the cluster defaults even when the broker is the embedded one
+        pinned = settings.model_copy(
+            update={
+                "kafka_session_timeout_s": settings.effective_session_timeout_s,
+                "kafka_fetch_max_wait_ms": settings.effective_fetch_max_wait_ms,
+            }
+        )
         self.env = {
             **os.environ,
-            **settings_env(settings),
+            **settings_env(pinned),
             "COLDSTREAM_KAFKA_BOOTSTRAP": bootstrap,
             "COLDSTREAM_METRICS_PORT": str(self.metrics_port),
             "COLDSTREAM_METRICS_HOST": "127.0.0.1",

@@ -25,6 +25,7 @@ def output_consumer(
                 "auto.offset.reset": "earliest" if from_beginning else "latest",
                 "enable.auto.commit": False,
                 "session.timeout.ms": int(settings.effective_session_timeout_s * 1000),
+                "fetch.wait.max.ms": settings.effective_fetch_max_wait_ms,
             },
         )
     )
