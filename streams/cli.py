@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration", type=float, default=60.0, help="seconds of sending")
     bench.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
     bench.add_argument("--users", type=int, default=2000, help="synthetic users")
+    bench.add_argument(
+        "--session-mean", type=float, default=5.0, help="events per session (1 = worst case)"
+    )
+    bench.add_argument("--concurrency", type=int, default=50, help="sessions at a time")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--with-encoder", action="store_true", help="also run `bench encoder`")
     bench.add_argument("--json", help="also write the figures to this JSON file")
@@ -207,6 +211,8 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             duration_s=args.duration,
             rate=args.rate,
             users=args.users,
+            session_mean=args.session_mean,
+            concurrency=args.concurrency,
             seed=args.seed,
             log_dir=Path(tmp),
         )
