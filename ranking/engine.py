@@ -9,17 +9,19 @@ recall query, whatever the number of events.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel
 from ranking.diversity import mmr
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
 from ranking.reasons import Anchor, explain, item_anchor, text_anchor
 from ranking.scoring import Candidates, Scorer
-from ranking.store import Query, StoredPoint, VectorStore
+from ranking.store import Hit, Query, StoredPoint, VectorStore
 from ranking.trending import TrendingCounter, merged_scores, top_items
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,20 @@ class EngineConfig:
     mmr_lambda: float = 0.8
     cold_item_slots: int = 2
     cold_item_max_age_s: float = 72 * 3600.0
+    cold_item_max_count: float = 0.0  # an item is new while its visit count is at most this
+    cold_slots_follow_content: bool = True  # more slots when content alone ranks more new items
+    # share of the new items content alone would rank in the top k that keep a slot (with
+    # follow_content); the evaluation picks it on validation users with simulated new items
+    cold_slots_content_frac: float = 1.0
+    cold_rank_by: str = "content"  # which new items fill the slots: "content" (cosine) | "scorer"
     trending_half_life_s: float = 24 * 3600.0
     reason_anchors: int = 5
+    # co-visitation channel and the popular channel (merged with content recall)
+    covisit_top_n: int = 50
+    covisit_window: int = 20  # online: pairs with at most this many of the user's recent items
+    covisit_recency: float = 0.8  # weight of the t-th most recent item: recency^t
+    covisit_max_pairs: int = 200_000  # online pairs kept per partition
+    popular_top_n: int = 50
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ class Prepared:
     profiles: dict[str, Profile]
     items: dict[str, StoredPoint]
     texts: list[tuple[str, str]]  # (event type, text) to encode, in event order
+    channels: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # (id, source)
 
     @property
     def users(self) -> list[str]:
@@ -112,12 +127,47 @@ class BatchOutcome:
 
 
 class BehaviorEngine:
-    def __init__(self, store: VectorStore, cfg: EngineConfig, scorer: Scorer) -> None:
+    def __init__(
+        self,
+        store: VectorStore,
+        cfg: EngineConfig,
+        scorer: Scorer,
+        *,
+        covisit: CovisitModel | None = None,
+    ) -> None:
         self.store = store
         self.cfg = cfg
         self.scorer = scorer
         self.trending: dict[int, TrendingCounter] = {}
+        self.covisit_base = covisit
+        self.covisit: dict[int, CovisitCounter] = {}
         self._dirty: set[int] = set()
+
+    # -- hot swaps (a timer in the worker calls these; one attribute write each) -------------
+    def swap_scorer(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def swap_covisit(self, model: CovisitModel | None, *, reset_online: bool = False) -> None:
+        """Take a new learned snapshot; ``reset_online`` drops the online counts held so far."""
+        self.covisit_base = model
+        if reset_online:
+            self.covisit = {}
+
+    def covisit_index(self) -> CovisitIndex:
+        return CovisitIndex(self.covisit_base, self.covisit.values(), self.cfg.covisit_recency)
+
+    def observe(self, events: Iterable[Interaction]) -> int:
+        """Count interactions into trending without touching profiles (warm start from a log).
+
+        Co-visitation pairs need each user's history, so a log warms them through a learned
+        snapshot (:meth:`CovisitModel.build`) instead. Returns how many events were counted.
+        """
+        n = 0
+        for e in events:
+            if e.item_id is not None:
+                self._count(e)
+                n += 1
+        return n
 
     # -- step 1: reads ----------------------------------------------------------------------
     def prepare(self, events: Sequence[Interaction]) -> Prepared:
@@ -134,6 +184,12 @@ class BehaviorEngine:
                 wanted[e.item_id] = None
         for uid in user_ids:
             for item_id in profiles[uid].recent_items[-self.cfg.reason_anchors :]:
+                wanted[item_id] = None
+        # co-visited and popular candidates are fetched in this same read: the channels are
+        # computed from the stored recent items plus this batch's items (ids only)
+        channels = self._channels(events, profiles)
+        for chan in channels.values():
+            for item_id, _ in chan:
                 wanted[item_id] = None
         items = self.store.retrieve(self.cfg.items_collection, list(wanted), with_vectors=True)
         to_apply: list[Interaction] = []
@@ -153,7 +209,27 @@ class BehaviorEngine:
                 continue
             to_apply.append(e)
         texts = [(e.type, t) for e in to_apply if (t := e.signal_text) is not None]
-        return Prepared(to_apply, rejected, skipped, profiles, items, texts)
+        return Prepared(to_apply, rejected, skipped, profiles, items, texts, channels)
+
+    def _channels(
+        self, events: Sequence[Interaction], profiles: Mapping[str, Profile]
+    ) -> dict[str, list[tuple[str, str]]]:
+        cfg = self.cfg
+        if cfg.covisit_top_n <= 0 and cfg.popular_top_n <= 0:
+            return {}
+        batch_items: dict[str, list[str]] = {}
+        for e in events:
+            if e.item_id is not None:
+                batch_items.setdefault(e.user_id, []).append(e.item_id)
+        index = self.covisit_index()
+        popular = [(i, "trending") for i in index.popular(cfg.popular_top_n)]
+        out: dict[str, list[tuple[str, str]]] = {}
+        for uid, profile in profiles.items():
+            recent = (profile.recent_items + batch_items.get(uid, []))[-cfg.covisit_window :]
+            seen = set(profile.seen).union(batch_items.get(uid, ()))
+            chan = [(i, "covisit") for i in index.top(recent, cfg.covisit_top_n, exclude=seen)]
+            out[uid] = chan + popular
+        return out
 
     # -- step 2: profile updates, write, recall, rank ----------------------------------------
     def apply(self, prep: Prepared, text_vectors: np.ndarray | None) -> BatchOutcome:
@@ -161,8 +237,11 @@ class BehaviorEngine:
             raise ValueError("apply() needs one vector per text returned by prepare()")
         text_iter = iter(text_vectors if text_vectors is not None else ())
         last_event: dict[str, Interaction] = {}
+        visits: list[tuple[Interaction, list[str]]] = []  # (event, recent items before it)
         for e in prep.to_apply:
             profile = prep.profiles[e.user_id]
+            if e.item_id is not None and event_weight(self.cfg.profile, e.type, e.rating) > 0:
+                visits.append((e, profile.recent_items[-self.cfg.covisit_window :]))
             item = prep.items.get(e.item_id) if e.item_id is not None else None
             text = e.signal_text
             vector = next(text_iter) if text is not None else None
@@ -198,7 +277,9 @@ class BehaviorEngine:
         for e in prep.to_apply:  # after the write: a retried batch must not count twice
             if e.item_id is not None:
                 self._count(e)
-        recs = self.recommend([prep.profiles[u] for u in users], prep.items)
+        for e, recent in visits:
+            self._covisit(e, recent)
+        recs = self.recommend([prep.profiles[u] for u in users], prep.items, prep.channels)
         out = [
             UserRecs(uid, last_event[uid], prep.profiles[uid].event_count, recs[uid])
             for uid in users
@@ -207,10 +288,16 @@ class BehaviorEngine:
 
     # -- recall → score → diversify → explain ------------------------------------------------
     def recommend(
-        self, profiles: Sequence[Profile], known_items: dict[str, StoredPoint]
+        self,
+        profiles: Sequence[Profile],
+        known_items: Mapping[str, StoredPoint],
+        channels: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> dict[str, list[RecItem]]:
+        """Lists for ``profiles``; ``channels`` are the co-visited/popular candidates per user
+        whose points ``known_items`` holds (from :meth:`prepare`; without them, content only)."""
         cfg = self.cfg
         popularity = merged_scores(self.trending.values(), None)
+        index = self.covisit_index()
         with_vec = [p for p in profiles if p.vector is not None]
         queries = [
             Query(
@@ -225,62 +312,59 @@ class BehaviorEngine:
         results = self.store.search(cfg.items_collection, queries) if queries else []
         out: dict[str, list[RecItem]] = {}
         now = time.time()
+        channels = channels or {}
         for profile, hits in zip(with_vec, results, strict=True):
-            out[profile.user_id] = self._rank(profile, hits, popularity, known_items, now)
+            cands = assemble_candidates(
+                profile,
+                hits,
+                channels.get(profile.user_id, ()),
+                known_items,
+                popularity,
+                index,
+                now,
+                cfg,
+            )
+            out[profile.user_id] = (
+                self._rank(profile, cands, known_items)
+                if cands is not None
+                else self._trending_list(profile, popularity)
+            )
         for p in profiles:
             if p.vector is None:
                 out[p.user_id] = self._trending_list(p, popularity)
         return out
 
     def _rank(
-        self,
-        profile: Profile,
-        hits: list,  # list[Hit]
-        popularity: dict[str, float],
-        known_items: dict[str, StoredPoint],
-        now: float,
+        self, profile: Profile, cands: Candidates, known_items: Mapping[str, StoredPoint]
     ) -> list[RecItem]:
         cfg = self.cfg
-        if not hits:
-            return self._trending_list(profile, popularity)
-        dim = len(profile.vector) if profile.vector is not None else 0
-        vectors = np.stack(
-            [h.vector if h.vector is not None else np.zeros(dim, np.float32) for h in hits]
-        )
-        pops = np.array([popularity.get(h.id, 0.0) for h in hits], dtype=np.float32)
-        created = np.array([float(h.payload.get("created_at") or 0.0) for h in hits])
-        cands = Candidates(
-            ids=[h.id for h in hits],
-            vectors=vectors,
-            cosine=np.array([h.score for h in hits], dtype=np.float32),
-            popularity=pops,
-            categories=[h.payload.get("category") for h in hits],
-            is_cold=(pops <= 0.0) | (now - created < cfg.cold_item_max_age_s),
-        )
         assert profile.vector is not None
         scores = self.scorer.score(profile.vector, cands, profile.categories)
-        k = min(cfg.recs_count, len(hits))
+        vectors = cands.vectors
+        k = min(cfg.recs_count, len(cands.ids))
         # MMR over a pool a few times the list size: diversity needs alternatives, not all 100
         pool = [int(i) for i in np.argsort(-scores, kind="stable")][: 4 * k]
         picks = [pool[i] for i in mmr(scores[pool], vectors[pool], k, cfg.mmr_lambda)]
-        picks = _guarantee_cold(picks, cands, cfg.cold_item_slots)
+        slots = cfg.cold_item_slots
+        if cfg.cold_slots_follow_content:
+            slots = _cold_slots(cands, k, slots, cfg.cold_slots_content_frac)
+        order = scores if cfg.cold_rank_by == "scorer" else None
+        picks = _guarantee_cold(picks, cands, slots, order)
         anchors = self._anchors(profile, known_items)
-        return [
-            RecItem(
-                cands.ids[i],
-                float(scores[i]),
-                "content",
-                explain(vectors[i], anchors, source="content"),
-            )
-            for i in picks
-        ]
+        out: list[RecItem] = []
+        for i in picks:
+            source = cands.sources[i] if cands.sources else "content"
+            extra = {"covisit": _COVISIT_REASON} if source == "covisit" else None
+            reasons = explain(vectors[i], anchors, source=source, extra=extra)
+            out.append(RecItem(cands.ids[i], float(scores[i]), source, reasons))
+        return out
 
     def _trending_list(self, profile: Profile, popularity: dict[str, float]) -> list[RecItem]:
         ids = top_items(popularity, self.cfg.recs_count, exclude=profile.seen)
         top = max((popularity[i] for i in ids), default=1.0) or 1.0
         return [RecItem(i, popularity[i] / top, "trending", ["trending now"]) for i in ids]
 
-    def _anchors(self, profile: Profile, known: dict[str, StoredPoint]) -> list[Anchor]:
+    def _anchors(self, profile: Profile, known: Mapping[str, StoredPoint]) -> list[Anchor]:
         anchors: list[Anchor] = []
         for item_id in profile.recent_items[-self.cfg.reason_anchors :]:
             point = known.get(item_id)
@@ -305,39 +389,140 @@ class BehaviorEngine:
         counter.add(e.item_id, e.ts, max(weight, 0.0))
         self._dirty.add(part)
 
+    def _covisit(self, e: Interaction, recent: Sequence[str]) -> None:
+        part = e.partition if e.partition is not None else 0
+        counter = self.covisit.get(part)
+        if counter is None:
+            counter = self.covisit[part] = CovisitCounter(self.cfg.covisit_max_pairs)
+        assert e.item_id is not None
+        counter.add(recent, e.item_id)
+        self._dirty.add(part)
+
     def load_trending(self, partitions: Iterable[int]) -> None:
-        """Take over the trending counts of ``partitions`` (after a rebalance or a restart)."""
-        keys = {p: f"trending/{p}" for p in partitions}
-        stored = self.store.retrieve(
-            self.cfg.state_collection, list(keys.values()), with_vectors=False
-        )
-        for part, key in keys.items():
-            point = stored.get(key)
+        """Take over the trending and online co-visitation counts of ``partitions``."""
+        parts = list(partitions)
+        keys = [f"trending/{p}" for p in parts] + [f"covisit/{p}" for p in parts]
+        stored = self.store.retrieve(self.cfg.state_collection, keys, with_vectors=False)
+        for part in parts:
+            point = stored.get(f"trending/{part}")
             if point is not None:
                 self.trending[part] = TrendingCounter.from_payload(
                     point.payload, self.cfg.trending_half_life_s
+                )
+            point = stored.get(f"covisit/{part}")
+            if point is not None:
+                self.covisit[part] = CovisitCounter.from_payload(
+                    point.payload, self.cfg.covisit_max_pairs
                 )
 
     def drop_trending(self, partitions: Iterable[int]) -> None:
         for part in partitions:
             self.trending.pop(part, None)
+            self.covisit.pop(part, None)
             self._dirty.discard(part)
 
     def persist_trending(self) -> int:
-        """Write the counters changed since the last call; returns how many were written."""
-        dirty = [p for p in self._dirty if p in self.trending]
-        if dirty:
-            self.store.upsert(
-                self.cfg.state_collection,
-                [
-                    StoredPoint(
-                        f"trending/{p}", np.ones(1, np.float32), self.trending[p].to_payload()
-                    )
-                    for p in dirty
-                ],
-            )
+        """Write the partitions' counters changed since the last call; returns how many
+        partitions were written (trending and co-visitation go in the same upsert)."""
+        dirty = [p for p in self._dirty if p in self.trending or p in self.covisit]
+        points: list[StoredPoint] = []
+        one = np.ones(1, np.float32)
+        for p in dirty:
+            if p in self.trending:
+                points.append(StoredPoint(f"trending/{p}", one, self.trending[p].to_payload()))
+            if p in self.covisit:
+                points.append(StoredPoint(f"covisit/{p}", one, self.covisit[p].to_payload()))
+        if points:
+            self.store.upsert(self.cfg.state_collection, points)
         self._dirty.clear()
         return len(dirty)
+
+
+_COVISIT_REASON = "often chosen by people who chose the same items"
+
+
+def assemble_candidates(
+    profile: Profile,
+    hits: Sequence[Hit],
+    extras: Sequence[tuple[str, str]],
+    known_items: Mapping[str, StoredPoint],
+    popularity: Mapping[str, float],
+    index: CovisitIndex,
+    now: float,
+    cfg: EngineConfig,
+) -> Candidates | None:
+    """Merge content hits with the co-visited/popular channels into one scored-to-be pool.
+
+    Shared by the engine and the ranker's training, so a model learns on exactly the pools it
+    will rank. Channel items the user has seen, that are retired or whose point is unknown are
+    dropped. Returns None when there is nothing to rank.
+    """
+    assert profile.vector is not None
+    user = profile.vector
+    ids: list[str] = []
+    vecs: list[np.ndarray] = []
+    cos: list[float] = []
+    payloads: list[Mapping[str, object]] = []
+    sources: list[str] = []
+    taken: set[str] = set()
+    for h in hits:
+        if h.id in taken:
+            continue
+        taken.add(h.id)
+        vec = h.vector if h.vector is not None else np.zeros(len(user), np.float32)
+        ids.append(h.id)
+        vecs.append(vec)
+        cos.append(h.score)
+        payloads.append(h.payload)
+        sources.append("content")
+    seen = set(profile.seen)
+    for item_id, source in extras:
+        if item_id in taken or item_id in seen:
+            continue
+        point = known_items.get(item_id)
+        if point is None or point.vector is None or point.payload.get("active") is False:
+            continue
+        taken.add(item_id)
+        ids.append(item_id)
+        vecs.append(point.vector)
+        cos.append(float(np.dot(user, point.vector)))
+        payloads.append(point.payload)
+        sources.append(source)
+    if not ids:
+        return None
+    pops = np.array([popularity.get(i, 0.0) for i in ids], dtype=np.float32)
+    counts = index.counts(ids)
+    recent = profile.recent_items[-cfg.covisit_window :]
+    co = index.scores(recent) if recent else {}
+    created = np.array([_created(p) for p in payloads], dtype=np.float64)
+    age = np.where(created > 0, now - created, np.nan)
+    return Candidates(
+        ids=ids,
+        vectors=np.stack(vecs).astype(np.float32),
+        cosine=np.array(cos, dtype=np.float32),
+        popularity=pops,
+        categories=[_str_or_none(p.get("category")) for p in payloads],
+        is_cold=((pops <= 0.0) & (counts <= 0.0))
+        | (counts <= cfg.cold_item_max_count)
+        | (now - np.nan_to_num(created) < cfg.cold_item_max_age_s),
+        counts=counts,
+        covisit=np.array([co.get(i, 0.0) for i in ids], dtype=np.float32),
+        age_s=age,
+        profile_events=profile.event_count,
+        sources=sources,
+    )
+
+
+def _created(payload: Mapping[str, object]) -> float:
+    value = payload.get("created_at")
+    try:
+        return float(value) if value is not None else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _str_or_none(value: object) -> str | None:
+    return str(value) if value else None
 
 
 def _category(item: StoredPoint | None) -> str | None:
@@ -347,8 +532,22 @@ def _category(item: StoredPoint | None) -> str | None:
     return str(value) if value else None
 
 
-def _guarantee_cold(picks: list[int], cands: Candidates, slots: int) -> list[int]:
-    """Make at least ``slots`` of the list cold items, the best by content alone.
+def _cold_slots(cands: Candidates, k: int, minimum: int, frac: float = 1.0) -> int:
+    """``minimum`` slots for new items, or ``frac`` of those content alone would give them.
+
+    Content alone ranks the pool by cosine; with ``frac`` = 1 the hybrid never shows fewer new
+    items than content-only recommendation would (rounded half up; ``minimum`` <= 0 disables).
+    """
+    if minimum <= 0:
+        return 0
+    top = np.argsort(-cands.cosine, kind="stable")[:k]
+    return max(minimum, math.floor(frac * int(cands.is_cold[top].sum()) + 0.5))
+
+
+def _guarantee_cold(
+    picks: list[int], cands: Candidates, slots: int, order: np.ndarray | None = None
+) -> list[int]:
+    """Make at least ``slots`` of the list cold items, the best by ``order`` (default: cosine).
 
     A popularity prior ranks never-interacted items last; measured on MovieLens that drove
     new-item recall to 0. Cold items replace the tail of the list, so the head keeps its order.
@@ -357,7 +556,8 @@ def _guarantee_cold(picks: list[int], cands: Candidates, slots: int) -> list[int
     if have >= slots:
         return picks
     chosen = set(picks)
-    by_content = np.argsort(-cands.cosine, kind="stable")
+    key = cands.cosine if order is None else order
+    by_content = np.argsort(-np.asarray(key), kind="stable")
     extra = [int(i) for i in by_content if cands.is_cold[i] and int(i) not in chosen]
     extra = extra[: slots - have]
     if not extra:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -18,6 +18,12 @@ class Candidates:
     popularity: np.ndarray  # (m,) decayed interaction counts
     categories: list[str | None]
     is_cold: np.ndarray  # (m,) bool
+    # What the learned ranker reads besides the vectors (zeros when a caller has none):
+    counts: np.ndarray | None = None  # (m,) long-term visit counts (snapshot + online)
+    covisit: np.ndarray | None = None  # (m,) co-visitation score with the user's recent items
+    age_s: np.ndarray | None = None  # (m,) seconds since the item was created (nan = unknown)
+    profile_events: int = 0  # events folded into the user's profile so far
+    sources: list[str] = field(default_factory=list)  # recall channel per row (content|covisit|…)
 
 
 class Scorer(Protocol):

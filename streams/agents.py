@@ -120,6 +120,10 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
     async def persist_trending() -> None:
         await pipeline.persist_trending()
 
+    @app.timer(settings.ranker_reload_every_s)
+    async def reload_models() -> None:
+        await pipeline.reload_models()
+
     @app.timer(settings.lag_interval_s)
     async def consumer_lag() -> None:
         await update_consumer_lag(app, {settings.topic_events, settings.topic_items})
@@ -142,5 +146,6 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
         item_agent,
         behavior_agent,
         persist_trending,
+        reload_models,
         consumer_lag,
     )  # registered on the app by decorators

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from infra.settings import Settings, get_settings
+from streams import eval_cli
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", type=int, default=1000, help="texts to encode (0 = all)")
     p.add_argument("--naive-sample", type=int, default=150, help="texts for one-at-a-time modes")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    eval_cli.add_commands(sub)  # eval, train (issue 5)
     return parser
 
 

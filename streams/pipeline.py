@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -23,7 +23,9 @@ from encoders.texts import item_text, user_text
 from infra import metrics
 from infra.settings import Settings
 from ranking.catalog import CatalogItem, item_points
+from ranking.covisit import CovisitModel
 from ranking.engine import BatchOutcome, BehaviorEngine, Interaction, UserRecs
+from ranking.scoring import Scorer
 from ranking.store import StoreUnavailable, VectorStore
 from streams.schemas import (
     BehaviorEvent,
@@ -86,6 +88,10 @@ def dead_letter(record: Record, reason: str, error: str) -> tuple[bytes | None, 
     return record.key, letter.model_dump_json().encode()
 
 
+class ModelSource(Protocol):
+    def poll(self) -> tuple[Scorer | None, CovisitModel | None]: ...
+
+
 class Pipeline:
     """The per-batch work of both agents: validate, encode, write, recall, rank, explain."""
 
@@ -98,6 +104,7 @@ class Pipeline:
         *,
         encoder_name: str,
         encoder_dim: int,
+        models: ModelSource | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -105,6 +112,7 @@ class Pipeline:
         self.engine = engine
         self.encoder_name = encoder_name
         self.encoder_dim = encoder_dim
+        self.models = models
         self.limits = limits_from(settings)
         self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="coldstream-store")
         self._max_backoff_s = 5.0
@@ -158,6 +166,17 @@ class Pipeline:
 
     async def persist_trending(self) -> int:
         return await self._run(self.engine.persist_trending)
+
+    async def reload_models(self) -> None:
+        """Swap in a ranker or co-visitation snapshot whose file changed (hot reload)."""
+        if self.models is None:
+            return
+        ranker, covisit = await self._run(self.models.poll)
+        if covisit is not None:
+            self.engine.swap_covisit(covisit)
+        if ranker is not None:
+            self.engine.swap_scorer(ranker)
+            metrics.set_ranker_version(ranker.version)
 
     # -- items --------------------------------------------------------------------------
     async def on_items(self, records: Sequence[Record]) -> Outputs:

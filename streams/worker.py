@@ -17,8 +17,10 @@ from infra.edge_store import EdgeStore
 from infra.kafka import ensure_topics
 from infra.qdrant_store import QdrantStore
 from infra.settings import Settings
+from ranking.covisit import CovisitModel
 from ranking.engine import BehaviorEngine, EngineConfig
 from ranking.profile import ProfileConfig
+from ranking.ranker import ArtifactWatcher, RankerScorer, ranker_watcher
 from ranking.scoring import BlendScorer
 from ranking.store import VectorStore
 from streams.agents import register_agents
@@ -58,6 +60,13 @@ def engine_config(settings: Settings) -> EngineConfig:
         cold_item_slots=settings.cold_item_slots,
         cold_item_max_age_s=settings.cold_item_max_age_hours * 3600.0,
         trending_half_life_s=settings.trending_half_life_hours * 3600.0,
+        covisit_top_n=settings.covisit_top_n,
+        covisit_window=settings.covisit_window,
+        covisit_recency=settings.covisit_recency,
+        covisit_max_pairs=settings.covisit_max_pairs,
+        popular_top_n=settings.popular_top_n,
+        cold_item_max_count=settings.cold_item_max_count,
+        cold_slots_follow_content=settings.cold_slots_follow_content,
     )
 
 
@@ -100,14 +109,37 @@ def build_pipeline(
         queue_size=settings.encoder_queue_size,
         on_batch=on_batch,
     )
-    engine = BehaviorEngine(
-        store,
-        engine_config(settings),
-        BlendScorer(settings.popularity_weight, settings.popularity_half_count),
-    )
+    models = ModelWatchers(settings, dim=encoder.dim, encoder=encoder.name)
+    ranker, covisit = models.poll()  # the first poll is the start-up load
+    fallback = BlendScorer(settings.popularity_weight, settings.popularity_half_count)
+    engine = BehaviorEngine(store, engine_config(settings), ranker or fallback, covisit=covisit)
     return Pipeline(
-        settings, store, batcher, engine, encoder_name=encoder.name, encoder_dim=encoder.dim
+        settings,
+        store,
+        batcher,
+        engine,
+        encoder_name=encoder.name,
+        encoder_dim=encoder.dim,
+        models=models,
     )
+
+
+class ModelWatchers:
+    """The trained ranker and co-visitation snapshot, reloaded when their files change.
+
+    A corrupt or mismatched file is refused with a logged reason and the previous model stays
+    in service (ranking/ranker.py, ``ArtifactWatcher``).
+    """
+
+    def __init__(self, settings: Settings, *, dim: int, encoder: str) -> None:
+        self.ranker = ranker_watcher(settings.ranker_file, expect_dim=dim, expect_encoder=encoder)
+        self.covisit = ArtifactWatcher(settings.covisit_file, CovisitModel.load)
+        self.enabled = settings.ranker_enabled
+
+    def poll(self) -> tuple[RankerScorer | None, CovisitModel | None]:
+        """New objects for the files that changed since the last poll (None otherwise)."""
+        ranker = self.ranker.poll() if self.enabled else None
+        return ranker, self.covisit.poll()
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from ranking.engine import (
     EngineConfig,
     Interaction,
     UserRecs,
+    _cold_slots,
     _guarantee_cold,
 )
 from ranking.profile import Profile, ProfileConfig
@@ -296,6 +297,27 @@ def test_guarantee_cold_fewer_cold_than_slots() -> None:
 def test_guarantee_cold_never_lengthens_the_list() -> None:
     cands = _cands([0.9, 0.5, 0.4], [0, 1, 1])
     assert len(_guarantee_cold([0], cands, 2)) == 1
+
+
+@unit
+def test_guarantee_cold_follows_a_given_order() -> None:
+    #            0     1     2     3      4      5
+    cands = _cands([0.9, 0.8, 0.7, 0.6, 0.5, 0.3], [0, 0, 0, 0, 1, 1])
+    scores = np.array([5.0, 4.0, 3.0, 2.0, 0.1, 0.9], dtype=np.float32)
+    assert _guarantee_cold([0, 1, 2, 3], cands, 1) == [0, 1, 2, 4]  # by cosine
+    assert _guarantee_cold([0, 1, 2, 3], cands, 1, scores) == [0, 1, 2, 5]  # by the scorer
+
+
+@unit
+def test_cold_slots_minimum_and_content_share() -> None:
+    # content's top 4 by cosine holds 3 cold items (rows 0, 2, 3)
+    cands = _cands([0.9, 0.8, 0.7, 0.6, 0.5, 0.1], [1, 0, 1, 1, 0, 1])
+    assert _cold_slots(cands, 4, 1) == 3
+    assert _cold_slots(cands, 4, 1, 1.0) == 3
+    assert _cold_slots(cands, 4, 1, 0.5) == 2  # 1.5 rounds half up
+    assert _cold_slots(cands, 4, 1, 0.25) == 1  # 0.75 → 1
+    assert _cold_slots(cands, 4, 2, 0.1) == 2  # the minimum holds
+    assert _cold_slots(cands, 4, 0, 1.0) == 0  # minimum 0 disables the slots
 
 
 # ==== BehaviorEngine over a real store ========================================================

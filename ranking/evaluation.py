@@ -1,0 +1,587 @@
+"""Cold-start replay evaluation (DESIGN.md, "Evaluation protocol") through the stream's own engine.
+
+Per seed: draw the split (:func:`ranking.split.make_split`); train the ranker and the
+co-visitation snapshot on the training users only (:func:`ranking.training.train`, early-stopped on
+a validation slice of those training users); load every catalog item into a fresh vector store
+(cold items included: they arrive as item events, with vectors but no interactions); warm the
+engine's trending counts from the training log; then, for each k, replay every test user's first k
+interactions as events through :meth:`BehaviorEngine.prepare` / :meth:`BehaviorEngine.apply` —
+the calls the behavior agent makes — and score the lists it emits. Baselines run on the same split
+and the same revealed events. Nothing here looks at a test user's targets except the scoring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ranking.baselines import (
+    ContentRecommender,
+    ItemKNNRecommender,
+    PopularityRecommender,
+    RandomRecommender,
+    recommend_all,
+)
+from ranking.catalog import CatalogItem, item_points
+from ranking.datasets import Dataset
+from ranking.engine import BehaviorEngine, EngineConfig, Interaction
+from ranking.metrics import evaluate_lists
+from ranking.profile import event_weight
+from ranking.scoring import BlendScorer, Scorer
+from ranking.split import Interaction as Revealed
+from ranking.split import Split, make_split
+from ranking.store import VectorStore
+from ranking.training import (
+    ItemTable,
+    TrainConfig,
+    build_covisit,
+    train,
+    user_sequences,
+)
+from ranking.trending import TrendingCounter
+
+log = logging.getLogger(__name__)
+
+METRICS = ("recall", "ndcg", "hit_rate", "coverage", "cold_recall")
+FULL = "full"  # the system: learned ranker + co-visitation + cold slots, through the engine
+BLEND = "engine-blend"  # the engine before the ranker: cosine + popularity prior, no snapshot
+BASELINES = ("random", "popularity", "item-knn", "content")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (1, 3, 5)
+    seeds: tuple[int, ...] = (0,)
+    test_users_frac: float = 0.2
+    cold_items_frac: float = 0.1
+    n: int = 20  # list length asked of every method, and the @k of the metrics
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # MMR λ candidates picked on validation users (training users held out of the fit), never
+    # on test users; the configured λ is always a candidate
+    mmr_lambdas: tuple[float, ...] = (1.0,)
+    val_users_frac: float = 0.15
+    # new-item slot policies tried on the validation users, with a share of the training items
+    # held out of the fit as simulated new items (cold_items_frac of the warm items):
+    # (minimum slots, share of content's new items kept, "content" | "scorer" order)
+    cold_policies: tuple[tuple[int, float, str], ...] = (
+        (1, 0.5, "content"),
+        (1, 0.5, "scorer"),
+        (1, 0.75, "content"),
+        (1, 0.75, "scorer"),
+        (1, 1.0, "content"),
+        (1, 1.0, "scorer"),
+        (2, 1.0, "content"),
+        (2, 1.0, "scorer"),
+    )
+
+
+Encode = Callable[[Sequence[str]], np.ndarray]
+StoreFactory = Callable[[Path], VectorStore]
+
+
+def catalog_items(dataset: Dataset) -> list[CatalogItem]:
+    return [
+        CatalogItem(
+            item_id=it.item_id,
+            title=it.title,
+            category=it.category,
+            tags=it.tags,
+            brand=it.brand,
+            description=it.description,
+            price=it.price,
+            created_at=it.ts or 0.0,  # unknown creation time: 0, never "new"
+        )
+        for it in dataset.items
+    ]
+
+
+@contextmanager
+def temp_store(factory: StoreFactory) -> Iterator[VectorStore]:
+    """A store in a fresh directory on tmpfs when there is one, removed afterwards."""
+    shm = Path("/dev/shm")
+    base = Path(tempfile.mkdtemp(prefix="coldstream-eval-", dir=shm if shm.is_dir() else None))
+    store = factory(base / "store")
+    try:
+        yield store
+    finally:
+        store.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _events(revealed: Mapping[str, Sequence[Revealed]]) -> list[Interaction]:
+    """Revealed interactions as engine events, in event-time order, one partition, fresh offsets."""
+    flat = [(e.ts, u, n, e) for u, evs in revealed.items() for n, e in enumerate(evs)]
+    flat.sort(key=lambda t: (t[0], t[1], t[2]))
+    return [
+        Interaction(
+            event_id=f"eval-{u}-{n}",
+            user_id=u,
+            type=e.type,
+            ts=e.ts,
+            item_id=e.item_id,
+            text=e.text,
+            rating=e.rating,
+            partition=0,
+            offset=off,
+        )
+        for off, (_, u, n, e) in enumerate(flat)
+    ]
+
+
+def reveal(log_df: pd.DataFrame, k: int) -> tuple[dict[str, list[Revealed]], dict[str, set[str]]]:
+    """:meth:`Split.reveal` for the users of ``log_df`` (validation users from training data)."""
+    revealed: dict[str, list[Revealed]] = {}
+    targets: dict[str, set[str]] = {}
+    for user, g in log_df.groupby("user_id", sort=True):
+        head, tail = g.iloc[:k], g.iloc[k:]
+        seen = {str(i) for i in head["item_id"] if pd.notna(i)}
+        tgt = {str(i) for i in tail["item_id"] if pd.notna(i)} - seen
+        if not tgt:
+            continue
+        revealed[str(user)] = [
+            Revealed(
+                user_id=str(user),
+                item_id=str(r.item_id) if pd.notna(r.item_id) else None,
+                ts=float(r.ts),
+                type=str(r.type),
+                rating=None if pd.isna(r.rating) else float(r.rating),
+                text=str(r.text) if pd.notna(r.text) else None,
+            )
+            for r in head.itertuples(index=False)
+        ]
+        targets[str(user)] = tgt
+    return revealed, targets
+
+
+def warm_trending(engine: BehaviorEngine, log_df: pd.DataFrame) -> None:
+    """Trending counts of a training log at its last event, computed in one vectorized pass."""
+    df = log_df.loc[log_df["item_id"].notna()]
+    if df.empty:
+        return
+    weights = np.array(
+        [
+            max(event_weight(engine.cfg.profile, t, None if math.isnan(r) else r), 0.0)
+            for t, r in zip(df["type"], df["rating"], strict=True)
+        ]
+    )
+    ts = df["ts"].to_numpy(dtype=np.float64)
+    ref = float(ts.max())
+    decayed = weights * np.power(0.5, (ref - ts) / engine.cfg.trending_half_life_s)
+    sums = df.assign(w=decayed).groupby("item_id", sort=False)["w"].sum().astype(float).to_dict()
+    counter = TrendingCounter(engine.cfg.trending_half_life_s)
+    counter.ref_ts = ref
+    counter.scores = {str(k): float(v) for k, v in sums.items()}
+    engine.trending[0] = counter
+
+
+def replay(
+    engine: BehaviorEngine,
+    revealed: Mapping[str, Sequence[Revealed]],
+    encode: Encode | None,
+) -> dict[str, list[str]]:
+    """Feed the revealed events as one batch through prepare/apply; the lists it emits."""
+    from encoders.texts import user_text
+
+    events = _events(revealed)
+    prep = engine.prepare(events)
+    vectors = None
+    if prep.texts:
+        if encode is None:
+            raise ValueError("the data set has text events: an encoder is needed")
+        vectors = encode([user_text(kind, text) for kind, text in prep.texts])
+    outcome = engine.apply(prep, vectors)
+    return {r.user_id: [i.item_id for i in r.items] for r in outcome.recommendations}
+
+
+def _score(
+    lists: Mapping[str, Sequence[str]], targets: Mapping[str, set[str]], split: Split, n: int
+) -> dict[str, float]:
+    return evaluate_lists(
+        lists, targets, k=n, cold_items=split.cold_items, catalog_size=len(split.catalog)
+    )
+
+
+def evaluate_seed(
+    dataset: Dataset,
+    vectors: np.ndarray,
+    seed: int,
+    engine_cfg: EngineConfig,
+    cfg: EvalConfig,
+    *,
+    store_factory: StoreFactory,
+    encode: Encode | None,
+    encoder_name: str,
+    blend: Scorer,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    split = make_split(
+        dataset,
+        test_users_frac=cfg.test_users_frac,
+        cold_items_frac=cfg.cold_items_frac,
+        seed=seed,
+    )
+    catalog = catalog_items(dataset)
+    points = item_points(catalog, vectors)
+    items = ItemTable([p.id for p in points], vectors, [dict(p.payload) for p in points])
+    # Held-out items arrive as item events now, as the item agent would stamp them (created_at
+    # = arrival); every other item is old. Training sees them as catalog items without history.
+    arrival = time.time()
+    catalog_created = {p.id: p.payload.get("created_at") for p in points}
+    for p in points:
+        if p.id in split.cold_items:
+            p.payload["created_at"] = arrival
+    # validation users: training users kept out of the fit, used to pick MMR's λ
+    rng = np.random.default_rng([seed, 7])
+    train_users = sorted({str(u) for u in split.train["user_id"]})
+    val_users = set(rng.choice(train_users, round(cfg.val_users_frac * len(train_users)), False))
+    is_val = split.train["user_id"].isin(val_users)
+    # simulated new items for the validation users: warm items held out of the fit (ranker,
+    # snapshot, trending), as the real new items are held out of all training data
+    warm_items = sorted({str(i) for i in split.train["item_id"].dropna()})
+    pseudo_new = set(
+        rng.choice(warm_items, round(cfg.cold_items_frac * len(warm_items)), replace=False)
+    )
+    is_pseudo = split.train["item_id"].astype(str).isin(pseudo_new)
+    fit_log = split.train.loc[~is_val & ~is_pseudo].reset_index(drop=True)
+    val_log = split.train.loc[is_val].reset_index(drop=True)
+    t0 = time.perf_counter()
+    trained = train(
+        fit_log,
+        items,
+        engine_cfg,
+        dataclasses.replace(cfg.train, seed=seed),
+        encoder=encoder_name,
+        progress=lambda m: progress(f"seed {seed} train: {m}"),
+    )
+    train_s = time.perf_counter() - t0
+    progress(
+        f"seed {seed}: ranker {trained.scorer.version} in {train_s:.0f}s, "
+        f"val recall@20 {trained.report['val_ranker']['recall']:.4f}"
+    )
+    baselines: dict[str, Any] = {
+        "random": RandomRecommender(split.catalog, seed=seed),
+        "popularity": PopularityRecommender(split.train, split.catalog),
+        "item-knn": ItemKNNRecommender(split.train, split.catalog),
+        "content": ContentRecommender(items.ids, vectors),
+    }
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    timings: dict[str, float] = {"train_s": round(train_s, 2)}
+    cfg_n = dataclasses.replace(engine_cfg, recs_count=cfg.n)
+    with temp_store(store_factory) as store:
+        dim = vectors.shape[1]
+        store.ensure_collection(cfg_n.items_collection, dim)
+        store.ensure_collection(cfg_n.state_collection, 1)
+        t0 = time.perf_counter()
+        store.upsert(cfg_n.items_collection, points)
+        timings["upsert_items_s"] = round(time.perf_counter() - t0, 3)
+
+        def replay_with(
+            tag: str,
+            scorer: Scorer,
+            covisit: Any,
+            trend_log: pd.DataFrame,
+            ecfg: EngineConfig,
+            revealed: Mapping[str, Sequence[Revealed]],
+        ) -> dict[str, list[str]]:
+            users = f"users-{tag}"
+            store.ensure_collection(users, dim)
+            engine = BehaviorEngine(
+                store, dataclasses.replace(ecfg, users_collection=users), scorer, covisit=covisit
+            )
+            warm_trending(engine, trend_log)
+            t0 = time.perf_counter()
+            lists = replay(engine, revealed, encode)
+            timings[f"replay_{tag}_s"] = round(time.perf_counter() - t0, 3)
+            return lists
+
+        # choices on the validation users: their history is not in the fit nor its snapshot,
+        # and the simulated new items enter as new items (no counts, created now)
+        for p in points:
+            if p.id in pseudo_new:
+                p.payload["created_at"] = arrival
+        store.upsert(cfg_n.items_collection, [p for p in points if p.id in pseudo_new])
+        val_sets = {k: reveal(val_log, k) for k in cfg.ks}
+        content = baselines["content"]
+        val_content = {
+            k: evaluate_lists(
+                recommend_all(content, rv, cfg.n),
+                tg,
+                k=cfg.n,
+                cold_items=pseudo_new,
+                catalog_size=len(split.catalog),
+            )["cold_recall"]
+            for k, (rv, tg) in val_sets.items()
+        }
+
+        def validate(tag: str, ecfg: EngineConfig) -> list[dict[str, float]]:
+            out = []
+            for k, (rv, tg) in val_sets.items():
+                lists = replay_with(
+                    f"val-{tag}-k{k}", trained.scorer, trained.covisit, fit_log, ecfg, rv
+                )
+                out.append(
+                    evaluate_lists(
+                        lists, tg, k=cfg.n, cold_items=pseudo_new, catalog_size=len(split.catalog)
+                    )
+                )
+            return out
+
+        lambdas = tuple(dict.fromkeys((engine_cfg.mmr_lambda, *cfg.mmr_lambdas)))
+        selection: dict[str, float] = {}
+        for lam in lambdas:
+            ms = validate(f"l{lam:g}", dataclasses.replace(cfg_n, mmr_lambda=lam))
+            selection[f"{lam:g}"] = float(np.mean([m["recall"] + m["ndcg"] for m in ms]))
+        lam = max(lambdas, key=lambda x: selection[f"{x:g}"])
+        progress(f"seed {seed}: MMR λ on validation users {selection} → {lam:g}")
+        cfg_lam = dataclasses.replace(cfg_n, mmr_lambda=lam)
+        policy, policy_table = choose_cold_policy(
+            cfg.cold_policies,
+            lambda pol: validate(f"p{pol[0]}-{pol[1]:g}-{pol[2]}", with_cold_policy(cfg_lam, pol)),
+            [val_content[k] for k in cfg.ks],
+        )
+        progress(f"seed {seed}: new-item policy on validation users → {policy}")
+        for p in points:
+            if p.id in pseudo_new:
+                p.payload["created_at"] = catalog_created[p.id]
+        store.upsert(cfg_n.items_collection, [p for p in points if p.id in pseudo_new])
+        cfg_lam = with_cold_policy(cfg_lam, policy)
+        cfg_full = cfg_lam
+        # the served snapshot counts every training user (validation users included)
+        covisit = build_covisit(user_sequences(split.train), train_users, cfg.train)
+        for k in cfg.ks:
+            revealed, targets = split.reveal(k)
+            per_k: dict[str, dict[str, float]] = {}
+            lists = replay_with(
+                f"full-k{k}", trained.scorer, covisit, split.train, cfg_full, revealed
+            )
+            per_k[FULL] = _score(lists, targets, split, cfg.n)
+            lists = replay_with(f"blend-k{k}", blend, None, split.train, cfg_n, revealed)
+            per_k[BLEND] = _score(lists, targets, split, cfg.n)
+            for name, rec in baselines.items():
+                per_k[name] = _score(recommend_all(rec, revealed, cfg.n), targets, split, cfg.n)
+            results[str(k)] = per_k
+            progress(
+                f"seed {seed} k={k}: full recall {per_k[FULL]['recall']:.4f} "
+                f"ndcg {per_k[FULL]['ndcg']:.4f} cold {per_k[FULL]['cold_recall']:.4f}"
+            )
+    report = {k: v for k, v in trained.report.items() if k != "history"}
+    return {
+        "seed": seed,
+        "results": results,
+        "train": report,
+        "ranker": trained.scorer.version,
+        "mmr_lambda": lam,
+        "mmr_selection": selection,
+        "cold_policy": list(policy),
+        "cold_policy_selection": policy_table,
+        "val_content_cold_recall": [val_content[k] for k in cfg.ks],
+        "val_users": len(val_users),
+        "timings": timings,
+        "cold_items": len(split.cold_items),
+        "test_users": len(split.test_users),
+    }
+
+
+ColdPolicy = tuple[int, float, str]
+
+
+def with_cold_policy(ecfg: EngineConfig, policy: ColdPolicy) -> EngineConfig:
+    minimum, frac, rank_by = policy
+    return dataclasses.replace(
+        ecfg,
+        cold_item_slots=minimum,
+        cold_slots_content_frac=frac,
+        cold_rank_by=rank_by,
+        cold_slots_follow_content=True,
+    )
+
+
+def choose_cold_policy(
+    policies: Sequence[ColdPolicy],
+    validate: Callable[[ColdPolicy], Sequence[Mapping[str, float]]],
+    content_cold: Sequence[float],
+) -> tuple[ColdPolicy, dict[str, dict[str, float]]]:
+    """The new-item policy with the best mean Recall+NDCG on validation users among those whose
+    cold recall is above 0 and at least content-only's for every k; if none qualifies, the one
+    closest to that bar (largest worst-case cold recall minus content's).
+
+    ``validate`` returns one metrics dict per k (same order as ``content_cold``).
+    """
+    if not policies:
+        raise ValueError("no new-item policies to choose from")
+    table: dict[str, dict[str, float]] = {}
+    scored: list[tuple[bool, float, float, ColdPolicy]] = []
+    for pol in policies:
+        ms = validate(pol)
+        colds = [m["cold_recall"] for m in ms]
+        margins = [
+            (c if not math.isnan(c) else 0.0) - (b if not math.isnan(b) else 0.0)
+            for c, b in zip(colds, content_cold, strict=True)
+        ]
+        ok = all((not math.isnan(c)) and c > 0 for c in colds) and min(margins) >= 0
+        quality = float(np.mean([m["recall"] + m["ndcg"] for m in ms]))
+        table[f"{pol[0]}/{pol[1]:g}/{pol[2]}"] = {
+            "quality": quality,
+            "min_cold_margin": float(min(margins)),
+            "ok": float(ok),
+        }
+        scored.append((ok, quality, float(min(margins)), pol))
+    feasible = [t for t in scored if t[0]]
+    if feasible:
+        best = max(feasible, key=lambda t: t[1])
+    else:
+        best = max(scored, key=lambda t: (t[2], t[1]))
+    return best[3], table
+
+
+def summarize(per_seed: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """Mean and (population) standard deviation over seeds, per k, method and metric."""
+    out: dict[str, Any] = {}
+    for k in ks:
+        methods = per_seed[0]["results"][str(k)].keys()
+        out[str(k)] = {
+            m: {
+                metric: {
+                    "mean": float(np.nanmean(vals)) if not np.all(np.isnan(vals)) else math.nan,
+                    "std": float(np.nanstd(vals)) if not np.all(np.isnan(vals)) else math.nan,
+                    "values": [float(v) for v in vals],
+                }
+                for metric in METRICS
+                for vals in [np.array([s["results"][str(k)][m][metric] for s in per_seed])]
+            }
+            for m in methods
+        }
+    return out
+
+
+def check_targets(summary: Mapping[str, Any], per_seed: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The acceptance checks of issue 5, per seed and k; returns the failures (empty = all met)."""
+    failures: list[str] = []
+    for s in per_seed:
+        for k, res in s["results"].items():
+            full = res[FULL]
+            for metric in ("recall", "ndcg"):
+                for base in ("popularity", "item-knn"):
+                    if not full[metric] > res[base][metric]:
+                        failures.append(
+                            f"seed {s['seed']} k={k}: {metric} {full[metric]:.4f} <= "
+                            f"{base} {res[base][metric]:.4f}"
+                        )
+            cold, content = full["cold_recall"], res["content"]["cold_recall"]
+            if not (cold > 0 and cold >= content):
+                failures.append(
+                    f"seed {s['seed']} k={k}: cold recall {cold:.4f} vs content {content:.4f}"
+                )
+    return failures
+
+
+def format_table(summary: Mapping[str, Any], n: int = 20) -> str:
+    heads = [f"Recall@{n}", f"NDCG@{n}", f"HR@{n}", "Coverage", f"ColdRecall@{n}"]
+    lines = [f"{'k':>2}  {'method':<13}" + "".join(f"{h:>17}" for h in heads)]
+    for k, methods in summary.items():
+        for m, metrics in methods.items():
+            cells = []
+            for metric in METRICS:
+                v = metrics[metric]
+                cells.append(
+                    f"{'n/a':>17}"
+                    if math.isnan(v["mean"])
+                    else f"{v['mean']:>9.4f} ± {v['std']:.4f}"
+                )
+            lines.append(f"{k:>2}  {m:<13}" + "".join(cells))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(summary: Mapping[str, Any], path: str | Path, n: int = 20) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted(int(k) for k in summary)
+    methods = list(summary[str(ks[0])])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, title in (
+        (axes[0], "recall", f"Recall@{n}"),
+        (axes[1], "cold_recall", f"Cold-item Recall@{n}"),
+    ):
+        for m in methods:
+            means = [summary[str(k)][m][metric]["mean"] for k in ks]
+            stds = [summary[str(k)][m][metric]["std"] for k in ks]
+            if all(math.isnan(v) for v in means):
+                continue
+            ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=m)
+        ax.set_xlabel("revealed interactions per test user (k)")
+        ax.set_title(title)
+        ax.set_xticks(ks)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("coldstream cold-start evaluation (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=120)
+    plt.close(fig)
+
+
+def run(
+    dataset: Dataset,
+    vectors: np.ndarray,
+    engine_cfg: EngineConfig,
+    cfg: EvalConfig,
+    *,
+    store_factory: StoreFactory,
+    encode: Encode | None,
+    encoder_name: str,
+    blend: Scorer | None = None,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    per_seed = [
+        evaluate_seed(
+            dataset,
+            vectors,
+            seed,
+            engine_cfg,
+            cfg,
+            store_factory=store_factory,
+            encode=encode,
+            encoder_name=encoder_name,
+            blend=blend or BlendScorer(0.3),
+            progress=progress,
+        )
+        for seed in cfg.seeds
+    ]
+    summary = summarize(per_seed, cfg.ks)
+    return {
+        "dataset": dataset.name,
+        "config": {
+            "ks": list(cfg.ks),
+            "seeds": list(cfg.seeds),
+            "test_users_frac": cfg.test_users_frac,
+            "cold_items_frac": cfg.cold_items_frac,
+            "n": cfg.n,
+            "train": dataclasses.asdict(cfg.train),
+            "engine": {k: v for k, v in dataclasses.asdict(engine_cfg).items() if k != "profile"},
+        },
+        "summary": summary,
+        "per_seed": per_seed,
+        "failures": check_targets(summary, per_seed),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def write_json(result: Mapping[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -1,0 +1,301 @@
+"""The learned ranker: a small MLP over ``[u, i, u⊙i, |u−i|, features]``, as a :class:`Scorer`.
+
+Files are safetensors (tensors only, no pickle) whose header carries JSON metadata: format, version,
+feature list, vector dimension, encoder name, training data hash, a checksum of the tensors and the
+validation figures. :func:`load_ranker` refuses a corrupt file or one that does not fit the running
+worker (other features, other dimension, other encoder) with :class:`RankerLoadError`, and
+:class:`ArtifactWatcher` lets a worker pick up a new file without a restart while keeping the
+previous model whenever the new one is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ranking.features import FEATURES, feature_matrix
+from ranking.scoring import Candidates
+
+log = logging.getLogger(__name__)
+
+FORMAT = "coldstream-ranker/1"
+T = TypeVar("T")
+
+
+class RankerLoadError(ValueError):
+    """A ranker file is missing, corrupt, or was trained for another set-up."""
+
+
+class RankerMLP(nn.Module):
+    """``[u, i, u⊙i, |u−i|, f] → hidden → hidden → score``."""
+
+    def __init__(self, dim: int, n_features: int, hidden: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dim = dim
+        self.n_features = n_features
+        self.hidden = hidden
+        self.net = nn.Sequential(
+            nn.Linear(4 * dim + n_features, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, user: torch.Tensor, items: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """``user`` (..., d) against ``items`` (..., m, d) with ``feats`` (..., m, F) → (..., m).
+
+        The first layer is ``Linear`` over the concatenation, computed block by block (the
+        same sum, without materializing the (m, 4d + F) input): u and u⊙i fold into per-user
+        weights, so only ``|u − i|`` needs a temporary.
+        """
+        first = self.net[0]
+        assert isinstance(first, nn.Linear)
+        d = self.dim
+        w = first.weight
+        w_u, w_i, w_m, w_a, w_f = (
+            w[:, :d],
+            w[:, d : 2 * d],
+            w[:, 2 * d : 3 * d],
+            w[:, 3 * d : 4 * d],
+            w[:, 4 * d :],
+        )
+        u = user.unsqueeze(-2)  # (..., 1, d)
+        # (u ⊙ i)·w_m = i·(u ⊙ w_m): one (d, h) matrix per user
+        per_user = (u.transpose(-1, -2) * w_m.T) if u.dim() > 2 else (user[:, None] * w_m.T)
+        hidden = (
+            u @ w_u.T
+            + items @ w_i.T
+            + items @ per_user
+            + (items - u).abs() @ w_a.T
+            + feats @ w_f.T
+            + first.bias
+        )
+        return self.net[1:](hidden).squeeze(-1)
+
+    def forward_concat(
+        self, user: torch.Tensor, items: torch.Tensor, feats: torch.Tensor
+    ) -> torch.Tensor:
+        """The literal ``MLP(concat(u, i, u⊙i, |u−i|, f))``; :meth:`forward` equals it."""
+        u = user.unsqueeze(-2).expand_as(items)
+        x = torch.cat([u, items, u * items, (u - items).abs(), feats], dim=-1)
+        return self.net(x).squeeze(-1)
+
+
+@dataclass
+class RankerMeta:
+    version: str
+    dim: int
+    hidden: int
+    features: list[str]
+    encoder: str
+    data_hash: str
+    created_at: float = field(default_factory=time.time)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class RankerScorer:
+    """A trained :class:`RankerMLP` behind the :class:`Scorer` protocol.
+
+    Scores are the model's logits; only their order within a list matters, except to MMR, which
+    reads them through :func:`relevance` (a per-list rescaling to [0, 1]).
+    """
+
+    def __init__(self, model: RankerMLP, meta: RankerMeta) -> None:
+        self.model = model.eval()
+        self.meta = meta
+        self.version = meta.version
+
+    def score(
+        self, user: np.ndarray, cands: Candidates, category_affinity: dict[str, float]
+    ) -> np.ndarray:
+        if not cands.ids:
+            return np.zeros(0, dtype=np.float32)
+        feats = feature_matrix(cands, category_affinity)
+        with torch.inference_mode():
+            logits = self.model(
+                torch.from_numpy(np.asarray(user, dtype=np.float32)),
+                torch.from_numpy(np.asarray(cands.vectors, dtype=np.float32)),
+                torch.from_numpy(feats),
+            )
+        return relevance(logits.numpy())
+
+
+def relevance(logits: np.ndarray) -> np.ndarray:
+    """Logits → [0, 1] for one list, best = 1: a cosine-like scale for MMR's trade-off."""
+    if len(logits) == 0:
+        return logits.astype(np.float32)
+    lo, hi = float(logits.min()), float(logits.max())
+    span = hi - lo if hi > lo else 1.0
+    return ((logits - lo) / span).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def _checksum(tensors: Mapping[str, np.ndarray], meta: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(meta):
+        if key != "checksum":
+            h.update(f"{key}={meta[key]}\n".encode())
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}:{arr.dtype}:{arr.shape}\n".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def save_ranker(path: str | Path, scorer: RankerScorer) -> Path:
+    """Write atomically (temp file + rename): a watcher never reads half a file."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().numpy() for k, v in scorer.model.state_dict().items()}
+    m = scorer.meta
+    meta = {
+        "format": FORMAT,
+        "version": m.version,
+        "dim": str(m.dim),
+        "hidden": str(m.hidden),
+        "features": json.dumps(m.features),
+        "encoder": m.encoder,
+        "data_hash": m.data_hash,
+        "created_at": repr(m.created_at),
+        "metrics": json.dumps(m.metrics),
+    }
+    meta["checksum"] = _checksum(tensors, meta)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_ranker(
+    path: str | Path, *, expect_dim: int | None = None, expect_encoder: str | None = None
+) -> RankerScorer:
+    """Load and verify; any problem is a :class:`RankerLoadError` naming the file and the cause."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise RankerLoadError(f"{path}: no ranker file (run `coldstream train`)")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise RankerLoadError(f"{path}: not a readable safetensors file: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise RankerLoadError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("checksum") != _checksum(tensors, meta):
+        raise RankerLoadError(f"{path}: checksum mismatch (corrupt or edited file)")
+    try:
+        info = RankerMeta(
+            version=meta["version"],
+            dim=int(meta["dim"]),
+            hidden=int(meta["hidden"]),
+            features=list(json.loads(meta["features"])),
+            encoder=meta["encoder"],
+            data_hash=meta["data_hash"],
+            created_at=float(meta["created_at"]),
+            metrics={k: float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()},
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RankerLoadError(f"{path}: bad metadata: {exc}") from exc
+    if info.features != list(FEATURES):
+        raise RankerLoadError(
+            f"{path}: trained on features {info.features}, this build computes {list(FEATURES)}"
+        )
+    if expect_dim is not None and info.dim != expect_dim:
+        raise RankerLoadError(
+            f"{path}: trained on {info.dim}-d vectors, the encoder gives {expect_dim}-d"
+        )
+    if expect_encoder is not None and info.encoder != expect_encoder:
+        raise RankerLoadError(
+            f"{path}: trained with encoder {info.encoder!r}, the worker runs {expect_encoder!r}"
+        )
+    model = RankerMLP(info.dim, len(info.features), info.hidden)
+    try:
+        state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise RankerLoadError(f"{path}: tensors do not fit the model: {exc}") from exc
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise RankerLoadError(f"{path}: non-finite weights")
+    return RankerScorer(model, info)
+
+
+# ---------------------------------------------------------------------------------- hot reload
+
+
+class ArtifactWatcher(Generic[T]):
+    """Reload a file when it changes; keep the last good object when a new file is refused.
+
+    The worker calls :meth:`poll` from a timer (off the event loop: loading reads a file). It
+    returns the new object when one was loaded, else None. A refused file is logged once per
+    change (``last_error`` keeps the reason) and the previous object stays in service.
+    """
+
+    def __init__(self, path: str | Path, loader: Callable[[Path], T]) -> None:
+        self.path = Path(path)
+        self.loader = loader
+        self.current: T | None = None
+        self.last_error: str | None = None
+        self._stamp: tuple[int, int] | None = None
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def poll(self) -> T | None:
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        try:
+            loaded = self.loader(self.path)
+        except (RankerLoadError, ValueError, OSError) as exc:
+            self.last_error = str(exc)
+            log.error("keeping the previous model: %s", exc)
+            return None
+        self.current = loaded
+        self.last_error = None
+        log.info("loaded %s", self.path)
+        return loaded
+
+
+def ranker_watcher(
+    path: str | Path, *, expect_dim: int | None = None, expect_encoder: str | None = None
+) -> ArtifactWatcher[RankerScorer]:
+    def load(p: Path) -> RankerScorer:
+        return load_ranker(p, expect_dim=expect_dim, expect_encoder=expect_encoder)
+
+    return ArtifactWatcher(path, load)
+
+
+def describe(meta: RankerMeta) -> dict[str, Any]:
+    return {
+        "version": meta.version,
+        "dim": meta.dim,
+        "hidden": meta.hidden,
+        "features": meta.features,
+        "encoder": meta.encoder,
+        "data_hash": meta.data_hash,
+        "metrics": meta.metrics,
+    }

@@ -1,0 +1,395 @@
+"""``coldstream train``: the co-visitation snapshot and the ranker, learned from an interaction log.
+
+Training replays each training user's history through the stream's own code: the profile update
+rule (:func:`ranking.profile.apply_signal`), the candidate pool (:func:`ranking.engine.
+assemble_candidates`: content recall, co-visited and popular channels) and the features
+(:func:`ranking.features.feature_matrix`). A list is a user's profile after their first L events
+(L in ``prefix_lengths``, the cold-start regime); its positives are the items they touch later.
+
+No leakage from a user's own future into their features: users are split into folds, and a fold's
+lists read co-visitation and popularity counted on the other folds' users only. A validation slice
+of users (never trained on) picks the epoch (early stopping). The snapshot served afterwards is
+counted on all the log's users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ranking.covisit import CovisitIndex, CovisitModel
+from ranking.engine import EngineConfig, assemble_candidates
+from ranking.features import FEATURES, feature_matrix
+from ranking.profile import Profile, Signal, apply_signal
+from ranking.ranker import RankerMeta, RankerMLP, RankerScorer
+from ranking.store import Hit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    prefix_lengths: tuple[int, ...] = (1, 2, 3, 5, 8)
+    folds: int = 2
+    val_frac: float = 0.15
+    hidden: int = 32
+    dropout: float = 0.1
+    epochs: int = 15
+    patience: int = 3
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    batch_lists: int = 64
+    max_positives: int = 16
+    negatives: int = 48
+    covisit_window: int = 500
+    covisit_neighbors: int = 200
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = leave as is
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """The catalog as training sees it: ids, unit vectors (n, d) and the stored payloads."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    payloads: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.vectors) or len(self.ids) != len(self.payloads):
+            raise ValueError("ids, vectors and payloads must have the same length")
+
+
+@dataclass
+class TrainResult:
+    scorer: RankerScorer
+    covisit: CovisitModel
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _List:
+    user: np.ndarray  # (d,)
+    rows: np.ndarray  # (m,) catalog rows
+    feats: np.ndarray  # (m, F)
+    labels: np.ndarray  # (m,) 0/1
+    n_targets: int  # all later items, in the pool or not (the recall denominator)
+
+
+def data_hash(log_df: pd.DataFrame, item_ids: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    h.update("\n".join(item_ids).encode())
+    cols = log_df[["user_id", "item_id", "ts"]].astype(str)
+    h.update(pd.util.hash_pandas_object(cols, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def user_sequences(log_df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each user's item events in time order (the log is already sorted by ts, file order)."""
+    df = log_df.loc[log_df["item_id"].notna()]
+    return {str(u): g for u, g in df.groupby("user_id", sort=True)}
+
+
+def build_covisit(
+    seqs: Mapping[str, pd.DataFrame], users: Sequence[str], cfg: TrainConfig, data_hash: str = ""
+) -> CovisitModel:
+    return CovisitModel.build(
+        ([str(i) for i in seqs[u]["item_id"]] for u in users),
+        window=cfg.covisit_window,
+        neighbors=cfg.covisit_neighbors,
+        data_hash=data_hash,
+    )
+
+
+def _lists_for_user(
+    events: pd.DataFrame,
+    items: ItemTable,
+    row_of: Mapping[str, int],
+    index: CovisitIndex,
+    popular: list[tuple[str, str]],
+    active: np.ndarray,
+    engine_cfg: EngineConfig,
+    prefix_lengths: Sequence[int],
+) -> list[tuple[_List, set[str]]]:
+    out: list[tuple[_List, set[str]]] = []
+    known = [
+        (str(r.item_id), float(r.ts), str(r.type), None if pd.isna(r.rating) else float(r.rating))
+        for r in events.itertuples(index=False)
+        if str(r.item_id) in row_of
+    ]
+    wanted = sorted(L for L in set(prefix_lengths) if 0 < L < len(known))
+    if not wanted:
+        return out
+    profile = Profile("train")
+    applied = 0
+    for L in wanted:
+        while applied < L:
+            item, ts, kind, rating = known[applied]
+            row = row_of[item]
+            apply_signal(
+                profile,
+                Signal(
+                    event_id=str(applied),
+                    event_type=kind,
+                    ts=ts,
+                    vector=items.vectors[row],
+                    item_id=item,
+                    category=_opt_str(items.payloads[row].get("category")),
+                    rating=rating,
+                ),
+                engine_cfg.profile,
+            )
+            applied += 1
+        if profile.vector is None:
+            continue
+        seen = set(profile.seen)
+        targets = {i for i, _, _, _ in known[L:]} - seen
+        if not targets:
+            continue
+        sims = items.vectors @ profile.vector
+        mask = active.copy()
+        mask[[row_of[i] for i in seen]] = False
+        sims = np.where(mask, sims, -np.inf)
+        n = min(engine_cfg.recall_top_n, int(mask.sum()))
+        top = np.argpartition(-sims, n - 1)[:n] if n > 0 else np.zeros(0, np.int64)
+        top = top[np.argsort(-sims[top], kind="stable")]
+        hits = [Hit(items.ids[r], float(sims[r]), items.payloads[r], items.vectors[r]) for r in top]
+        recent = profile.recent_items[-engine_cfg.covisit_window :]
+        chan = [(i, "covisit") for i in index.top(recent, engine_cfg.covisit_top_n, exclude=seen)]
+        now = known[L - 1][1]
+        cands = assemble_candidates(
+            profile, hits, chan + popular, _Points(items, row_of), {}, index, now, engine_cfg
+        )
+        if cands is None:
+            continue
+        feats = feature_matrix(cands, profile.categories)
+        rows = np.array([row_of[i] for i in cands.ids], dtype=np.int64)
+        labels = np.array([1.0 if i in targets else 0.0 for i in cands.ids], dtype=np.float32)
+        out.append((_List(profile.vector.copy(), rows, feats, labels, len(targets)), targets))
+    return out
+
+
+class _Points(Mapping[str, Any]):
+    """The catalog seen as the ``known_items`` mapping the engine reads channel items from."""
+
+    def __init__(self, table: ItemTable, row_of: Mapping[str, int]) -> None:
+        self.table = table
+        self.row_of = row_of
+
+    def __getitem__(self, key: str) -> Any:
+        from ranking.store import StoredPoint
+
+        r = self.row_of[key]
+        return StoredPoint(key, self.table.vectors[r], self.table.payloads[r])
+
+    def __iter__(self) -> Any:
+        return iter(self.row_of)
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+
+def _opt_str(value: object) -> str | None:
+    return str(value) if value else None
+
+
+def _metrics(scores: np.ndarray, lst: _List, k: int = 20) -> tuple[float, float]:
+    order = np.argsort(-scores, kind="stable")[:k]
+    hits = lst.labels[order]
+    recall = float(hits.sum()) / lst.n_targets
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = float((hits * disc[: len(hits)]).sum())
+    idcg = float(disc[: min(lst.n_targets, k)].sum())
+    return recall, dcg / idcg
+
+
+def _mean_metrics(lists: Sequence[_List], score: Callable[[_List], np.ndarray]) -> dict[str, float]:
+    if not lists:
+        return {"recall": math.nan, "ndcg": math.nan}
+    rs, ns = zip(*(_metrics(score(lst), lst) for lst in lists), strict=True)
+    return {"recall": float(np.mean(rs)), "ndcg": float(np.mean(ns))}
+
+
+def _batch(
+    lists: Sequence[_List], vectors: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, f = len(lists), lists[0].feats.shape[1]
+    rows = np.zeros((b, width), np.int64)
+    feats = np.zeros((b, width, f), np.float32)
+    labels = np.zeros((b, width), np.float32)
+    mask = np.zeros((b, width), bool)
+    for j, lst in enumerate(lists):
+        m = len(lst.rows)
+        rows[j, :m] = lst.rows
+        feats[j, :m] = lst.feats
+        labels[j, :m] = lst.labels
+        mask[j, :m] = True
+    users = torch.from_numpy(np.stack([lst.user for lst in lists]).astype(np.float32))
+    return (
+        users,
+        vectors[torch.from_numpy(rows)],
+        torch.from_numpy(feats),
+        torch.from_numpy(labels),
+        torch.from_numpy(mask),
+    )
+
+
+def _sample(lst: _List, cfg: TrainConfig, rng: np.random.Generator) -> _List:
+    pos = np.flatnonzero(lst.labels > 0)
+    neg = np.flatnonzero(lst.labels <= 0)
+    if len(pos) > cfg.max_positives:
+        pos = rng.choice(pos, cfg.max_positives, replace=False)
+    if len(neg) > cfg.negatives:
+        neg = rng.choice(neg, cfg.negatives, replace=False)
+    keep = np.concatenate([pos, neg])
+    return _List(lst.user, lst.rows[keep], lst.feats[keep], lst.labels[keep], lst.n_targets)
+
+
+def train(
+    log_df: pd.DataFrame,
+    items: ItemTable,
+    engine_cfg: EngineConfig,
+    cfg: TrainConfig,
+    *,
+    encoder: str,
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fit the ranker on ``log_df`` (the training users' interactions) and count co-visitation."""
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    row_of = {item: r for r, item in enumerate(items.ids)}
+    active = np.array([p.get("active", True) is not False for p in items.payloads], dtype=bool)
+    seqs = user_sequences(log_df)
+    users = sorted(seqs)
+    if len(users) < 2 * max(cfg.folds, 2):
+        raise ValueError(f"need more users to train on (got {len(users)})")
+    dhash = data_hash(log_df, items.ids)
+    fold_of = {
+        u: int(f) for u, f in zip(users, rng.integers(0, cfg.folds, len(users)), strict=True)
+    }
+    val_users = set(rng.choice(users, max(1, round(cfg.val_frac * len(users))), replace=False))
+
+    train_lists: list[_List] = []
+    val_lists: list[_List] = []
+    for fold in range(cfg.folds):
+        stats_users = [u for u in users if fold_of[u] != fold]
+        index = CovisitIndex(build_covisit(seqs, stats_users, cfg), [], engine_cfg.covisit_recency)
+        popular = [(i, "trending") for i in index.popular(engine_cfg.popular_top_n)]
+        for u in users:
+            if fold_of[u] != fold:
+                continue
+            made = _lists_for_user(
+                seqs[u], items, row_of, index, popular, active, engine_cfg, cfg.prefix_lengths
+            )
+            (val_lists if u in val_users else train_lists).extend(lst for lst, _ in made)
+        say(f"fold {fold + 1}/{cfg.folds}: {len(train_lists)} train / {len(val_lists)} val lists")
+    if not train_lists or not val_lists:
+        raise ValueError("no training lists: the log is too short for the prefix lengths")
+    t_lists = time.perf_counter() - t0
+
+    dim = items.vectors.shape[1]
+    model = RankerMLP(dim, len(FEATURES), cfg.hidden, cfg.dropout)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    vectors = torch.from_numpy(np.asarray(items.vectors, dtype=np.float32))
+    width = cfg.max_positives + cfg.negatives
+
+    def scores_of(lst: _List) -> np.ndarray:
+        with torch.inference_mode():
+            return model(
+                torch.from_numpy(lst.user),
+                vectors[torch.from_numpy(lst.rows)],
+                torch.from_numpy(lst.feats),
+            ).numpy()
+
+    col = {name: j for j, name in enumerate(FEATURES)}
+    report: dict[str, Any] = {
+        "val_popularity": _mean_metrics(val_lists, lambda s: s.feats[:, col["log_popularity"]]),
+        "val_covisit": _mean_metrics(
+            val_lists,
+            lambda s: s.feats[:, col["covisit"]] + 1e-3 * s.feats[:, col["log_popularity"]],
+        ),
+        "val_cosine": _mean_metrics(val_lists, lambda s: s.feats[:, col["cosine"]]),
+    }
+    best: dict[str, Any] = {"score": -1.0, "epoch": -1, "state": None, "val": {}}
+    history: list[dict[str, float]] = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = rng.permutation(len(train_lists))
+        total = 0.0
+        for start in range(0, len(order), cfg.batch_lists):
+            chunk = [
+                _sample(train_lists[i], cfg, rng) for i in order[start : start + cfg.batch_lists]
+            ]
+            users_t, items_t, feats_t, labels_t, mask_t = _batch(chunk, vectors, width)
+            logits = model(users_t, items_t, feats_t).masked_fill(~mask_t, -1e9)
+            target = labels_t / labels_t.sum(dim=1, keepdim=True).clamp(min=1.0)
+            loss = -(torch.log_softmax(logits, dim=1) * target).sum(dim=1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(chunk)
+        model.eval()
+        val = _mean_metrics(val_lists, scores_of)
+        score = val["recall"] + val["ndcg"]
+        history.append({"epoch": epoch, "loss": total / len(train_lists), **val})
+        say(
+            f"epoch {epoch}: loss {total / len(train_lists):.4f} "
+            f"val recall@20 {val['recall']:.4f} ndcg@20 {val['ndcg']:.4f}"
+        )
+        if score > best["score"]:
+            best = {
+                "score": score,
+                "epoch": epoch,
+                "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "val": val,
+            }
+        elif epoch - best["epoch"] >= cfg.patience:
+            break
+    assert best["state"] is not None
+    model.load_state_dict(best["state"])
+    model.eval()
+    covisit = build_covisit(seqs, users, cfg, dhash)
+    meta = RankerMeta(
+        version=f"mlp-{dhash[:8]}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}",
+        dim=dim,
+        hidden=cfg.hidden,
+        features=list(FEATURES),
+        encoder=encoder,
+        data_hash=dhash,
+        metrics={
+            "val_recall@20": best["val"]["recall"],
+            "val_ndcg@20": best["val"]["ndcg"],
+            "best_epoch": float(best["epoch"]),
+            "train_lists": float(len(train_lists)),
+            "val_lists": float(len(val_lists)),
+        },
+    )
+    report.update(
+        {
+            "users": len(users),
+            "val_users": len(val_users),
+            "train_lists": len(train_lists),
+            "val_lists": len(val_lists),
+            "best_epoch": best["epoch"],
+            "val_ranker": best["val"],
+            "history": history,
+            "seconds_lists": round(t_lists, 2),
+            "seconds_total": round(time.perf_counter() - t0, 2),
+            "data_hash": dhash,
+            "covisit_pairs": covisit.pairs,
+        }
+    )
+    return TrainResult(RankerScorer(model, meta), covisit, report)

@@ -1,0 +1,91 @@
+"""The engine's co-visitation channel over a real store: online counts, recall, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infra.qdrant_store import QdrantStore
+from infra.settings import Settings
+from ranking.covisit import CovisitModel
+from ranking.engine import BehaviorEngine, EngineConfig, Interaction
+from ranking.profile import ProfileConfig
+from ranking.scoring import BlendScorer
+from ranking.store import StoredPoint
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+]
+DIM = 8
+T0 = 1_700_000_000.0
+
+
+def _engine(
+    store: QdrantStore, covisit: CovisitModel | None = None, **kw: object
+) -> BehaviorEngine:
+    s = Settings()
+    cfg = EngineConfig(
+        profile=ProfileConfig(weights=s.event_weights(), half_life_s=72 * 3600.0),
+        **{"recs_count": 3, "recall_top_n": 2, "cold_item_slots": 0, "mmr_lambda": 1.0, **kw},  # type: ignore[arg-type]
+    )
+    store.ensure_collection(cfg.items_collection, DIM)
+    store.ensure_collection(cfg.users_collection, DIM)
+    store.ensure_collection(cfg.state_collection, 1)
+    points = []
+    for n in range(DIM):
+        v = np.zeros(DIM, np.float32)
+        v[n] = 1.0
+        if n == DIM - 1:
+            v = -np.eye(DIM, dtype=np.float32)[0]  # opposite to i0: content ranks it last
+        points.append(StoredPoint(f"i{n}", v, {"title": f"T{n}", "category": "c", "active": True}))
+    store.upsert(cfg.items_collection, points)
+    return BehaviorEngine(store, cfg, BlendScorer(0.3), covisit=covisit)
+
+
+_n = iter(range(10**6))
+
+
+def ev(user: str, item: str, partition: int = 0) -> Interaction:
+    n = next(_n)
+    return Interaction(f"e{n}", user, "view", T0 + n, item_id=item, partition=partition, offset=n)
+
+
+def _run(engine: BehaviorEngine, events: list[Interaction]) -> dict[str, list[tuple[str, str]]]:
+    out = engine.apply(engine.prepare(events), None)
+    return {r.user_id: [(i.item_id, i.source) for i in r.items] for r in out.recommendations}
+
+
+def test_online_pairs_feed_the_covisit_channel(store: QdrantStore) -> None:
+    engine = _engine(store, popular_top_n=0)
+    # other users watch i0 then i7 (opposite vectors: content alone would never find i7)
+    _run(engine, [ev(f"crowd{k}", "i0") for k in range(3)])
+    _run(engine, [ev(f"crowd{k}", "i7") for k in range(3)])
+    assert engine.covisit[0].pairs["i0"]["i7"] == 3.0
+    recs = _run(engine, [ev("newbie", "i0")])["newbie"]
+    assert ("i7", "covisit") in recs
+    assert all(src == "content" for item, src in recs if item != "i7")
+
+
+def test_snapshot_channel_and_persisted_online_state(store: QdrantStore) -> None:
+    snapshot = CovisitModel.build([["i1", "i6"], ["i1", "i6"], ["i1", "i5"]], window=1, neighbors=5)
+    engine = _engine(store, covisit=snapshot, popular_top_n=0)
+    recs = _run(engine, [ev("u", "i1", partition=2)])["u"]
+    assert ("i6", "covisit") in recs
+    assert engine.persist_trending() == 1
+    other = BehaviorEngine(store, engine.cfg, BlendScorer(0.3), covisit=snapshot)
+    other.load_trending([2])
+    assert other.covisit[2].counts == engine.covisit[2].counts
+    assert set(other.trending) == {2}
+    other.drop_trending([2])
+    assert other.covisit == {} and other.trending == {}
+
+
+def test_popular_channel_fetches_vectors_in_the_same_read(store: QdrantStore) -> None:
+    snapshot = CovisitModel.build([["i4", "i3"]] * 5, window=1, neighbors=5)
+    engine = _engine(store, covisit=snapshot, covisit_top_n=0, popular_top_n=2)
+    prep = engine.prepare([ev("u", "i0")])
+    assert {"i3", "i4"} <= set(prep.items)  # fetched with the event's own item
+    out = engine.apply(prep, None)
+    sources = {i.item_id: i.source for i in out.recommendations[0].items}
+    assert sources.get("i3") == "trending" or sources.get("i4") == "trending"

@@ -1,0 +1,91 @@
+"""Co-visitation counting, snapshot files, online deltas and their merge."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranking.covisit import CovisitCounter, CovisitError, CovisitIndex, CovisitModel
+
+pytestmark = pytest.mark.unit
+
+
+def test_build_counts_pairs_within_window() -> None:
+    m = CovisitModel.build([["a", "b", "c"], ["a", "c"], ["b", "b"]], window=1, neighbors=10)
+    assert m.count("a") == 2 and m.count("b") == 3 and m.count("c") == 2
+    ids, data = m.neighbors("a")
+    assert dict(zip(ids, data.tolist(), strict=True)) == {"b": 1.0, "c": 1.0}
+    ids, data = m.neighbors("b")
+    assert dict(zip(ids, data.tolist(), strict=True)) == {"a": 1.0, "c": 1.0}  # never itself
+    # window 2 also pairs a with c in the first sequence
+    m2 = CovisitModel.build([["a", "b", "c"], ["a", "c"]], window=2, neighbors=10)
+    ids, data = m2.neighbors("a")
+    assert dict(zip(ids, data.tolist(), strict=True)) == {"c": 2.0, "b": 1.0}
+    assert ids[0] == "c"  # strongest first
+
+
+def test_build_keeps_top_neighbors() -> None:
+    seqs = [["x", "a"]] * 3 + [["x", "b"]] * 2 + [["x", "c"]]
+    m = CovisitModel.build(seqs, window=5, neighbors=2)
+    ids, data = m.neighbors("x")
+    assert ids == ["a", "b"] and data.tolist() == [3.0, 2.0]
+    assert m.neighbors("unknown") == ([], pytest.approx(np.zeros(0)))
+
+
+def test_snapshot_round_trip_and_corruption(tmp_path: Path) -> None:
+    m = CovisitModel.build([["a", "b", "c"], ["c", "a"]], window=3, neighbors=5, data_hash="h")
+    path = tmp_path / "cv.safetensors"
+    m.save(path)
+    back = CovisitModel.load(path)
+    assert back.item_ids == m.item_ids and back.data_hash == "h" and back.window == 3
+    np.testing.assert_array_equal(back.data, m.data)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CovisitError, match="checksum"):
+        CovisitModel.load(path)
+    with pytest.raises(CovisitError, match="no co-visitation"):
+        CovisitModel.load(tmp_path / "missing.safetensors")
+
+
+def test_online_counter_matches_snapshot_counting() -> None:
+    seq = ["a", "b", "c", "a"]
+    c = CovisitCounter()
+    for t, item in enumerate(seq):
+        c.add(seq[max(0, t - 2) : t], item)
+    m = CovisitModel.build([seq], window=2, neighbors=10)
+    for item in "abc":
+        ids, data = m.neighbors(item)
+        assert c.pairs[item] == dict(zip(ids, data.tolist(), strict=True))
+        assert c.counts[item] == m.count(item)
+    back = CovisitCounter.from_payload(c.to_payload())
+    assert back.pairs == c.pairs and back.counts == c.counts
+
+
+def test_online_counter_prunes_to_max_pairs() -> None:
+    c = CovisitCounter(max_pairs=4)
+    for n in range(10):
+        c.add([f"p{n}"], f"q{n}", weight=float(n + 1))
+    assert sum(len(r) for r in c.pairs.values()) <= 5
+    assert "q9" in c.pairs["p9"]  # the strongest survive
+
+
+def test_index_merges_snapshot_and_deltas() -> None:
+    base = CovisitModel.build([["a", "b"], ["a", "b"], ["a", "c"]], window=1, neighbors=10)
+    delta = CovisitCounter()
+    delta.add(["a"], "d")
+    idx = CovisitIndex(base, [delta], recency=0.5)
+    assert idx.count("a") == 3 and idx.count("d") == 1  # a's visits were counted before
+    s = idx.scores(["a"])
+    assert s["b"] == pytest.approx(2 / math.sqrt(3 * 2))
+    assert s["d"] == pytest.approx(1 / math.sqrt(3 * 1))
+    assert idx.top(["a"], 1) == ["b"]
+    assert set(idx.top(["a"], 2, exclude=["b"])) == {"c", "d"}
+    # recency: the older item weighs recency^1
+    s2 = idx.scores(["b", "a"])
+    assert s2["c"] == pytest.approx(1 / math.sqrt(3 * 1))
+    assert s2["a"] == pytest.approx(0.5 * 2 / math.sqrt(2 * 3))
+    assert idx.popular(2) == ["a", "b"]

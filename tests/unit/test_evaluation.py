@@ -1,0 +1,109 @@
+"""Evaluation plumbing: event order, validation reveal, summaries, target checks, table and plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ranking.evaluation import (
+    _events,
+    check_targets,
+    choose_cold_policy,
+    format_table,
+    plot,
+    reveal,
+    summarize,
+)
+from ranking.split import Interaction as Revealed
+
+pytestmark = pytest.mark.unit
+
+
+def _r(user: str, item: str, ts: float) -> Revealed:
+    return Revealed(user_id=user, item_id=item, ts=ts, type="rate", rating=4.0, text=None)
+
+
+def test_events_are_time_ordered_with_fresh_offsets() -> None:
+    evs = _events({"b": [_r("b", "x", 5.0)], "a": [_r("a", "y", 1.0), _r("a", "z", 7.0)]})
+    assert [(e.user_id, e.item_id) for e in evs] == [("a", "y"), ("b", "x"), ("a", "z")]
+    assert [e.offset for e in evs] == [0, 1, 2]
+    assert len({e.event_id for e in evs}) == 3
+    assert all(e.partition == 0 for e in evs)
+
+
+def test_reveal_matches_split_semantics() -> None:
+    df = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u", "v", "v"],
+            "item_id": ["a", "b", "a", "c", "c"],
+            "ts": [1.0, 2.0, 3.0, 1.0, 2.0],
+            "type": ["rate"] * 5,
+            "rating": [5.0] * 5,
+            "text": [None] * 5,
+        }
+    )
+    revealed, targets = reveal(df, 1)
+    assert [e.item_id for e in revealed["u"]] == ["a"]
+    assert targets == {"u": {"b"}}  # a repeats a revealed item; v has nothing left to find
+
+
+def _seed(seed: int, full: float) -> dict[str, object]:
+    base = {"recall": 0.1, "ndcg": 0.4, "hit_rate": 1.0, "coverage": 0.01, "cold_recall": 0.0}
+    content = {**base, "recall": 0.03, "cold_recall": 0.02}
+    return {
+        "seed": seed,
+        "results": {
+            "1": {
+                "full": {**base, "recall": full, "ndcg": 0.5, "cold_recall": 0.03},
+                "popularity": base,
+                "item-knn": base,
+                "content": content,
+            }
+        },
+    }
+
+
+def test_summary_and_target_checks(tmp_path: Path) -> None:
+    per_seed = [_seed(0, 0.2), _seed(1, 0.05)]
+    summary = summarize(per_seed, [1])
+    assert summary["1"]["full"]["recall"]["mean"] == pytest.approx(0.125)
+    assert summary["1"]["full"]["recall"]["std"] == pytest.approx(0.075)
+    failures = check_targets(summary, per_seed)
+    assert len(failures) == 2 and all("seed 1" in f and "recall" in f for f in failures)
+    table = format_table(summary)
+    assert "Recall@20" in table and "0.1250 ± 0.0750" in table
+    plot(summary, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_choose_cold_policy_best_quality_among_feasible() -> None:
+    table = {
+        (1, 0.5, "content"): [(0.30, 0.40, 0.01), (0.31, 0.41, 0.02)],  # fails k=1
+        (1, 1.0, "content"): [(0.20, 0.30, 0.05), (0.21, 0.31, 0.06)],
+        (1, 0.75, "scorer"): [(0.25, 0.35, 0.03), (0.26, 0.36, 0.04)],
+    }
+
+    def validate(pol: tuple[int, float, str]) -> list[dict[str, float]]:
+        return [{"recall": r, "ndcg": n, "cold_recall": c} for r, n, c in table[pol]]
+
+    pol, info = choose_cold_policy(list(table), validate, [0.03, 0.02])
+    assert pol == (1, 0.75, "scorer")
+    assert info["1/0.5/content"]["ok"] == 0.0
+    assert info["1/0.75/scorer"]["ok"] == 1.0
+
+
+def test_choose_cold_policy_falls_back_to_closest_to_the_bar() -> None:
+    table = {
+        (1, 0.5, "content"): [(0.30, 0.40, 0.0)],
+        (2, 1.0, "content"): [(0.20, 0.30, 0.01)],
+    }
+
+    def validate(pol: tuple[int, float, str]) -> list[dict[str, float]]:
+        return [{"recall": r, "ndcg": n, "cold_recall": c} for r, n, c in table[pol]]
+
+    pol, _ = choose_cold_policy(list(table), validate, [0.05])
+    assert pol == (2, 1.0, "content")
+    with pytest.raises(ValueError):
+        choose_cold_policy([], validate, [0.05])

@@ -1,0 +1,153 @@
+"""The learned ranker: forward = concat MLP, save → load round trip, refusals, hot reload."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ranking.features import FEATURES, feature_matrix
+from ranking.ranker import (
+    ArtifactWatcher,
+    RankerLoadError,
+    RankerMeta,
+    RankerMLP,
+    RankerScorer,
+    load_ranker,
+    ranker_watcher,
+    save_ranker,
+)
+from ranking.scoring import Candidates
+
+pytestmark = pytest.mark.unit
+DIM = 16
+
+
+def _scorer(seed: int = 0, version: str = "v-test") -> RankerScorer:
+    torch.manual_seed(seed)
+    model = RankerMLP(DIM, len(FEATURES), hidden=8)
+    meta = RankerMeta(
+        version=version,
+        dim=DIM,
+        hidden=8,
+        features=list(FEATURES),
+        encoder="enc",
+        data_hash="abc",
+    )
+    return RankerScorer(model, meta)
+
+
+def _cands(m: int = 12, seed: int = 1) -> tuple[np.ndarray, Candidates]:
+    rng = np.random.default_rng(seed)
+    vecs = rng.normal(size=(m, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    user = vecs[0] + vecs[1]
+    user /= np.linalg.norm(user)
+    return user, Candidates(
+        ids=[f"i{j}" for j in range(m)],
+        vectors=vecs,
+        cosine=vecs @ user,
+        popularity=rng.random(m).astype(np.float32),
+        categories=["A" if j % 2 else "B" for j in range(m)],
+        is_cold=np.zeros(m, bool),
+        counts=rng.integers(0, 50, m).astype(np.float32),
+        covisit=rng.random(m).astype(np.float32),
+        age_s=np.full(m, np.nan),
+        profile_events=3,
+    )
+
+
+def test_factored_forward_equals_concat_mlp() -> None:
+    model = RankerMLP(DIM, len(FEATURES), hidden=8).eval()
+    u = torch.randn(3, DIM)
+    items = torch.randn(3, 5, DIM)
+    feats = torch.randn(3, 5, len(FEATURES))
+    torch.testing.assert_close(model(u, items, feats), model.forward_concat(u, items, feats))
+    torch.testing.assert_close(
+        model(u[0], items[0], feats[0]), model.forward_concat(u[0], items[0], feats[0])
+    )
+
+
+def test_features_are_bounded_and_ordered() -> None:
+    _, cands = _cands()
+    f = feature_matrix(cands, {"A": 3.0, "B": 1.0})
+    assert f.shape == (12, len(FEATURES))
+    col = {n: j for j, n in enumerate(FEATURES)}
+    assert f[:, col["covisit_rel"]].max() == pytest.approx(1.0)
+    assert set(np.round(f[:, col["category_affinity"]], 3)) == {0.75, 0.25}
+    assert np.all(f[:, col["item_age"]] == 0)  # unknown age
+    assert np.isfinite(f).all()
+
+
+def test_round_trip_gives_the_same_scores(tmp_path: Path) -> None:
+    scorer = _scorer()
+    user, cands = _cands()
+    before = scorer.score(user, cands, {"A": 1.0})
+    path = save_ranker(tmp_path / "r.safetensors", scorer)
+    loaded = load_ranker(path, expect_dim=DIM, expect_encoder="enc")
+    np.testing.assert_array_equal(loaded.score(user, cands, {"A": 1.0}), before)
+    assert loaded.version == "v-test"
+    assert loaded.meta.features == list(FEATURES)
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
+
+
+def test_corrupt_file_is_refused(tmp_path: Path) -> None:
+    path = save_ranker(tmp_path / "r.safetensors", _scorer())
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # flip a weight bit: still valid safetensors, wrong checksum
+    path.write_bytes(bytes(raw))
+    with pytest.raises(RankerLoadError, match="checksum"):
+        load_ranker(path)
+    path.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(RankerLoadError, match="not a readable"):
+        load_ranker(path)
+    with pytest.raises(RankerLoadError, match="no ranker file"):
+        load_ranker(tmp_path / "missing.safetensors")
+
+
+def test_mismatched_file_is_refused(tmp_path: Path) -> None:
+    path = save_ranker(tmp_path / "r.safetensors", _scorer())
+    with pytest.raises(RankerLoadError, match="384-d"):
+        load_ranker(path, expect_dim=384)
+    with pytest.raises(RankerLoadError, match="encoder"):
+        load_ranker(path, expect_encoder="other-model")
+    # a file trained on other features (metadata rewritten with a valid checksum)
+    other = _scorer()
+    other.meta.features = [*FEATURES, "extra"]
+    path2 = save_ranker(tmp_path / "r2.safetensors", other)
+    with pytest.raises(RankerLoadError, match="features"):
+        load_ranker(path2)
+
+
+def test_watcher_swaps_and_keeps_previous_on_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.safetensors"
+    watcher = ranker_watcher(path, expect_dim=DIM, expect_encoder="enc")
+    assert watcher.poll() is None  # no file yet
+    save_ranker(path, _scorer(version="v1"))
+    first = watcher.poll()
+    assert first is not None and first.version == "v1"
+    assert watcher.poll() is None  # unchanged file: nothing to do
+    time.sleep(0.01)
+    path.write_bytes(b"garbage")
+    assert watcher.poll() is None
+    assert watcher.current is first and watcher.last_error is not None
+    time.sleep(0.01)
+    save_ranker(path, _scorer(seed=3, version="v2"))
+    second = watcher.poll()
+    assert second is not None and second.version == "v2" and watcher.last_error is None
+
+
+def test_generic_watcher_survives_loader_errors(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    watcher: ArtifactWatcher[dict[str, int]] = ArtifactWatcher(
+        path, lambda p: json.loads(p.read_text())
+    )
+    path.write_text('{"a": 1}')
+    assert watcher.poll() == {"a": 1}
+    time.sleep(0.01)
+    path.write_text("{broken")
+    assert watcher.poll() is None and watcher.current == {"a": 1}
