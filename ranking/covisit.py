@@ -274,9 +274,16 @@ class CovisitIndex:
         self.base = base or CovisitModel.empty()
         self.deltas = list(deltas)
         self.recency = recency
+        # an index lives for one engine step, during which no count changes: memoizing the
+        # per-item totals turns the neighbour loops below from Python sums into dict hits
+        self._counts: dict[str, float] = {}
 
     def count(self, item: str) -> float:
-        return self.base.count(item) + sum(d.counts.get(item, 0.0) for d in self.deltas)
+        value = self._counts.get(item)
+        if value is None:
+            value = self.base.count(item) + sum(d.counts.get(item, 0.0) for d in self.deltas)
+            self._counts[item] = value
+        return value
 
     def counts(self, items: Sequence[str]) -> np.ndarray:
         return np.array([self.count(i) for i in items], dtype=np.float32)
