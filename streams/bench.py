@@ -44,6 +44,7 @@ class _Collector:
     bootstrap: str
     sent_at: dict[str, float]
     latencies_ms: list[float] = field(default_factory=list)
+    sent_times: list[float] = field(default_factory=list)  # aligned with latencies_ms
     received: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -62,6 +63,7 @@ class _Collector:
                     self.received += 1
                     if sent is not None:  # the output record's timestamp: when it was produced
                         self.latencies_ms.append(msg.timestamp()[1] - sent * 1000.0)
+                        self.sent_times.append(sent)
         finally:
             consumer.close()
 
@@ -172,6 +174,18 @@ def run_bench(
         rss_end = worker.memory_info().rss
         worker_metrics = stack.worker.metrics()
     cpu_s = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+    # drift: the first and the last tenth of the sending time, side by side
+    tenth = duration_s / 10.0
+    early = [
+        lat
+        for t, lat in zip(collector.sent_times, collector.latencies_ms, strict=True)
+        if t - start <= tenth
+    ]
+    late_lat = [
+        lat
+        for t, lat in zip(collector.sent_times, collector.latencies_ms, strict=True)
+        if t - start >= duration_s - tenth
+    ]
     total_s = drained_at - start
     half = [b for t, b in backlog if t <= duration_s / 2]
     late = [b for t, b in backlog if t > duration_s / 2]
@@ -191,6 +205,8 @@ def run_bench(
         "drain_s_after_send": round(drained_at - start - send_seconds, 2),
         "latency_ms": _percentiles(collector.latencies_ms),
         "latency_samples": len(collector.latencies_ms),
+        "latency_ms_first_tenth": _percentiles(early),
+        "latency_ms_last_tenth": _percentiles(late_lat),
         "backlog_first_half_max": max(half, default=0),
         "backlog_second_half_max": max(late, default=0),
         "backlog_series": backlog,
@@ -214,6 +230,9 @@ def format_report(report: dict[str, Any]) -> str:
             f" ({report['recommendations_per_s']}/s)",
             f"event→recommendation ms    p50 {lat['p50']} · p95 {lat['p95']} · p99 {lat['p99']}"
             f" · max {lat['max']}  ({report['latency_samples']} samples)",
+            f"latency drift ms (p50/p99) first tenth {report['latency_ms_first_tenth']['p50']}"
+            f"/{report['latency_ms_first_tenth']['p99']} · last tenth"
+            f" {report['latency_ms_last_tenth']['p50']}/{report['latency_ms_last_tenth']['p99']}",
             f"backlog max (events)       first half {report['backlog_first_half_max']:.0f}"
             f" · second half {report['backlog_second_half_max']:.0f}"
             f" · drained {report['drain_s_after_send']} s after the last send",
