@@ -1,0 +1,84 @@
+"""The command line as an operator uses it: broker, topics, produce, schemas, config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from infra.broker import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_broker_topics_produce_and_clean_stop(tmp_path: Path) -> None:
+    port = free_port()
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "broker", "--port", str(port), "--create-topics"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert broker.stdout is not None
+        first = broker.stdout.readline()
+        assert f"127.0.0.1:{port}" in first, first
+        children = psutil.Process(broker.pid).children(recursive=True)
+        assert any("tansu" in c.name() for c in children)
+        env = {"COLDSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
+
+        listed = cli("topics", "list", env=env)
+        assert listed.returncode == 0, listed.stderr
+        for topic in ("events", "items", "recommendations", "dead-letter"):
+            assert topic in listed.stdout
+
+        items = tmp_path / "items.jsonl"
+        items.write_text(
+            json.dumps({"item_id": "a", "title": "A film"})
+            + "\n"
+            + json.dumps({"item_id": "b", "title": "B film", "tags": "not-a-list"})
+            + "\n"
+        )
+        produced = cli("produce", "items", str(items), env=env)
+        assert produced.returncode == 1  # one line was invalid
+        assert "sent 1, rejected 1" in produced.stdout
+        assert f"{items}:2: tags" in produced.stdout
+        allowed = cli("produce", "items", str(items), "--allow-invalid", env=env)
+        assert allowed.returncode == 0
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        code = broker.wait(20)
+    assert code == 0
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_schemas_and_config(tmp_path: Path) -> None:
+    out = cli("schemas", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    names = sorted(p.name for p in tmp_path.glob("*.schema.json"))
+    assert names == [
+        "dead-letter.schema.json",
+        "events.schema.json",
+        "items.schema.json",
+        "recommendations.schema.json",
+    ]
+    events = json.loads((tmp_path / "events.schema.json").read_text())
+    assert {"event_id", "user_id", "type", "ts"} <= set(events["required"])
+    config = cli("config", env={"COLDSTREAM_TOPIC_EVENTS": "behavior"})
+    assert json.loads(config.stdout)["topic_events"] == "behavior"
