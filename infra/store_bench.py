@@ -7,7 +7,6 @@ stream batch (a 500-profile write and a 500-id read).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import threading
@@ -37,6 +36,16 @@ def open_backend(backend: str, path: Path) -> VectorStore:
 def _unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     x = rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _clustered(
+    rng: np.random.Generator, n: int, dim: int, *, centroids: int = 400, seed_centroids: int = 0
+) -> np.ndarray:
+    """Unit vectors around ``centroids`` topic directions (same centroids for items/queries)."""
+    centres = _unit_vectors(np.random.default_rng(10_000 + seed_centroids), centroids, dim)
+    picks = rng.integers(0, centroids, n)
+    v = centres[picks] + 0.06 * rng.standard_normal((n, dim)).astype(np.float32)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -76,15 +85,25 @@ def run_store_bench(
     *,
     seed: int = 0,
     upsert_batch: int = 1000,
+    clustered: bool = True,
+    limit: int = 50,
 ) -> dict[str, Any]:
     """Time the store calls one stream batch makes; returns a JSON-ready dict of figures."""
     root = path if path is not None else Path(f"/tmp/coldstream-store-bench-{backend}")
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
-    vectors = _unit_vectors(rng, n_items, dim)
+    # Text embeddings are clustered (topics), not uniform on the sphere; uniform vectors are the
+    # worst case for HNSW (recall 0.19 at 100k, measured) and say little about real catalogs.
+    vectors = _clustered(rng, n_items, dim) if clustered else _unit_vectors(rng, n_items, dim)
     now = time.time()
     store = open_backend(backend, root)
-    out: dict[str, Any] = {"backend": backend, "n_items": n_items, "dim": dim}
+    out: dict[str, Any] = {
+        "backend": backend,
+        "n_items": n_items,
+        "dim": dim,
+        "vectors": "clustered" if clustered else "uniform",
+        "limit": limit,
+    }
     try:
         store.ensure_collection("items", dim)
         store.ensure_collection("users", dim)
@@ -116,11 +135,15 @@ def run_store_bench(
             out["optimize_s"] = round(opt_s, 3)
             out["optimize_max_thread_stall_s"] = round(stall, 3)
 
-        qvecs = _unit_vectors(rng, queries, dim)
+        qvecs = (
+            _clustered(rng, queries, dim, seed_centroids=seed)
+            if clustered
+            else _unit_vectors(rng, queries, dim)
+        )
 
         def query(k: int) -> Query:
             exclude = [f"i{j}" for j in rng.integers(0, n_items, 50)]
-            return Query(qvecs[k], 100, exclude, {"active": True}, with_vectors=True)
+            return Query(qvecs[k], limit, exclude, {"active": True}, with_vectors=True)
 
         store.search("items", [query(0)])  # warm caches
         singles = [[query(k)] for k in range(queries)]
@@ -133,15 +156,15 @@ def run_store_bench(
         runs = [_timed(lambda: store.search("items", batch)) for _ in range(5)]
         out["search64_ms"] = round(1000 * float(np.median(runs)), 2)
 
-        # recall@100 of the filtered search against exact cosine, on 20 queries
+        # recall@limit of the filtered search against exact cosine, on 20 queries
         active = np.array([i % 20 != 0 for i in range(n_items)])
         recalls = []
         for k in range(min(20, queries)):
             scores = np.where(active, vectors @ qvecs[k], -np.inf)
-            truth = {f"i{i}" for i in np.argsort(-scores)[:100]}
-            (hits,) = store.search("items", [Query(qvecs[k], 100, (), {"active": True})])
-            recalls.append(len(truth & {h.id for h in hits}) / 100)
-        out["recall_at_100"] = round(float(np.mean(recalls)), 3)
+            truth = {f"i{i}" for i in np.argsort(-scores)[:limit]}
+            (hits,) = store.search("items", [Query(qvecs[k], limit, (), {"active": True})])
+            recalls.append(len(truth & {h.id for h in hits}) / limit)
+        out["recall_vs_exact"] = round(float(np.mean(recalls)), 3)
 
         ids = [f"i{j}" for j in rng.integers(0, n_items, 500)]
         out["retrieve500_ms"] = round(
@@ -188,18 +211,3 @@ def run_store_bench(
     finally:
         store.close()
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backend", choices=BACKENDS, default="edge")
-    parser.add_argument("--items", type=int, default=1682)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--path", type=Path, default=None)
-    args = parser.parse_args(argv)
-    print(json.dumps(run_store_bench(args.backend, args.items, args.dim, args.queries, args.path)))
-
-
-if __name__ == "__main__":
-    main()

@@ -124,6 +124,27 @@ def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_bench_store(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+
+    from infra.store_bench import run_store_bench
+
+    with tempfile.TemporaryDirectory(prefix="coldstream-store-bench-") as tmp:
+        report = run_store_bench(
+            args.backend,
+            args.items,
+            queries=args.queries,
+            path=Path(tmp) / "store",
+            clustered=not args.uniform,
+            limit=settings.recall_top_n,
+        )
+    for key, value in report.items():
+        print(f"{key:<28} {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def movielens_texts(dataset: object, limit: int) -> list[str]:
     """Real item texts (titles, genres) and user-side texts (genre searches) from MovieLens."""
     from encoders.texts import item_text, user_text
@@ -196,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_bench_encoder)
     p.add_argument("--texts", type=int, default=1000, help="texts to encode (0 = all)")
     p.add_argument("--naive-sample", type=int, default=150, help="texts for one-at-a-time modes")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p = bsub.add_parser("store", help="vector-store calls of a stream batch at catalog scale")
+    p.set_defaults(handler=_cmd_bench_store)
+    p.add_argument("--backend", choices=["edge", "qdrant-local"], default="edge")
+    p.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
+    p.add_argument("--queries", type=int, default=500, help="single queries timed")
+    p.add_argument("--uniform", action="store_true", help="uniform vectors (HNSW worst case)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     eval_cli.add_commands(sub)  # eval, train (issue 5)
     return parser
