@@ -122,7 +122,9 @@ class Settings(BaseSettings):
     popularity_half_count: float = Field(
         5.0, gt=0, description="decayed interaction count at which the prior is worth half"
     )
-    cold_item_slots: int = Field(2, ge=0)
+    cold_item_slots: int = Field(
+        1, ge=0, description="minimum new-item slots (chosen on validation users, see README)"
+    )
     cold_item_max_age_hours: float = Field(72.0, gt=0)
     trending_half_life_hours: float = Field(24.0, gt=0)
     trending_persist_every_s: float = Field(10.0, gt=0)
@@ -233,6 +235,15 @@ class Settings(BaseSettings):
     ranker_hidden: int = Field(32, ge=1)
     ranker_epochs: int = Field(15, ge=1)
     ranker_val_frac: float = Field(0.15, gt=0, lt=1, description="validation users (training)")
+    ranker_cold_mask_frac: float = Field(
+        0.0, ge=0, le=1, description="training: share of candidates shown as new items"
+    )
+    cold_slots_content_frac: float = Field(
+        1.0, ge=0, description="share of content-only's new items in the top k that keep a slot"
+    )
+    cold_rank_by: Literal["content", "recent", "scorer", "picks"] = Field(
+        "scorer", description="what picks new items for their slots (see EngineConfig)"
+    )
 
     @property
     def ranker_file(self) -> Path:

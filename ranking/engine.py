@@ -45,7 +45,13 @@ class EngineConfig:
     # share of the new items content alone would rank in the top k that keep a slot (with
     # follow_content); the evaluation picks it on validation users with simulated new items
     cold_slots_content_frac: float = 1.0
-    cold_rank_by: str = "content"  # which new items fill the slots: "content" (cosine) | "scorer"
+    # which new items fill the slots (and, with follow_content, how many): "content" = cosine
+    # with the profile, "recent" = cosine with the mean of the recent items (the last
+    # reason_anchors, as content-only recommendation scores), "scorer" = the ranker's scores,
+    # "picks" = half "recent", half cosine with the mean of the ranker's top cold_picks_anchor
+    # warm picks (new items like those the ranker, co-visitation included, expects next)
+    cold_rank_by: str = "content"
+    cold_picks_anchor: int = 10
     trending_half_life_s: float = 24 * 3600.0
     reason_anchors: int = 5
     # co-visitation channel and the popular channel (merged with content recall)
@@ -346,10 +352,16 @@ class BehaviorEngine:
         pool = [int(i) for i in np.argsort(-scores, kind="stable")][: 4 * k]
         picks = [pool[i] for i in mmr(scores[pool], vectors[pool], k, cfg.mmr_lambda)]
         slots = cfg.cold_item_slots
+        key = self._cold_key(profile, cands, scores, known_items, picks)
         if cfg.cold_slots_follow_content:
-            slots = _cold_slots(cands, k, slots, cfg.cold_slots_content_frac)
-        order = scores if cfg.cold_rank_by == "scorer" else None
-        picks = _guarantee_cold(picks, cands, slots, order)
+            # counted on content (the scorer's own top k holds what it already picked)
+            count_key = (
+                key
+                if cfg.cold_rank_by in ("content", "recent")
+                else self._recent_cosine(profile, cands, known_items)
+            )
+            slots = _cold_slots(cands, k, slots, cfg.cold_slots_content_frac, count_key)
+        picks = _guarantee_cold(picks, cands, slots, key)
         anchors = self._anchors(profile, known_items)
         out: list[RecItem] = []
         for i in picks:
@@ -358,6 +370,50 @@ class BehaviorEngine:
             reasons = explain(vectors[i], anchors, source=source, extra=extra)
             out.append(RecItem(cands.ids[i], float(scores[i]), source, reasons))
         return out
+
+    def _cold_key(
+        self,
+        profile: Profile,
+        cands: Candidates,
+        scores: np.ndarray,
+        known_items: Mapping[str, StoredPoint],
+        picks: Sequence[int] = (),
+    ) -> np.ndarray:
+        """What orders new items for their slots (see ``EngineConfig.cold_rank_by``)."""
+        how = self.cfg.cold_rank_by
+        if how == "scorer":
+            return np.asarray(scores, dtype=np.float32)
+        if how == "recent":
+            return self._recent_cosine(profile, cands, known_items)
+        if how == "picks":
+            # half what the user did, half what the ranker (co-visitation included) expects
+            # them to like next: new items similar to the ranked warm items
+            recent = self._recent_cosine(profile, cands, known_items)
+            head = [i for i in picks if not cands.is_cold[i]][: self.cfg.cold_picks_anchor]
+            if not head:
+                return recent
+            mean = cands.vectors[head].mean(axis=0)
+            norm = float(np.linalg.norm(mean))
+            if norm <= 0:
+                return recent
+            return (0.5 * recent + 0.5 * (cands.vectors @ (mean / norm))).astype(np.float32)
+        return cands.cosine
+
+    def _recent_cosine(
+        self, profile: Profile, cands: Candidates, known_items: Mapping[str, StoredPoint]
+    ) -> np.ndarray:
+        """Cosine with the mean of the recent items' vectors (the profile cosine without any)."""
+        vecs = [
+            point.vector
+            for item_id in profile.recent_items[-self.cfg.reason_anchors :]
+            if (point := known_items.get(item_id)) is not None and point.vector is not None
+        ]
+        if vecs:
+            mean = np.mean(np.stack(vecs).astype(np.float32), axis=0)
+            norm = float(np.linalg.norm(mean))
+            if norm > 0:
+                return (cands.vectors @ (mean / norm)).astype(np.float32)
+        return cands.cosine
 
     def _trending_list(self, profile: Profile, popularity: dict[str, float]) -> list[RecItem]:
         ids = top_items(popularity, self.cfg.recs_count, exclude=profile.seen)
@@ -532,15 +588,19 @@ def _category(item: StoredPoint | None) -> str | None:
     return str(value) if value else None
 
 
-def _cold_slots(cands: Candidates, k: int, minimum: int, frac: float = 1.0) -> int:
+def _cold_slots(
+    cands: Candidates, k: int, minimum: int, frac: float = 1.0, key: np.ndarray | None = None
+) -> int:
     """``minimum`` slots for new items, or ``frac`` of those content alone would give them.
 
-    Content alone ranks the pool by cosine; with ``frac`` = 1 the hybrid never shows fewer new
-    items than content-only recommendation would (rounded half up; ``minimum`` <= 0 disables).
+    Content alone ranks the pool by ``key`` (default: cosine); with ``frac`` = 1 the hybrid never
+    shows fewer new items than content-only recommendation would (rounded half up; ``minimum``
+    <= 0 disables the slots).
     """
     if minimum <= 0:
         return 0
-    top = np.argsort(-cands.cosine, kind="stable")[:k]
+    order = cands.cosine if key is None else np.asarray(key)
+    top = np.argsort(-order, kind="stable")[:k]
     return max(minimum, math.floor(frac * int(cands.is_cold[top].sum()) + 0.5))
 
 

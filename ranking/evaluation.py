@@ -8,6 +8,11 @@ engine's trending counts from the training log; then, for each k, replay every t
 interactions as events through :meth:`BehaviorEngine.prepare` / :meth:`BehaviorEngine.apply` —
 the calls the behavior agent makes — and score the lists it emits. Baselines run on the same split
 and the same revealed events. Nothing here looks at a test user's targets except the scoring.
+
+Choices are made per seed on validation users (training users kept out of the fit), never on test
+users: MMR's λ and the new-item slot policy (:func:`choose_cold_policy`). For the latter a share of
+the warm training items is held out of the fit as simulated new items, so the validation users'
+later interactions include new items, as the test users' do.
 """
 
 from __future__ import annotations
@@ -77,14 +82,9 @@ class EvalConfig:
     # held out of the fit as simulated new items (cold_items_frac of the warm items):
     # (minimum slots, share of content's new items kept, "content" | "scorer" order)
     cold_policies: tuple[tuple[int, float, str], ...] = (
-        (1, 0.5, "content"),
-        (1, 0.5, "scorer"),
-        (1, 0.75, "content"),
-        (1, 0.75, "scorer"),
+        *((1, frac, how) for how in ("recent", "picks") for frac in (0.5, 0.75, 1.0)),
         (1, 1.0, "content"),
         (1, 1.0, "scorer"),
-        (2, 1.0, "content"),
-        (2, 1.0, "scorer"),
     )
 
 

@@ -50,6 +50,12 @@ class TrainConfig:
     batch_lists: int = 64
     max_positives: int = 16
     negatives: int = 48
+    # share of sampled candidates shown as a new item would look (no popularity, co-visitation
+    # or age), positives and negatives alike, so new items are scored on their content
+    cold_mask_frac: float = 0.0
+    # weight averaging: the running mean of the epochs' weights from swa_start on is a candidate
+    # for the returned model too (picked on the validation users like any epoch); -1 = off
+    swa_start: int = -1
     covisit_window: int = 500
     covisit_neighbors: int = 200
     seed: int = 0
@@ -251,7 +257,21 @@ def _sample(lst: _List, cfg: TrainConfig, rng: np.random.Generator) -> _List:
     if len(neg) > cfg.negatives:
         neg = rng.choice(neg, cfg.negatives, replace=False)
     keep = np.concatenate([pos, neg])
-    return _List(lst.user, lst.rows[keep], lst.feats[keep], lst.labels[keep], lst.n_targets)
+    feats = lst.feats[keep]
+    if cfg.cold_mask_frac > 0:
+        feats = mask_as_new(feats, rng.random(len(keep)) < cfg.cold_mask_frac)
+    return _List(lst.user, lst.rows[keep], feats, lst.labels[keep], lst.n_targets)
+
+
+_HISTORY_FEATURES = ("log_popularity", "covisit", "covisit_rel", "item_age")
+
+
+def mask_as_new(feats: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A copy of ``feats`` where ``rows`` carry a new item's history features (all 0)."""
+    out = feats.copy()
+    cols = np.array([FEATURES.index(name) for name in _HISTORY_FEATURES], dtype=np.int64)
+    out[np.ix_(np.flatnonzero(rows), cols)] = 0.0
+    return out
 
 
 def train(
@@ -323,8 +343,10 @@ def train(
         ),
         "val_cosine": _mean_metrics(val_lists, lambda s: s.feats[:, col["cosine"]]),
     }
-    best: dict[str, Any] = {"score": -1.0, "epoch": -1, "state": None, "val": {}}
+    best: dict[str, Any] = {"score": -1.0, "epoch": -1, "state": None, "val": {}, "averaged": False}
     history: list[dict[str, float]] = []
+    swa: dict[str, torch.Tensor] | None = None
+    n_avg = 0
     for epoch in range(cfg.epochs):
         model.train()
         order = rng.permutation(len(train_lists))
@@ -349,14 +371,44 @@ def train(
             f"epoch {epoch}: loss {total / len(train_lists):.4f} "
             f"val recall@20 {val['recall']:.4f} ndcg@20 {val['ndcg']:.4f}"
         )
+        improved = False
         if score > best["score"]:
             best = {
                 "score": score,
                 "epoch": epoch,
                 "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
                 "val": val,
+                "averaged": False,
             }
-        elif epoch - best["epoch"] >= cfg.patience:
+            improved = True
+        if 0 <= cfg.swa_start <= epoch:
+            current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            n_avg += 1
+            if swa is None:
+                swa = current
+            else:
+                for key, v in current.items():
+                    if v.is_floating_point():
+                        swa[key] += (v - swa[key]) / n_avg
+            model.load_state_dict(swa)
+            model.eval()
+            swa_val = _mean_metrics(val_lists, scores_of)
+            model.load_state_dict(current)
+            history[-1].update({"swa_recall": swa_val["recall"], "swa_ndcg": swa_val["ndcg"]})
+            say(
+                f"epoch {epoch}: weight average val recall@20 {swa_val['recall']:.4f} "
+                f"ndcg@20 {swa_val['ndcg']:.4f}"
+            )
+            if swa_val["recall"] + swa_val["ndcg"] > best["score"]:
+                best = {
+                    "score": swa_val["recall"] + swa_val["ndcg"],
+                    "epoch": epoch,
+                    "state": {k: v.clone() for k, v in swa.items()},
+                    "val": swa_val,
+                    "averaged": True,
+                }
+                improved = True
+        if not improved and epoch - best["epoch"] >= cfg.patience:
             break
     assert best["state"] is not None
     model.load_state_dict(best["state"])
@@ -384,6 +436,7 @@ def train(
             "train_lists": len(train_lists),
             "val_lists": len(val_lists),
             "best_epoch": best["epoch"],
+            "best_averaged": best["averaged"],
             "val_ranker": best["val"],
             "history": history,
             "seconds_lists": round(t_lists, 2),

@@ -59,6 +59,12 @@ def train_config(settings: Settings, args: argparse.Namespace | None = None) -> 
         val_frac=settings.ranker_val_frac,
         covisit_window=settings.covisit_train_window,
         covisit_neighbors=settings.covisit_neighbors,
+        negatives=getattr(args, "negatives", None) or TrainConfig.negatives,
+        cold_mask_frac=(
+            mask
+            if (mask := getattr(args, "cold_mask_frac", None)) is not None
+            else settings.ranker_cold_mask_frac
+        ),
     )
 
 
@@ -143,7 +149,11 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     )
     from streams.worker import engine_config
 
-    engine_cfg = engine_config(settings)
+    engine_cfg = dataclasses.replace(
+        engine_config(settings),
+        cold_slots_content_frac=settings.cold_slots_content_frac,
+        cold_rank_by=settings.cold_rank_by,
+    )
     if args.cold_slots is not None:
         engine_cfg = dataclasses.replace(engine_cfg, cold_item_slots=args.cold_slots)
     if args.mmr_lambda is not None:
@@ -217,6 +227,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", help="items JSONL (the `items` contract)")
     p.add_argument("--interactions", help="interactions CSV or JSONL (user_id, item_id, ts, …)")
     p.add_argument("--epochs", type=int, help="ranker epochs at most (default: setting)")
+    p.add_argument("--negatives", type=int, help="ranker training: negatives per list")
+    p.add_argument(
+        "--cold-mask-frac",
+        type=float,
+        help="ranker training: share of candidates shown as new items (default: setting)",
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -67,6 +67,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         popular_top_n=settings.popular_top_n,
         cold_item_max_count=settings.cold_item_max_count,
         cold_slots_follow_content=settings.cold_slots_follow_content,
+        cold_slots_content_frac=settings.cold_slots_content_frac,
+        cold_rank_by=settings.cold_rank_by,
     )
 
 

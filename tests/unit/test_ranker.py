@@ -151,3 +151,17 @@ def test_generic_watcher_survives_loader_errors(tmp_path: Path) -> None:
     time.sleep(0.01)
     path.write_text("{broken")
     assert watcher.poll() is None and watcher.current == {"a": 1}
+
+
+@pytest.mark.unit
+def test_mask_as_new_zeroes_history_features_of_chosen_rows_only() -> None:
+    from ranking.training import mask_as_new
+
+    feats = np.arange(3 * len(FEATURES), dtype=np.float32).reshape(3, len(FEATURES)) + 1.0
+    out = mask_as_new(feats, np.array([False, True, False]))
+    history = [FEATURES.index(n) for n in ("log_popularity", "covisit", "covisit_rel", "item_age")]
+    others = [j for j in range(len(FEATURES)) if j not in history]
+    assert np.all(out[1, history] == 0.0)
+    assert np.array_equal(out[1, others], feats[1, others])  # content and user features kept
+    assert np.array_equal(out[[0, 2]], feats[[0, 2]])
+    assert np.all(feats > 0)  # the input is not modified

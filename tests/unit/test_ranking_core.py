@@ -7,6 +7,7 @@ geometry. No encoder, no broker.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -318,6 +319,9 @@ def test_cold_slots_minimum_and_content_share() -> None:
     assert _cold_slots(cands, 4, 1, 0.25) == 1  # 0.75 → 1
     assert _cold_slots(cands, 4, 2, 0.1) == 2  # the minimum holds
     assert _cold_slots(cands, 4, 0, 1.0) == 0  # minimum 0 disables the slots
+    # another content key (e.g. the mean of the recent items) decides which top k is counted
+    key = np.array([0.1, 0.9, 0.2, 0.3, 0.8, 0.7], dtype=np.float32)  # top 4: 1, 4, 5, 3
+    assert _cold_slots(cands, 4, 1, 1.0, key) == 2
 
 
 # ==== BehaviorEngine over a real store ========================================================
@@ -619,3 +623,42 @@ def test_trending_prefers_fresh_over_stale_across_partitions(store: QdrantStore)
     run(engine, [ev(f"f{k}", "view", "b0", partition=0, ts=T0 + 240 * HOUR) for k in range(2)])
     recs = engine.recommend([Profile("nobody")], {})["nobody"]
     assert recs[0].item_id == "b0"
+
+
+@unit
+def test_cold_key_orders_new_items_by_the_chosen_signal(store: QdrantStore) -> None:
+    engine = engine_for(store, cold_item_slots=1, cold_rank_by="recent")
+    cands = _cands([0.9, 0.1, 0.5], [0, 1, 1])
+    profile = Profile("u", vector=uvec((0, 1.0)))
+    profile.recent_items = ["a", "b"]
+    known = {
+        "a": StoredPoint("a", uvec((1, 1.0)), {}),
+        "b": StoredPoint("b", uvec((1, 1.0)), {}),
+    }
+    scores = np.array([3.0, 2.0, 1.0], dtype=np.float32)
+    key = engine._cold_key(profile, cands, scores, known)
+    assert np.allclose(key, cands.vectors @ uvec((1, 1.0)))  # mean of the recent items
+    engine.cfg = dataclasses.replace(engine.cfg, cold_rank_by="scorer")
+    assert np.array_equal(engine._cold_key(profile, cands, scores, known), scores)
+    engine.cfg = dataclasses.replace(engine.cfg, cold_rank_by="content")
+    assert np.array_equal(engine._cold_key(profile, cands, scores, known), cands.cosine)
+    engine.cfg = dataclasses.replace(engine.cfg, cold_rank_by="recent")
+    profile.recent_items = []  # nothing recent: the profile cosine
+    assert np.array_equal(engine._cold_key(profile, cands, scores, {}), cands.cosine)
+
+
+@unit
+def test_cold_key_picks_blends_recent_items_and_the_ranked_warm_items(
+    store: QdrantStore,
+) -> None:
+    engine = engine_for(store, cold_item_slots=1, cold_rank_by="picks", cold_picks_anchor=1)
+    cands = _cands([0.9, 0.8, 0.1, 0.5], [0, 0, 1, 1])
+    profile = Profile("u", vector=uvec((0, 1.0)))
+    profile.recent_items = ["a"]
+    known = {"a": StoredPoint("a", uvec((2, 1.0)), {})}
+    scores = np.zeros(4, dtype=np.float32)
+    key = engine._cold_key(profile, cands, scores, known, [1, 0, 2])
+    # recent: cosine with item "a" (row 2's direction); picks: cosine with row 1, the top warm
+    expected = 0.5 * (cands.vectors @ uvec((2, 1.0))) + 0.5 * (cands.vectors @ uvec((1, 1.0)))
+    assert np.allclose(key, expected)
+    assert np.allclose(engine._cold_key(profile, cands, scores, known, []), cands.vectors[:, 2])
