@@ -217,8 +217,9 @@ class CovisitModel:
 class CovisitCounter:
     """Online pair and visit counts learned from live events (one per input partition)."""
 
-    def __init__(self, max_pairs: int = 200_000) -> None:
+    def __init__(self, max_pairs: int = 200_000, row_cap: int = 64) -> None:
         self.max_pairs = max_pairs
+        self.row_cap = row_cap  # neighbours kept per item: bounds the per-user scoring loop
         self.counts: dict[str, float] = {}
         self.pairs: dict[str, dict[str, float]] = {}
         self._n_pairs = 0
@@ -241,6 +242,10 @@ class CovisitCounter:
         if b not in row:
             self._n_pairs += 1
         row[b] = row.get(b, 0.0) + w
+        if len(row) > 2 * self.row_cap:  # amortized: trim to the strongest neighbours
+            keep = heapq.nlargest(self.row_cap, row.items(), key=lambda kv: kv[1])
+            self._n_pairs -= len(row) - len(keep)
+            self.pairs[a] = dict(keep)
 
     def _prune(self) -> None:
         flat = ((v, a, b) for a, row in self.pairs.items() for b, v in row.items())
@@ -277,6 +282,7 @@ class CovisitIndex:
         # an index lives for one engine step, during which no count changes: memoizing the
         # per-item totals turns the neighbour loops below from Python sums into dict hits
         self._counts: dict[str, float] = {}
+        self._scores: dict[tuple[str, ...], dict[str, float]] = {}
 
     def count(self, item: str) -> float:
         value = self._counts.get(item)
@@ -301,7 +307,18 @@ class CovisitIndex:
         return [i for i, _ in heapq.nlargest(n, scores.items(), key=lambda kv: kv[1])]
 
     def scores(self, recent: Sequence[str]) -> dict[str, float]:
-        """Recency-weighted cosine co-visitation of every neighbor of ``recent`` (newest last)."""
+        """Recency-weighted cosine co-visitation of every neighbor of ``recent`` (newest last).
+
+        Memoized per ``recent`` window for the life of the index (one engine step): the channel
+        in ``prepare`` and the features in ``recommend`` ask for the same window.
+        """
+        key = tuple(recent)
+        cached = self._scores.get(key)
+        if cached is None:
+            cached = self._scores[key] = self._compute_scores(recent)
+        return cached
+
+    def _compute_scores(self, recent: Sequence[str]) -> dict[str, float]:
         raw: dict[str, float] = {}
         nr = len(recent)
         for t, r in enumerate(recent):

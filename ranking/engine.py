@@ -19,7 +19,7 @@ import numpy as np
 from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel
 from ranking.diversity import mmr
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
-from ranking.reasons import Anchor, explain, item_anchor, text_anchor
+from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import Candidates, Scorer
 from ranking.store import Hit, Query, StoredPoint, VectorStore
 from ranking.trending import TrendingCounter, merged_scores, top_items
@@ -118,6 +118,9 @@ class Prepared:
     items: dict[str, StoredPoint]
     texts: list[tuple[str, str]]  # (event type, text) to encode, in event order
     channels: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # (id, source)
+    # the co-visitation view the channels were read from; ``recommend`` reuses its memoized
+    # scores (this batch's own pairs count from the next batch on)
+    covisit: CovisitIndex | None = None
 
     @property
     def users(self) -> list[str]:
@@ -193,7 +196,8 @@ class BehaviorEngine:
                 wanted[item_id] = None
         # co-visited and popular candidates are fetched in this same read: the channels are
         # computed from the stored recent items plus this batch's items (ids only)
-        channels = self._channels(events, profiles)
+        index = self.covisit_index()
+        channels = self._channels(events, profiles, index)
         for chan in channels.values():
             for item_id, _ in chan:
                 wanted[item_id] = None
@@ -215,10 +219,10 @@ class BehaviorEngine:
                 continue
             to_apply.append(e)
         texts = [(e.type, t) for e in to_apply if (t := e.signal_text) is not None]
-        return Prepared(to_apply, rejected, skipped, profiles, items, texts, channels)
+        return Prepared(to_apply, rejected, skipped, profiles, items, texts, channels, index)
 
     def _channels(
-        self, events: Sequence[Interaction], profiles: Mapping[str, Profile]
+        self, events: Sequence[Interaction], profiles: Mapping[str, Profile], index: CovisitIndex
     ) -> dict[str, list[tuple[str, str]]]:
         cfg = self.cfg
         if cfg.covisit_top_n <= 0 and cfg.popular_top_n <= 0:
@@ -227,7 +231,6 @@ class BehaviorEngine:
         for e in events:
             if e.item_id is not None:
                 batch_items.setdefault(e.user_id, []).append(e.item_id)
-        index = self.covisit_index()
         popular = [(i, "trending") for i in index.popular(cfg.popular_top_n)]
         out: dict[str, list[tuple[str, str]]] = {}
         for uid, profile in profiles.items():
@@ -285,7 +288,9 @@ class BehaviorEngine:
                 self._count(e)
         for e, recent in visits:
             self._covisit(e, recent)
-        recs = self.recommend([prep.profiles[u] for u in users], prep.items, prep.channels)
+        recs = self.recommend(
+            [prep.profiles[u] for u in users], prep.items, prep.channels, prep.covisit
+        )
         out = [
             UserRecs(uid, last_event[uid], prep.profiles[uid].event_count, recs[uid])
             for uid in users
@@ -298,12 +303,13 @@ class BehaviorEngine:
         profiles: Sequence[Profile],
         known_items: Mapping[str, StoredPoint],
         channels: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+        covisit: CovisitIndex | None = None,
     ) -> dict[str, list[RecItem]]:
         """Lists for ``profiles``; ``channels`` are the co-visited/popular candidates per user
         whose points ``known_items`` holds (from :meth:`prepare`; without them, content only)."""
         cfg = self.cfg
         popularity = merged_scores(self.trending.values(), None)
-        index = self.covisit_index()
+        index = covisit if covisit is not None else self.covisit_index()
         with_vec = [p for p in profiles if p.vector is not None]
         queries = [
             Query(
@@ -363,11 +369,12 @@ class BehaviorEngine:
             slots = _cold_slots(cands, k, slots, cfg.cold_slots_content_frac, count_key)
         picks = _guarantee_cold(picks, cands, slots, key)
         anchors = self._anchors(profile, known_items)
+        nearest = nearest_anchors(vectors[picks], anchors)
         out: list[RecItem] = []
-        for i in picks:
+        for i, anchor in zip(picks, nearest, strict=True):
             source = cands.sources[i] if cands.sources else "content"
             extra = {"covisit": _COVISIT_REASON} if source == "covisit" else None
-            reasons = explain(vectors[i], anchors, source=source, extra=extra)
+            reasons = explain(anchor, source=source, extra=extra)
             out.append(RecItem(cands.ids[i], float(scores[i]), source, reasons))
         return out
 

@@ -40,18 +40,25 @@ def text_anchor(text: str, event_type: str, vector: np.ndarray) -> Anchor:
     return Anchor(phrase.format(_short(text)), vector)
 
 
+def nearest_anchors(vectors: np.ndarray, anchors: Sequence[Anchor]) -> list[Anchor | None]:
+    """For each row of ``vectors`` (unit items), the most similar anchor: one product for all."""
+    if not anchors or len(vectors) == 0:
+        return [None] * len(vectors)
+    matrix = np.stack([a.vector for a in anchors]).astype(np.float32)
+    best = np.einsum("id,ad->ia", vectors.astype(np.float32), matrix).argmax(axis=1)
+    return [anchors[int(j)] for j in best]
+
+
 def explain(
-    item_vector: np.ndarray | None,
-    anchors: Sequence[Anchor],
+    anchor: Anchor | None,
     *,
     source: str,
     extra: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The closest anchor's label, plus a channel note for trending/co-visited items."""
     reasons: list[str] = []
-    if item_vector is not None and anchors:
-        sims = [float(np.dot(item_vector, a.vector)) for a in anchors]
-        reasons.append(anchors[int(np.argmax(sims))].label)
+    if anchor is not None:
+        reasons.append(anchor.label)
     if source == "trending":
         reasons.append("trending now")
     if extra:

@@ -30,7 +30,7 @@ from ranking.engine import (
     _guarantee_cold,
 )
 from ranking.profile import Profile, ProfileConfig
-from ranking.reasons import Anchor, explain, item_anchor, text_anchor
+from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import BlendScorer, Candidates
 from ranking.store import StoredPoint
 from ranking.trending import TrendingCounter, merged_scores, top_items
@@ -204,32 +204,29 @@ def test_mmr_returns_distinct_valid_indices(
 
 
 @unit
-def test_explain_picks_nearest_anchor() -> None:
+def test_nearest_anchor_explains_each_item() -> None:
     anchors = [
         item_anchor("Toy Story (1995)", "view", uvec((0, 1.0))),
         item_anchor("Heat (1995)", "purchase", uvec((1, 1.0))),
         text_anchor("space opera", "search", uvec((2, 1.0))),
     ]
-    assert explain(uvec((1, 1.0), (0, 0.3)), anchors, source="content") == [
-        "similar to 'Heat (1995)' you bought"
+    items = np.stack([uvec((1, 1.0), (0, 0.3)), uvec((0, 1.0), (1, 0.3)), uvec((2, 1.0))])
+    reasons = [explain(a, source="content") for a in nearest_anchors(items, anchors)]
+    assert reasons == [
+        ["similar to 'Heat (1995)' you bought"],
+        ["similar to 'Toy Story (1995)' you viewed"],
+        ["matches your search 'space opera'"],
     ]
-    assert explain(uvec((0, 1.0), (1, 0.3)), anchors, source="content") == [
-        "similar to 'Toy Story (1995)' you viewed"
-    ]
-    assert explain(uvec((2, 1.0)), anchors, source="content") == [
-        "matches your search 'space opera'"
-    ]
+    assert nearest_anchors(items, []) == [None, None, None]
 
 
 @unit
 def test_explain_channels_and_fallback() -> None:
-    anchor = [Anchor("because", uvec((0, 1.0)))]
-    assert explain(uvec((0, 1.0)), anchor, source="trending") == ["because", "trending now"]
-    assert explain(None, anchor, source="trending") == ["trending now"]
-    assert explain(None, [], source="content") == ["popular with other users"]
-    assert explain(uvec((0, 1.0)), [], source="covisit", extra={"c": "watched together"}) == [
-        "watched together"
-    ]
+    anchor = Anchor("because", uvec((0, 1.0)))
+    assert explain(anchor, source="trending") == ["because", "trending now"]
+    assert explain(None, source="trending") == ["trending now"]
+    assert explain(None, source="content") == ["popular with other users"]
+    assert explain(None, source="covisit", extra={"c": "watched together"}) == ["watched together"]
 
 
 @unit
