@@ -280,9 +280,14 @@ class CovisitIndex:
         self.deltas = list(deltas)
         self.recency = recency
         # an index lives for one engine step, during which no count changes: memoizing the
-        # per-item totals turns the neighbour loops below from Python sums into dict hits
+        # per-item totals, the merged neighbour rows and the window scores is exact
         self._counts: dict[str, float] = {}
-        self._scores: dict[tuple[str, ...], dict[str, float]] = {}
+        self._scores: dict[tuple[str, ...], CovisitScores] = {}
+        self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._ids: dict[str, int] = {}
+        self._names: list[str] = []
+        self._totals: list[float] = []  # count() of each registered id
+        self._totals_np = np.zeros(0, np.float64)
 
     def count(self, item: str) -> float:
         value = self._counts.get(item)
@@ -293,6 +298,28 @@ class CovisitIndex:
 
     def counts(self, items: Sequence[str]) -> np.ndarray:
         return np.array([self.count(i) for i in items], dtype=np.float32)
+
+    def _id(self, item: str) -> int:
+        i = self._ids.get(item)
+        if i is None:
+            i = self._ids[item] = len(self._names)
+            self._names.append(item)
+            self._totals.append(self.count(item))
+        return i
+
+    def _row(self, item: str) -> tuple[np.ndarray, np.ndarray]:
+        """``item``'s neighbours (snapshot + every partition's online pairs) as id/weight arrays."""
+        row = self._rows.get(item)
+        if row is None:
+            ids, data = self.base.neighbors(item)
+            idx = [self._id(j) for j in ids]
+            val = data.astype(np.float64).tolist()
+            for d in self.deltas:
+                for j, c in d.pairs.get(item, {}).items():
+                    idx.append(self._id(j))
+                    val.append(c)
+            row = self._rows[item] = (np.asarray(idx, np.int64), np.asarray(val, np.float64))
+        return row
 
     def popular(self, n: int) -> list[str]:
         """The ``n`` most visited items (snapshot plus deltas)."""
@@ -306,7 +333,7 @@ class CovisitIndex:
                 scores[item] = self.count(item)
         return [i for i, _ in heapq.nlargest(n, scores.items(), key=lambda kv: kv[1])]
 
-    def scores(self, recent: Sequence[str]) -> dict[str, float]:
+    def scores(self, recent: Sequence[str]) -> CovisitScores:
         """Recency-weighted cosine co-visitation of every neighbor of ``recent`` (newest last).
 
         Memoized per ``recent`` window for the life of the index (one engine step): the channel
@@ -318,32 +345,85 @@ class CovisitIndex:
             cached = self._scores[key] = self._compute_scores(recent)
         return cached
 
-    def _compute_scores(self, recent: Sequence[str]) -> dict[str, float]:
-        raw: dict[str, float] = {}
+    def _compute_scores(self, recent: Sequence[str]) -> CovisitScores:
         nr = len(recent)
+        parts_idx: list[np.ndarray] = []
+        parts_val: list[np.ndarray] = []
         for t, r in enumerate(recent):
             n_r = self.count(r)
             if n_r <= 0:
                 continue
-            w = self.recency ** (nr - 1 - t) / math.sqrt(n_r)
-            ids, data = self.base.neighbors(r)
-            for j, c in zip(ids, data.tolist(), strict=True):
-                raw[j] = raw.get(j, 0.0) + w * c
-            for d in self.deltas:
-                for j, c in d.pairs.get(r, {}).items():
-                    raw[j] = raw.get(j, 0.0) + w * c
-        out: dict[str, float] = {}
-        for j, s in raw.items():
-            n_j = self.count(j)
-            if n_j > 0:
-                out[j] = s / math.sqrt(n_j)
-        return out
+            idx, val = self._row(r)
+            if len(idx):
+                parts_idx.append(idx)
+                parts_val.append(val * (self.recency ** (nr - 1 - t) / math.sqrt(n_r)))
+        if len(self._totals_np) != len(self._totals):
+            self._totals_np = np.asarray(self._totals, np.float64)
+        if not parts_idx:
+            return CovisitScores(self._ids, np.zeros(0), np.zeros(0, np.int64), self._names)
+        idx_all = np.concatenate(parts_idx)
+        raw = np.bincount(idx_all, weights=np.concatenate(parts_val), minlength=len(self._names))
+        touched = np.unique(idx_all)
+        totals = self._totals_np[touched]
+        keep = touched[totals > 0]
+        dense = np.zeros(len(self._names), np.float64)
+        dense[keep] = raw[keep] / np.sqrt(self._totals_np[keep])
+        return CovisitScores(self._ids, dense, keep, self._names)
 
     def top(self, recent: Sequence[str], n: int, exclude: Iterable[str] = ()) -> list[str]:
         excluded = set(exclude)
         scored = self.scores(recent)
-        ranked = heapq.nlargest(n + len(excluded), scored.items(), key=lambda kv: kv[1])
-        return [i for i, _ in ranked if i not in excluded][:n]
+        ranked = scored.largest(n + len(excluded))
+        return [i for i in ranked if i not in excluded][:n]
+
+
+class CovisitScores:
+    """Read-only ``item → score`` over dense arrays (what ``dict`` cost per neighbour before)."""
+
+    def __init__(
+        self, ids: Mapping[str, int], dense: np.ndarray, nonzero: np.ndarray, names: list[str]
+    ) -> None:
+        self._ids = ids
+        self._dense = dense
+        self._nonzero = nonzero
+        self._names = names
+        self._mask = np.zeros(len(dense), bool)
+        self._mask[nonzero] = True
+
+    def _pos(self, item: object) -> int | None:
+        i = self._ids.get(item) if isinstance(item, str) else None
+        return i if i is not None and i < len(self._mask) and self._mask[i] else None
+
+    def get(self, item: str, default: float = 0.0) -> float:
+        i = self._pos(item)
+        return default if i is None else float(self._dense[i])
+
+    def __getitem__(self, item: str) -> float:
+        i = self._pos(item)
+        if i is None:
+            raise KeyError(item)
+        return float(self._dense[i])
+
+    def __contains__(self, item: object) -> bool:
+        return self._pos(item) is not None
+
+    def __len__(self) -> int:
+        return len(self._nonzero)
+
+    def __bool__(self) -> bool:
+        return len(self._nonzero) > 0
+
+    def items(self) -> list[tuple[str, float]]:
+        return [(self._names[i], float(self._dense[i])) for i in self._nonzero.tolist()]
+
+    def largest(self, n: int) -> list[str]:
+        """The ``n`` best-scored items, best first (ties: lower id first)."""
+        if n <= 0 or not len(self._nonzero):
+            return []
+        values = self._dense[self._nonzero]
+        part = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(len(values))
+        order = part[np.lexsort((self._nonzero[part], -values[part]))]
+        return [self._names[int(self._nonzero[i])] for i in order]
 
 
 def _checksum(tensors: Mapping[str, np.ndarray]) -> str:

@@ -556,7 +556,7 @@ def assemble_candidates(
     pops = np.array([popularity.get(i, 0.0) for i in ids], dtype=np.float32)
     counts = index.counts(ids)
     recent = profile.recent_items[-cfg.covisit_window :]
-    co = index.scores(recent) if recent else {}
+    co = index.scores(recent)
     created = np.array([_created(p) for p in payloads], dtype=np.float64)
     age = np.where(created > 0, now - created, np.nan)
     return Candidates(
