@@ -363,7 +363,7 @@ class CovisitIndex:
             return CovisitScores(self._ids, np.zeros(0), np.zeros(0, np.int64), self._names)
         idx_all = np.concatenate(parts_idx)
         raw = np.bincount(idx_all, weights=np.concatenate(parts_val), minlength=len(self._names))
-        touched = np.unique(idx_all)
+        touched = np.flatnonzero(np.bincount(idx_all, minlength=len(self._names)))
         totals = self._totals_np[touched]
         keep = touched[totals > 0]
         dense = np.zeros(len(self._names), np.float64)
