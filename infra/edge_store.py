@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
-from infra.qdrant_store import point_uuid
+from infra.qdrant_store import parse_vector, point_uuid, vector_list
 from ranking.store import Hit, Query, StoredPoint, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class EdgeStore:
             shard = self._shard(collection)
             dim = self._dims.get(collection)
             structs = [
-                qe.Point(point_uuid(p.id), _as_list(p.vector, dim), _pack(p.id, p.payload))
+                qe.Point(point_uuid(p.id), vector_list(p.vector, dim), _pack(p.id, p.payload))
                 for p in points
             ]
             shard.update(qe.UpdateOperation.upsert_points(structs))
@@ -154,7 +154,7 @@ class EdgeStore:
             for rec in records:
                 payload = _unpack(rec.payload)
                 sid = str(payload.pop(_ID_KEY, rec.id))
-                vector = _vector(rec.vector) if with_vectors else None
+                vector = parse_vector(rec.vector) if with_vectors else None
                 if with_vectors:
                     cache.put(sid, vector, payload)
                 out[sid] = StoredPoint(sid, vector, dict(payload))
@@ -381,22 +381,6 @@ def _filter(q: Query) -> qe.Filter | None:
     if not must and not must_not:
         return None
     return qe.Filter(must=list(must) or None, must_not=list(must_not) or None)
-
-
-def _as_list(vector: np.ndarray | None, dim: int | None) -> list[float]:
-    if vector is None:
-        if dim is None:
-            raise ValueError("a point without a vector needs a known collection dimension")
-        return [1.0] + [0.0] * (dim - 1)  # cosine cannot normalize a zero vector
-    return np.asarray(vector, dtype=np.float32).tolist()
-
-
-def _vector(raw: Any) -> np.ndarray | None:
-    if raw is None:
-        return None
-    if isinstance(raw, dict):  # named vectors: take the default one
-        raw = raw.get("", next(iter(raw.values()), None))
-    return None if raw is None else np.asarray(raw, dtype=np.float32)
 
 
 class _PointCache:

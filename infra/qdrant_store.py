@@ -92,7 +92,7 @@ class QdrantStore:
         structs = [
             models.PointStruct(
                 id=point_uuid(p.id),
-                vector=_as_list(p.vector, self._dims.get(collection)),
+                vector=vector_list(p.vector, self._dims.get(collection)),
                 payload={**p.payload, _ID_KEY: p.id},
             )
             for p in points
@@ -117,7 +117,7 @@ class QdrantStore:
         for rec in records:
             payload = dict(rec.payload or {})
             sid = str(payload.pop(_ID_KEY, rec.id))
-            out[sid] = StoredPoint(sid, _vector(rec.vector) if with_vectors else None, payload)
+            out[sid] = StoredPoint(sid, parse_vector(rec.vector) if with_vectors else None, payload)
         return out
 
     def search(self, collection: str, queries: Sequence[Query]) -> list[list[Hit]]:
@@ -142,7 +142,7 @@ class QdrantStore:
             for sp in resp.points:
                 payload = dict(sp.payload or {})
                 sid = str(payload.pop(_ID_KEY, sp.id))
-                vec = _vector(sp.vector) if sp.vector is not None else None
+                vec = parse_vector(sp.vector) if sp.vector is not None else None
                 hits.append(Hit(sid, float(sp.score), payload, vec))
             results.append(hits)
         return results
@@ -199,7 +199,8 @@ def _filter(q: Query) -> models.Filter | None:
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
-def _as_list(vector: np.ndarray | None, dim: int | None) -> list[float]:
+def vector_list(vector: np.ndarray | None, dim: int | None) -> list[float]:
+    """A point's vector for the client; a point without one gets a fixed unit vector."""
     if vector is None:
         if dim is None:
             raise ValueError("a point without a vector needs a known collection dimension")
@@ -207,7 +208,8 @@ def _as_list(vector: np.ndarray | None, dim: int | None) -> list[float]:
     return np.asarray(vector, dtype=np.float32).tolist()
 
 
-def _vector(raw: Any) -> np.ndarray | None:
+def parse_vector(raw: Any) -> np.ndarray | None:
+    """A vector as a client returns it (list, or named vectors) → float32 array."""
     if raw is None:
         return None
     if isinstance(raw, dict):  # named vectors: take the default one

@@ -47,7 +47,7 @@ from ranking.metrics import evaluate_lists
 from ranking.profile import event_weight
 from ranking.scoring import BlendScorer, Scorer
 from ranking.split import Interaction as Revealed
-from ranking.split import Split, make_split
+from ranking.split import Split, make_split, reveal_groups
 from ranking.store import VectorStore
 from ranking.training import (
     ItemTable,
@@ -143,27 +143,7 @@ def _events(revealed: Mapping[str, Sequence[Revealed]]) -> list[Interaction]:
 
 def reveal(log_df: pd.DataFrame, k: int) -> tuple[dict[str, list[Revealed]], dict[str, set[str]]]:
     """:meth:`Split.reveal` for the users of ``log_df`` (validation users from training data)."""
-    revealed: dict[str, list[Revealed]] = {}
-    targets: dict[str, set[str]] = {}
-    for user, g in log_df.groupby("user_id", sort=True):
-        head, tail = g.iloc[:k], g.iloc[k:]
-        seen = {str(i) for i in head["item_id"] if pd.notna(i)}
-        tgt = {str(i) for i in tail["item_id"] if pd.notna(i)} - seen
-        if not tgt:
-            continue
-        revealed[str(user)] = [
-            Revealed(
-                user_id=str(user),
-                item_id=str(r.item_id) if pd.notna(r.item_id) else None,
-                ts=float(r.ts),
-                type=str(r.type),
-                rating=None if pd.isna(r.rating) else float(r.rating),
-                text=str(r.text) if pd.notna(r.text) else None,
-            )
-            for r in head.itertuples(index=False)
-        ]
-        targets[str(user)] = tgt
-    return revealed, targets
+    return reveal_groups(((str(u), g) for u, g in log_df.groupby("user_id", sort=True)), k)
 
 
 def warm_trending(engine: BehaviorEngine, log_df: pd.DataFrame) -> None:

@@ -15,6 +15,7 @@ profile; item_id None) count toward k and are revealed, but never become targets
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -71,30 +72,38 @@ class Split:
         """
         if k < 0:
             raise ValueError("k must be >= 0")
-        revealed: dict[str, list[Interaction]] = {}
-        targets: dict[str, set[str]] = {}
-        for user in self.test_users:
-            g = self._test_groups.get(user)
-            if g is None:
-                continue
-            head, tail = g.iloc[:k], g.iloc[k:]
-            seen = {str(i) for i in head["item_id"] if pd.notna(i)}
-            tgt = {str(i) for i in tail["item_id"] if pd.notna(i)} - seen
-            if not tgt:
-                continue
-            revealed[user] = [
-                Interaction(
-                    user_id=user,
-                    item_id=str(r.item_id) if pd.notna(r.item_id) else None,
-                    ts=float(r.ts),
-                    type=str(r.type),
-                    rating=None if pd.isna(r.rating) else float(r.rating),
-                    text=str(r.text) if pd.notna(r.text) else None,
-                )
-                for r in head.itertuples(index=False)
-            ]
-            targets[user] = tgt
-        return revealed, targets
+        groups = ((u, self._test_groups[u]) for u in self.test_users if u in self._test_groups)
+        return reveal_groups(groups, k)
+
+
+def reveal_groups(
+    groups: Iterable[tuple[str, pd.DataFrame]], k: int
+) -> tuple[dict[str, list[Interaction]], dict[str, set[str]]]:
+    """Each user's first ``k`` rows as events and the rest (unseen items) as targets.
+
+    Users left with no target are dropped, so every returned user is scorable.
+    """
+    revealed: dict[str, list[Interaction]] = {}
+    targets: dict[str, set[str]] = {}
+    for user, g in groups:
+        head, tail = g.iloc[:k], g.iloc[k:]
+        seen = {str(i) for i in head["item_id"] if pd.notna(i)}
+        tgt = {str(i) for i in tail["item_id"] if pd.notna(i)} - seen
+        if not tgt:
+            continue
+        revealed[str(user)] = [
+            Interaction(
+                user_id=str(user),
+                item_id=str(r.item_id) if pd.notna(r.item_id) else None,
+                ts=float(r.ts),
+                type=str(r.type),
+                rating=None if pd.isna(r.rating) else float(r.rating),
+                text=str(r.text) if pd.notna(r.text) else None,
+            )
+            for r in head.itertuples(index=False)
+        ]
+        targets[str(user)] = tgt
+    return revealed, targets
 
 
 def _draw(ids: list[str], frac: float, rng: np.random.Generator) -> list[str]:
