@@ -259,8 +259,10 @@ class CovisitCounter:
         return {"counts": self.counts, "pairs": self.pairs}
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], max_pairs: int = 200_000) -> CovisitCounter:
-        c = cls(max_pairs)
+    def from_payload(
+        cls, payload: Mapping[str, Any], max_pairs: int = 200_000, row_cap: int = 64
+    ) -> CovisitCounter:
+        c = cls(max_pairs, row_cap)
         c.counts = {str(k): float(v) for k, v in payload.get("counts", {}).items()}
         c.pairs = {
             str(a): {str(b): float(v) for b, v in row.items()}

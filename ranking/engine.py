@@ -59,6 +59,7 @@ class EngineConfig:
     covisit_window: int = 20  # online: pairs with at most this many of the user's recent items
     covisit_recency: float = 0.8  # weight of the t-th most recent item: recency^t
     covisit_max_pairs: int = 200_000  # online pairs kept per partition
+    covisit_row_cap: int = 16  # online neighbours kept per item (bounds per-user scoring work)
     popular_top_n: int = 50
 
 
@@ -456,7 +457,9 @@ class BehaviorEngine:
         part = e.partition if e.partition is not None else 0
         counter = self.covisit.get(part)
         if counter is None:
-            counter = self.covisit[part] = CovisitCounter(self.cfg.covisit_max_pairs)
+            counter = self.covisit[part] = CovisitCounter(
+                self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap
+            )
         assert e.item_id is not None
         counter.add(recent, e.item_id)
         self._dirty.add(part)
@@ -475,7 +478,7 @@ class BehaviorEngine:
             point = stored.get(f"covisit/{part}")
             if point is not None:
                 self.covisit[part] = CovisitCounter.from_payload(
-                    point.payload, self.cfg.covisit_max_pairs
+                    point.payload, self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap
                 )
 
     def drop_trending(self, partitions: Iterable[int]) -> None:
