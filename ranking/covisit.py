@@ -406,18 +406,6 @@ class CovisitScores:
             raise KeyError(item)
         return float(self._dense[i])
 
-    def __contains__(self, item: object) -> bool:
-        return self._pos(item) is not None
-
-    def __len__(self) -> int:
-        return len(self._nonzero)
-
-    def __bool__(self) -> bool:
-        return len(self._nonzero) > 0
-
-    def items(self) -> list[tuple[str, float]]:
-        return [(self._names[i], float(self._dense[i])) for i in self._nonzero.tolist()]
-
     def largest(self, n: int) -> list[str]:
         """The ``n`` best-scored items, best first (ties: lower id first)."""
         if n <= 0 or not len(self._nonzero):

@@ -130,13 +130,6 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.evaluation import EvalConfig, format_table, plot, run, write_json
     from ranking.scoring import BlendScorer
 
-    if args.via_kafka:
-        print(
-            "--via-kafka is not implemented yet; the in-process replay calls the same "
-            "engine code the behavior agent calls",
-            file=sys.stderr,
-        )
-        return 2
     dataset = _load_dataset(args)
     vectors, encoder = _encode_items(dataset, settings)
     seeds = args.seeds if args.seeds else (args.seed,)
@@ -255,7 +248,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mmr-lambda", type=float, help="MMR lambda (default: setting)")
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--plot", help="write Recall@20 and cold recall vs k to this PNG")
-    p.add_argument("--via-kafka", action="store_true", help="through broker + worker (not yet)")
     p = sub.add_parser(
         "train",
         help="train the ranker and the co-visitation snapshot from an interaction log",

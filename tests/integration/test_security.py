@@ -9,7 +9,6 @@ refuses to run instead of running silently without its topics.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -29,11 +28,9 @@ def test_wrong_credentials_fail_loudly_at_topic_creation() -> None:
         kafka_sasl_username="nobody",
         kafka_sasl_password="wrong",
     )
-    with EmbeddedBroker(authentication=True) as broker:
-        start = time.monotonic()
-        with pytest.raises(TopicAdminError):
-            ensure_topics(settings, broker.bootstrap, timeout_s=5)
-        assert time.monotonic() - start < 30
+    # raised within the call's 5 s timeout (the test's own timeout guards against a hang)
+    with EmbeddedBroker(authentication=True) as broker, pytest.raises(TopicAdminError):
+        ensure_topics(settings, broker.bootstrap, timeout_s=5)
 
 
 def test_worker_without_credentials_exits_non_zero(tmp_path: Path) -> None:
