@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -184,23 +185,33 @@ class EdgeStore:
             "search",
             lambda: self._shard(collection).query_batch(qe.QueryBatchRequest(requests)),
         )
-        raw = [
-            [(str((sp.payload or {}).get(_ID_KEY, sp.id)), float(sp.score)) for sp in resp]
-            for resp in responses
-        ]
-        wanted = list(dict.fromkeys(sid for rows in raw for sid, _ in rows))
-        points = self.retrieve(collection, wanted, with_vectors=True)
+        raw = [[(_hit_id(sp), float(sp.score)) for sp in resp] for resp in responses]
+        cache = self._cache_for(collection)
+        cached: dict[str, tuple[np.ndarray | None, Mapping[str, Any]]] = {}
+        missing: list[str] = []
+        for rows in raw:
+            for sid, _ in rows:
+                if sid in cached:
+                    continue
+                got = cache.get(sid)
+                if got is None or got[0] is None:
+                    missing.append(sid)
+                else:
+                    cached[sid] = (got[0], MappingProxyType(got[1]))
+        if missing:
+            for sid, point in self.retrieve(collection, missing, with_vectors=True).items():
+                cached[sid] = (point.vector, MappingProxyType(point.payload))
         results: list[list[Hit]] = []
         for q, rows in zip(queries, raw, strict=True):
             hits = []
             for sid, score in rows:
-                point = points.get(sid)
-                if point is None:  # deleted between the query and the read
+                entry = cached.get(sid)
+                if entry is None:  # deleted between the query and the read
                     continue
-                payload = point.payload
+                payload = entry[1]
                 if q.payload_fields is not None:
                     payload = {k: payload[k] for k in q.payload_fields if k in payload}
-                hits.append(Hit(sid, score, payload, point.vector if q.with_vectors else None))
+                hits.append(Hit(sid, score, payload, entry[0] if q.with_vectors else None))
             results.append(hits)
         return results
 
@@ -361,6 +372,13 @@ def _unpack(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     if packed:
         payload.update(json.loads(packed))
     return payload
+
+
+def _hit_id(sp: Any) -> str:
+    # the string id travels in the payload; the binding's UUID id is only built when it is absent
+    payload = sp.payload
+    sid = payload.get(_ID_KEY) if payload else None
+    return str(sid) if sid is not None else str(sp.id)
 
 
 def _match_value(value: Any) -> qe.MatchValue:

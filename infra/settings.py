@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     encoder_queue_size: int = Field(4096, ge=1)
     encoder_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")
 
+    numpy_blas_threads: int = Field(
+        1,
+        ge=0,
+        description="numpy's BLAS threads (0 = its default); the ranking math is many tiny "
+        "products per user, where waking BLAS threads costs more than the product",
+    )
+
     # --- Stream batching -----------------------------------------------------------------
     batch_max_events: int = Field(512, ge=1)
     batch_within_s: float = Field(0.02, gt=0)

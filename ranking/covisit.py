@@ -214,126 +214,232 @@ class CovisitModel:
         )
 
 
+class ItemIds:
+    """Item ids interned as dense ints, shared by the online counters and the index.
+
+    Counters keyed by ints let the index read a neighbour row or all visit counts with one
+    ``np.fromiter`` each, instead of a Python step per neighbour (the hot loop of a batch).
+    Grows with the catalog the worker has seen; ids are never reused.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+        self._models: dict[int, tuple[CovisitModel, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def id(self, item: str) -> int:
+        i = self._index.get(item)
+        if i is None:
+            i = self._index[item] = len(self.names)
+            self.names.append(item)
+        return i
+
+    def get(self, item: str) -> int | None:
+        return self._index.get(item)
+
+    def lookup(self, items: Sequence[str]) -> np.ndarray:
+        """Ids of ``items``, -1 for an item never interned."""
+        get = self._index.get
+        return np.fromiter((get(i, -1) for i in items), np.int64, len(items))
+
+    def of_model(self, model: CovisitModel) -> np.ndarray:
+        """Interned id of each of a snapshot's items (memoized per snapshot)."""
+        held = self._models.get(id(model))
+        if held is None or held[0] is not model:
+            ids = np.fromiter((self.id(i) for i in model.item_ids), np.int64, len(model.item_ids))
+            self._models = {id(model): (model, ids)}  # one snapshot is live at a time
+            held = self._models[id(model)]
+        return held[1]
+
+
 class CovisitCounter:
     """Online pair and visit counts learned from live events (one per input partition)."""
 
-    def __init__(self, max_pairs: int = 200_000, row_cap: int = 64) -> None:
+    def __init__(
+        self, max_pairs: int = 200_000, row_cap: int = 64, ids: ItemIds | None = None
+    ) -> None:
         self.max_pairs = max_pairs
         self.row_cap = row_cap  # neighbours kept per item: bounds the per-user scoring loop
-        self.counts: dict[str, float] = {}
-        self.pairs: dict[str, dict[str, float]] = {}
+        self.ids = ids if ids is not None else ItemIds()
+        self._counts: dict[int, float] = {}
+        self._pairs: dict[int, dict[int, float]] = {}
         self._n_pairs = 0
 
     def add(self, recent: Sequence[str], item: str, weight: float = 1.0) -> None:
         """``item`` was just visited after ``recent`` (the window of items before it)."""
-        self.counts[item] = self.counts.get(item, 0.0) + weight
+        intern = self.ids.id
+        b = intern(item)
+        self._counts[b] = self._counts.get(b, 0.0) + weight
         for other in recent:
             if other == item:
                 continue
-            self._bump(other, item, weight)
-            self._bump(item, other, weight)
+            a = intern(other)
+            self._bump(a, b, weight)
+            self._bump(b, a, weight)
         if self._n_pairs > self.max_pairs * 1.2:
             self._prune()
 
-    def _bump(self, a: str, b: str, w: float) -> None:
-        row = self.pairs.get(a)
+    def _bump(self, a: int, b: int, w: float) -> None:
+        row = self._pairs.get(a)
         if row is None:
-            row = self.pairs[a] = {}
+            row = self._pairs[a] = {}
         if b not in row:
             self._n_pairs += 1
         row[b] = row.get(b, 0.0) + w
         if len(row) > 2 * self.row_cap:  # amortized: trim to the strongest neighbours
             keep = heapq.nlargest(self.row_cap, row.items(), key=lambda kv: kv[1])
             self._n_pairs -= len(row) - len(keep)
-            self.pairs[a] = dict(keep)
+            self._pairs[a] = dict(keep)
 
     def _prune(self) -> None:
-        flat = ((v, a, b) for a, row in self.pairs.items() for b, v in row.items())
+        flat = ((v, a, b) for a, row in self._pairs.items() for b, v in row.items())
         keep = heapq.nlargest(self.max_pairs, flat)
-        self.pairs = {}
+        self._pairs = {}
         for v, a, b in keep:
-            self.pairs.setdefault(a, {})[b] = v
+            self._pairs.setdefault(a, {})[b] = v
         self._n_pairs = len(keep)
+
+    # -- reads by item name (tests, persistence) and by interned id (the index) ------------
+    def count(self, item: str) -> float:
+        i = self.ids.get(item)
+        return self._counts.get(i, 0.0) if i is not None else 0.0
+
+    def row(self, item: str) -> dict[str, float]:
+        i = self.ids.get(item)
+        names = self.ids.names
+        return {names[j]: v for j, v in self._pairs.get(i, {}).items()} if i is not None else {}
+
+    @property
+    def counts(self) -> dict[str, float]:
+        names = self.ids.names
+        return {names[i]: v for i, v in self._counts.items()}
+
+    @property
+    def pairs(self) -> dict[str, dict[str, float]]:
+        names = self.ids.names
+        return {names[a]: {names[b]: v for b, v in row.items()} for a, row in self._pairs.items()}
+
+    def count_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self._counts)
+        return (
+            np.fromiter(self._counts.keys(), np.int64, n),
+            np.fromiter(self._counts.values(), np.float64, n),
+        )
+
+    def row_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        row = self._pairs.get(i)
+        if not row:
+            return None
+        n = len(row)
+        return np.fromiter(row.keys(), np.int64, n), np.fromiter(row.values(), np.float64, n)
 
     def to_payload(self) -> dict[str, Any]:
         return {"counts": self.counts, "pairs": self.pairs}
 
     @classmethod
     def from_payload(
-        cls, payload: Mapping[str, Any], max_pairs: int = 200_000, row_cap: int = 64
+        cls,
+        payload: Mapping[str, Any],
+        max_pairs: int = 200_000,
+        row_cap: int = 64,
+        ids: ItemIds | None = None,
     ) -> CovisitCounter:
-        c = cls(max_pairs, row_cap)
-        c.counts = {str(k): float(v) for k, v in payload.get("counts", {}).items()}
-        c.pairs = {
-            str(a): {str(b): float(v) for b, v in row.items()}
+        c = cls(max_pairs, row_cap, ids)
+        intern = c.ids.id
+        c._counts = {intern(str(k)): float(v) for k, v in payload.get("counts", {}).items()}
+        c._pairs = {
+            intern(str(a)): {intern(str(b)): float(v) for b, v in row.items()}
             for a, row in payload.get("pairs", {}).items()
         }
-        c._n_pairs = sum(len(r) for r in c.pairs.values())
+        c._n_pairs = sum(len(r) for r in c._pairs.values())
         return c
 
 
 class CovisitIndex:
-    """A snapshot plus online deltas, read as one set of counts."""
+    """A snapshot plus online deltas, read as one set of counts.
+
+    Built once per engine step; counts must not change while it is in use (the engine applies
+    a batch's pairs after its recommendations), so the visit totals are read once, up front,
+    and neighbour rows and window scores are memoized.
+    """
 
     def __init__(
-        self, base: CovisitModel | None, deltas: Iterable[CovisitCounter], recency: float
+        self,
+        base: CovisitModel | None,
+        deltas: Iterable[CovisitCounter],
+        recency: float,
+        ids: ItemIds | None = None,
     ) -> None:
         self.base = base or CovisitModel.empty()
         self.deltas = list(deltas)
         self.recency = recency
-        # an index lives for one engine step, during which no count changes: memoizing the
-        # per-item totals, the merged neighbour rows and the window scores is exact
-        self._counts: dict[str, float] = {}
+        self.ids = ids if ids is not None else (self.deltas[0].ids if self.deltas else ItemIds())
+        if any(d.ids is not self.ids for d in self.deltas):
+            raise ValueError("co-visitation counters must share the index's ItemIds")
+        self._base_ids = self.ids.of_model(self.base)
+        totals = np.zeros(len(self.ids), np.float64)
+        totals[self._base_ids] += self.base.counts
+        for d in self.deltas:
+            keys, values = d.count_arrays()
+            totals[keys] += values  # keys are unique within one counter
+        self._totals = totals
         self._scores: dict[tuple[str, ...], CovisitScores] = {}
-        self._rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._ids: dict[str, int] = {}
-        self._names: list[str] = []
-        self._totals: list[float] = []  # count() of each registered id
-        self._totals_np = np.zeros(0, np.float64)
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _total(self, i: int | None) -> float:
+        return float(self._totals[i]) if i is not None and 0 <= i < len(self._totals) else 0.0
 
     def count(self, item: str) -> float:
-        value = self._counts.get(item)
-        if value is None:
-            value = self.base.count(item) + sum(d.counts.get(item, 0.0) for d in self.deltas)
-            self._counts[item] = value
-        return value
+        return self._total(self.ids.get(item))
 
     def counts(self, items: Sequence[str]) -> np.ndarray:
-        return np.array([self.count(i) for i in items], dtype=np.float32)
+        return self.counts_of(self.ids.lookup(items))
 
-    def _id(self, item: str) -> int:
-        i = self._ids.get(item)
-        if i is None:
-            i = self._ids[item] = len(self._names)
-            self._names.append(item)
-            self._totals.append(self.count(item))
-        return i
+    def counts_of(self, gids: np.ndarray) -> np.ndarray:
+        """Visit totals of interned ids (-1 or an id newer than this index: 0)."""
+        ok = (gids >= 0) & (gids < len(self._totals))
+        out = np.zeros(len(gids), np.float32)
+        out[ok] = self._totals[gids[ok]]
+        return out
 
-    def _row(self, item: str) -> tuple[np.ndarray, np.ndarray]:
-        """``item``'s neighbours (snapshot + every partition's online pairs) as id/weight arrays."""
-        row = self._rows.get(item)
+    def _row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``i``'s neighbours (snapshot + every partition's online pairs) as arrays."""
+        row = self._rows.get(i)
         if row is None:
-            ids, data = self.base.neighbors(item)
-            idx = [self._id(j) for j in ids]
-            val = data.astype(np.float64).tolist()
+            idx: list[np.ndarray] = []
+            val: list[np.ndarray] = []
+            b = self.base.index.get(self.ids.names[i])
+            if b is not None:
+                lo, hi = int(self.base.indptr[b]), int(self.base.indptr[b + 1])
+                idx.append(self._base_ids[self.base.indices[lo:hi]])
+                val.append(self.base.data[lo:hi].astype(np.float64))
             for d in self.deltas:
-                for j, c in d.pairs.get(item, {}).items():
-                    idx.append(self._id(j))
-                    val.append(c)
-            row = self._rows[item] = (np.asarray(idx, np.int64), np.asarray(val, np.float64))
+                got = d.row_arrays(i)
+                if got is not None:
+                    idx.append(got[0])
+                    val.append(got[1])
+            if not idx:
+                row = (np.zeros(0, np.int64), np.zeros(0, np.float64))
+            elif len(idx) == 1:
+                row = (idx[0], val[0])
+            else:
+                row = (np.concatenate(idx), np.concatenate(val))
+            self._rows[i] = row
         return row
 
     def popular(self, n: int) -> list[str]:
-        """The ``n`` most visited items (snapshot plus deltas)."""
-        if n <= 0:
+        """The ``n`` most visited items (snapshot plus deltas; ties: first interned first)."""
+        if n <= 0 or not len(self._totals):
             return []
-        base = self.base
-        top = np.argsort(-base.counts, kind="stable")[: n * 2]
-        scores = {base.item_ids[i]: float(base.counts[i]) for i in top}
-        for d in self.deltas:
-            for item in d.counts:
-                scores[item] = self.count(item)
-        return [i for i, _ in heapq.nlargest(n, scores.items(), key=lambda kv: kv[1])]
+        totals = self._totals
+        top = np.argpartition(-totals, n - 1)[:n] if n < len(totals) else np.arange(len(totals))
+        top = top[totals[top] > 0]
+        order = top[np.lexsort((top, -totals[top]))]
+        names = self.ids.names
+        return [names[int(i)] for i in order]
 
     def scores(self, recent: Sequence[str]) -> CovisitScores:
         """Recency-weighted cosine co-visitation of every neighbor of ``recent`` (newest last).
@@ -352,25 +458,24 @@ class CovisitIndex:
         parts_idx: list[np.ndarray] = []
         parts_val: list[np.ndarray] = []
         for t, r in enumerate(recent):
-            n_r = self.count(r)
-            if n_r <= 0:
+            i = self.ids.get(r)
+            n_r = self._total(i)
+            if n_r <= 0 or i is None:
                 continue
-            idx, val = self._row(r)
+            idx, val = self._row(i)
             if len(idx):
                 parts_idx.append(idx)
                 parts_val.append(val * (self.recency ** (nr - 1 - t) / math.sqrt(n_r)))
-        if len(self._totals_np) != len(self._totals):
-            self._totals_np = np.asarray(self._totals, np.float64)
+        size = len(self._totals)
         if not parts_idx:
-            return CovisitScores(self._ids, np.zeros(0), np.zeros(0, np.int64), self._names)
+            return CovisitScores(self.ids, np.zeros(size), np.zeros(0, np.int64))
         idx_all = np.concatenate(parts_idx)
-        raw = np.bincount(idx_all, weights=np.concatenate(parts_val), minlength=len(self._names))
-        touched = np.flatnonzero(np.bincount(idx_all, minlength=len(self._names)))
-        totals = self._totals_np[touched]
-        keep = touched[totals > 0]
-        dense = np.zeros(len(self._names), np.float64)
-        dense[keep] = raw[keep] / np.sqrt(self._totals_np[keep])
-        return CovisitScores(self._ids, dense, keep, self._names)
+        raw = np.bincount(idx_all, weights=np.concatenate(parts_val), minlength=size)
+        touched = np.flatnonzero(np.bincount(idx_all, minlength=size))
+        keep = touched[self._totals[touched] > 0]
+        dense = np.zeros(size, np.float64)
+        dense[keep] = raw[keep] / np.sqrt(self._totals[keep])
+        return CovisitScores(self.ids, dense, keep)
 
     def top(self, recent: Sequence[str], n: int, exclude: Iterable[str] = ()) -> list[str]:
         excluded = set(exclude)
@@ -380,31 +485,31 @@ class CovisitIndex:
 
 
 class CovisitScores:
-    """Read-only ``item → score`` over dense arrays (what ``dict`` cost per neighbour before)."""
+    """Read-only ``item → score`` over dense arrays indexed by interned id."""
 
-    def __init__(
-        self, ids: Mapping[str, int], dense: np.ndarray, nonzero: np.ndarray, names: list[str]
-    ) -> None:
+    def __init__(self, ids: ItemIds, dense: np.ndarray, nonzero: np.ndarray) -> None:
         self._ids = ids
         self._dense = dense
         self._nonzero = nonzero
-        self._names = names
-        self._mask = np.zeros(len(dense), bool)
-        self._mask[nonzero] = True
-
-    def _pos(self, item: object) -> int | None:
-        i = self._ids.get(item) if isinstance(item, str) else None
-        return i if i is not None and i < len(self._mask) and self._mask[i] else None
 
     def get(self, item: str, default: float = 0.0) -> float:
-        i = self._pos(item)
-        return default if i is None else float(self._dense[i])
+        i = self._ids.get(item)
+        if i is None or i >= len(self._dense) or self._dense[i] == 0.0:
+            return default
+        return float(self._dense[i])
 
     def __getitem__(self, item: str) -> float:
-        i = self._pos(item)
-        if i is None:
+        value = self.get(item, math.nan)
+        if math.isnan(value):
             raise KeyError(item)
-        return float(self._dense[i])
+        return value
+
+    def of(self, gids: np.ndarray) -> np.ndarray:
+        """Scores of interned ids (0 for -1, unscored, or ids newer than the scores)."""
+        ok = (gids >= 0) & (gids < len(self._dense))
+        out = np.zeros(len(gids), np.float32)
+        out[ok] = self._dense[gids[ok]]
+        return out
 
     def largest(self, n: int) -> list[str]:
         """The ``n`` best-scored items, best first (ties: lower id first)."""
@@ -413,7 +518,8 @@ class CovisitScores:
         values = self._dense[self._nonzero]
         part = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(len(values))
         order = part[np.lexsort((self._nonzero[part], -values[part]))]
-        return [self._names[int(self._nonzero[i])] for i in order]
+        names = self._ids.names
+        return [names[int(self._nonzero[i])] for i in order]
 
 
 def _checksum(tensors: Mapping[str, np.ndarray]) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel
+from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel, ItemIds
 from ranking.diversity import mmr
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
@@ -151,6 +151,7 @@ class BehaviorEngine:
         self.trending: dict[int, TrendingCounter] = {}
         self.covisit_base = covisit
         self.covisit: dict[int, CovisitCounter] = {}
+        self.item_ids = ItemIds()  # shared by the online counters and every index
         self._dirty: set[int] = set()
 
     # -- hot swaps (a timer in the worker calls these; one attribute write each) -------------
@@ -164,7 +165,9 @@ class BehaviorEngine:
             self.covisit = {}
 
     def covisit_index(self) -> CovisitIndex:
-        return CovisitIndex(self.covisit_base, self.covisit.values(), self.cfg.covisit_recency)
+        return CovisitIndex(
+            self.covisit_base, self.covisit.values(), self.cfg.covisit_recency, self.item_ids
+        )
 
     def observe(self, events: Iterable[Interaction]) -> int:
         """Count interactions into trending without touching profiles (warm start from a log).
@@ -287,11 +290,11 @@ class BehaviorEngine:
         for e in prep.to_apply:  # after the write: a retried batch must not count twice
             if e.item_id is not None:
                 self._count(e)
-        for e, recent in visits:
-            self._covisit(e, recent)
         recs = self.recommend(
             [prep.profiles[u] for u in users], prep.items, prep.channels, prep.covisit
         )
+        for e, recent in visits:  # after recommend: the step's index must see fixed counts
+            self._covisit(e, recent)
         out = [
             UserRecs(uid, last_event[uid], prep.profiles[uid].event_count, recs[uid])
             for uid in users
@@ -458,7 +461,7 @@ class BehaviorEngine:
         counter = self.covisit.get(part)
         if counter is None:
             counter = self.covisit[part] = CovisitCounter(
-                self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap
+                self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap, self.item_ids
             )
         assert e.item_id is not None
         counter.add(recent, e.item_id)
@@ -478,7 +481,10 @@ class BehaviorEngine:
             point = stored.get(f"covisit/{part}")
             if point is not None:
                 self.covisit[part] = CovisitCounter.from_payload(
-                    point.payload, self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap
+                    point.payload,
+                    self.cfg.covisit_max_pairs,
+                    self.cfg.covisit_row_cap,
+                    self.item_ids,
                 )
 
     def drop_trending(self, partitions: Iterable[int]) -> None:
@@ -525,22 +531,30 @@ def assemble_candidates(
     """
     assert profile.vector is not None
     user = profile.vector
+    # one pass, one append per field: this runs for ~120 candidates per user per batch
     ids: list[str] = []
     vecs: list[np.ndarray] = []
     cos: list[float] = []
-    payloads: list[Mapping[str, object]] = []
+    created: list[float] = []
+    categories: list[str | None] = []
     sources: list[str] = []
     taken: set[str] = set()
+    zero: np.ndarray | None = None
     for h in hits:
         if h.id in taken:
             continue
         taken.add(h.id)
-        vec = h.vector if h.vector is not None else np.zeros(len(user), np.float32)
+        vec = h.vector
+        if vec is None:
+            vec = zero = np.zeros(len(user), np.float32) if zero is None else zero
+        payload = h.payload
         ids.append(h.id)
         vecs.append(vec)
         cos.append(h.score)
-        payloads.append(h.payload)
+        created.append(_created(payload))
+        categories.append(_str_or_none(payload.get("category")))
         sources.append("content")
+    n_content = len(ids)
     seen = set(profile.seen)
     for item_id, source in extras:
         if item_id in taken or item_id in seen:
@@ -549,30 +563,37 @@ def assemble_candidates(
         if point is None or point.vector is None or point.payload.get("active") is False:
             continue
         taken.add(item_id)
+        payload = point.payload
         ids.append(item_id)
         vecs.append(point.vector)
-        cos.append(float(np.dot(user, point.vector)))
-        payloads.append(point.payload)
+        created.append(_created(payload))
+        categories.append(_str_or_none(payload.get("category")))
         sources.append(source)
     if not ids:
         return None
-    pops = np.array([popularity.get(i, 0.0) for i in ids], dtype=np.float32)
-    counts = index.counts(ids)
-    recent = profile.recent_items[-cfg.covisit_window :]
-    co = index.scores(recent)
-    created = np.array([_created(p) for p in payloads], dtype=np.float64)
-    age = np.where(created > 0, now - created, np.nan)
+    vectors = np.stack(vecs).astype(np.float32, copy=False)
+    cosine = np.empty(len(ids), np.float32)
+    cosine[:n_content] = cos
+    if len(ids) > n_content:  # channel items: cosine with the profile, one product
+        cosine[n_content:] = vectors[n_content:] @ user.astype(np.float32)
+    pop_get = popularity.get
+    pops = np.fromiter((pop_get(i, 0.0) for i in ids), np.float32, len(ids))
+    gids = index.ids.lookup(ids)
+    counts = index.counts_of(gids)
+    co = index.scores(profile.recent_items[-cfg.covisit_window :])
+    created_at = np.asarray(created, dtype=np.float64)
+    age = np.where(created_at > 0, now - created_at, np.nan)
     return Candidates(
         ids=ids,
-        vectors=np.stack(vecs).astype(np.float32),
-        cosine=np.array(cos, dtype=np.float32),
+        vectors=vectors,
+        cosine=cosine,
         popularity=pops,
-        categories=[_str_or_none(p.get("category")) for p in payloads],
+        categories=categories,
         is_cold=((pops <= 0.0) & (counts <= 0.0))
         | (counts <= cfg.cold_item_max_count)
-        | (now - np.nan_to_num(created) < cfg.cold_item_max_age_s),
+        | (now - created_at < cfg.cold_item_max_age_s),
         counts=counts,
-        covisit=np.array([co.get(i, 0.0) for i in ids], dtype=np.float32),
+        covisit=co.of(gids),
         age_s=age,
         profile_events=profile.event_count,
         sources=sources,

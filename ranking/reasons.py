@@ -45,7 +45,7 @@ def nearest_anchors(vectors: np.ndarray, anchors: Sequence[Anchor]) -> list[Anch
     if not anchors or len(vectors) == 0:
         return [None] * len(vectors)
     matrix = np.stack([a.vector for a in anchors]).astype(np.float32)
-    best = np.einsum("id,ad->ia", vectors.astype(np.float32), matrix).argmax(axis=1)
+    best = (vectors.astype(np.float32, copy=False) @ matrix.T).argmax(axis=1)
     return [anchors[int(j)] for j in best]
 
 

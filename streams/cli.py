@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from infra.runtime import limit_blas_threads
 from infra.settings import Settings, get_settings
 from streams import eval_cli
 
@@ -268,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    limit_blas_threads(settings.numpy_blas_threads)
     handler: Handler = args.handler
     return handler(args, settings)
 

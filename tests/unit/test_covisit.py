@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ranking.covisit import CovisitCounter, CovisitError, CovisitIndex, CovisitModel
+from ranking.covisit import CovisitCounter, CovisitError, CovisitIndex, CovisitModel, ItemIds
 
 pytestmark = pytest.mark.unit
 
@@ -89,3 +89,28 @@ def test_index_merges_snapshot_and_deltas() -> None:
     assert s2["c"] == pytest.approx(1 / math.sqrt(3 * 1))
     assert s2["a"] == pytest.approx(0.5 * 2 / math.sqrt(2 * 3))
     assert idx.popular(2) == ["a", "b"]
+
+
+def test_index_is_a_snapshot_of_shared_counters() -> None:
+    ids = ItemIds()
+    a, b = CovisitCounter(ids=ids), CovisitCounter(ids=ids)
+    a.add(["x"], "y")
+    b.add(["x"], "z")
+    idx = CovisitIndex(None, [a, b], recency=1.0, ids=ids)
+    assert idx.count("x") == 0 and idx.count("y") == 1 and idx.count("z") == 1
+    assert idx.counts(["y", "z", "never-seen"]).tolist() == [1.0, 1.0, 0.0]
+    a.add(["y"], "x")  # after the index was built: it keeps the counts it was built from
+    assert idx.count("x") == 0
+    assert idx.popular(5) == ["y", "z"]
+    with pytest.raises(ValueError, match="share"):
+        CovisitIndex(None, [a, CovisitCounter()], recency=1.0, ids=ids)
+
+
+def test_counter_payload_round_trip_keeps_names() -> None:
+    c = CovisitCounter(ids=ItemIds())
+    c.add(["a", "b"], "c", weight=2.0)
+    payload = c.to_payload()
+    assert payload["counts"] == {"c": 2.0}
+    assert payload["pairs"]["c"] == {"a": 2.0, "b": 2.0}
+    back = CovisitCounter.from_payload(payload, ids=ItemIds())
+    assert back.row("c") == {"a": 2.0, "b": 2.0} and back.count("c") == 2.0
