@@ -63,15 +63,15 @@ class EmbeddedBroker:
         port: int = 0,
         *,
         start_timeout_s: float = 20.0,
-        cert: Path | None = None,
-        key: Path | None = None,
+        advertised_port: int | None = None,
         authentication: bool = False,
         log_path: Path | None = None,
     ) -> None:
         self.port = port or free_port(self.host)
         self.start_timeout_s = start_timeout_s
-        self.cert = cert
-        self.key = key
+        # a TLS-terminating proxy in front of the broker (Tansu 0.6.0's own --cert and --key
+        # are mutually exclusive flags: it cannot serve TLS itself) advertises its own port
+        self.advertised_port = advertised_port
         self.authentication = authentication
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
@@ -87,18 +87,17 @@ class EmbeddedBroker:
 
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         cmd = [
             tansu_binary(),
             "broker",
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ]
-        if self.cert and self.key:
-            cmd += ["--cert", str(self.cert), "--key", str(self.key)]
         if self.authentication:
             cmd.append("--authentication")
         return cmd

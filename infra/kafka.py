@@ -42,15 +42,40 @@ class TopicAdminError(RuntimeError):
     """A topic could not be created or the cluster could not be reached."""
 
 
+class _ClientErrors:
+    """librdkafka's error callback: keeps the last few errors to name a failure's cause.
+
+    A failed metadata request only says "transport failure"; the reason (a certificate the CA
+    did not sign, an authentication failure, a refused connection) reaches this callback.
+    """
+
+    def __init__(self, keep: int = 3) -> None:
+        self.keep = keep
+        self.errors: list[str] = []
+
+    def __call__(self, err: KafkaError) -> None:
+        text = err.str() if isinstance(err, KafkaError) else str(err)
+        if text not in self.errors:
+            self.errors = [*self.errors, text][-self.keep :]
+
+    def cause(self) -> str:
+        return f" (client errors: {'; '.join(self.errors)})" if self.errors else ""
+
+
+def _admin(settings: Settings, bootstrap: str) -> tuple[AdminClient, _ClientErrors]:
+    errors = _ClientErrors()
+    return AdminClient(client_config(settings, bootstrap, error_cb=errors)), errors
+
+
 def ensure_topics(settings: Settings, bootstrap: str, *, timeout_s: float = 15.0) -> dict[str, int]:
     """Create every coldstream topic with its partition count; existing topics are fine.
 
     Returns topic → partition count as the cluster reports it. Nothing relies on broker-side
     auto-creation (the embedded broker acknowledges and loses produces to unknown topics).
     """
-    admin = AdminClient(client_config(settings, bootstrap))
+    admin, errors = _admin(settings, bootstrap)
     wanted = settings.topic_partitions()
-    existing = _list(admin, timeout_s)
+    existing = _list(admin, timeout_s, errors)
     missing = [
         NewTopic(name, num_partitions=parts, replication_factor=settings.topic_replication_factor)
         for name, parts in wanted.items()
@@ -68,8 +93,10 @@ def ensure_topics(settings: Settings, bootstrap: str, *, timeout_s: float = 15.0
                 err = exc.args[0]
                 if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
-                raise TopicAdminError(f"cannot create topic {name!r}: {err}") from exc
-    existing = _list(admin, timeout_s)
+                raise TopicAdminError(
+                    f"cannot create topic {name!r}: {err}{errors.cause()}"
+                ) from exc
+    existing = _list(admin, timeout_s, errors)
     for name, parts in wanted.items():
         have = existing.get(name)
         if have is None:
@@ -81,14 +108,16 @@ def ensure_topics(settings: Settings, bootstrap: str, *, timeout_s: float = 15.0
 
 def list_topics(settings: Settings, bootstrap: str, *, timeout_s: float = 15.0) -> dict[str, int]:
     """Topic → partition count for every topic on the cluster."""
-    return _list(AdminClient(client_config(settings, bootstrap)), timeout_s)
+    admin, errors = _admin(settings, bootstrap)
+    return _list(admin, timeout_s, errors)
 
 
-def _list(admin: AdminClient, timeout_s: float) -> dict[str, int]:
+def _list(admin: AdminClient, timeout_s: float, errors: _ClientErrors) -> dict[str, int]:
     try:
         meta = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise TopicAdminError(f"cannot reach Kafka: {exc.args[0]}") from exc
+        admin.poll(0)  # serve the error callbacks queued meanwhile
+        raise TopicAdminError(f"cannot reach Kafka: {exc.args[0]}{errors.cause()}") from exc
     return {
         name: len(topic.partitions)
         for name, topic in meta.topics.items()

@@ -51,20 +51,6 @@ ITEMS = [
 ]
 
 
-class AdvertisingBroker(EmbeddedBroker):
-    """The embedded broker listening on ``port`` but telling clients to connect to another."""
-
-    def __init__(self, port: int, *, advertised_port: int, log_path: Path | None = None) -> None:
-        super().__init__(port, log_path=log_path)
-        self.advertised_port = advertised_port
-
-    def command(self) -> list[str]:
-        cmd = super().command()
-        at = cmd.index("--advertised-listener-url") + 1
-        cmd[at] = f"tcp://{self.host}:{self.advertised_port}"
-        return cmd
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> ServerCert:
     return make_certs(tmp_path_factory.mktemp("tls"))
@@ -77,7 +63,7 @@ def tls_broker(certs: ServerCert, tmp_path_factory: pytest.TempPathFactory) -> I
     log_path = tmp_path_factory.mktemp("tls-broker") / "broker.log"
     with (
         TlsProxy(upstream, certs.cert, certs.key) as proxy,
-        AdvertisingBroker(upstream, advertised_port=proxy.port, log_path=log_path),
+        EmbeddedBroker(upstream, advertised_port=proxy.port, log_path=log_path),
     ):
         yield proxy
 
@@ -148,14 +134,11 @@ def _recommendation_for(reader: Consumer, event_id: str, timeout_s: float) -> Re
     raise TimeoutError(f"no recommendation triggered by {event_id} in {timeout_s}s")
 
 
-def test_wrong_ca_fails_loudly_at_topic_creation(
-    tls_broker: TlsProxy, tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_wrong_ca_fails_loudly_at_topic_creation(tls_broker: TlsProxy, tmp_path: Path) -> None:
     settings = tls_settings(tmp_path, make_ca(tmp_path, "other-ca").cert)
-    with pytest.raises(TopicAdminError, match="cannot reach Kafka"):
+    # the error names the cause librdkafka reported, not just "transport failure"
+    with pytest.raises(TopicAdminError, match=r"cannot reach Kafka.*certificate verify failed"):
         ensure_topics(settings, tls_broker.bootstrap, timeout_s=5)
-    # the exception only says "transport failure"; librdkafka's log on stderr names the cause
-    assert "certificate verify failed" in capfd.readouterr().err
 
 
 def test_worker_with_wrong_ca_exits_non_zero_naming_the_cause(
