@@ -211,7 +211,7 @@ class EdgeStore:
                 payload = entry[1]
                 if q.payload_fields is not None:
                     payload = {k: payload[k] for k in q.payload_fields if k in payload}
-                hits.append(Hit(sid, score, payload, entry[0] if q.with_vectors else None))
+                hits.append(Hit._make((sid, score, payload, entry[0] if q.with_vectors else None)))
             results.append(hits)
         return results
 

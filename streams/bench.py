@@ -13,6 +13,7 @@ geometric number of events (mean ``session_mean``) on Zipf-popular items, interl
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import sys
@@ -96,7 +97,10 @@ def run_bench(
     rng = random.Random(seed)
     dataset = load_movielens_100k()
     item_ids = [i.item_id for i in dataset.items]
-    weights = [1.0 / (rank + 1) ** 0.8 for rank in range(len(item_ids))]
+    # cumulative once: ``choices`` with plain weights re-sums all 1,682 per event
+    cum_weights = list(
+        itertools.accumulate(1.0 / (rank + 1) ** 0.8 for rank in range(len(item_ids)))
+    )
     rng.shuffle(item_ids)
     user_ids = [f"bench-{seed}-{n}" for n in range(users)]
 
@@ -110,6 +114,7 @@ def run_bench(
     with LocalStack(settings, log_dir=log_dir) as stack:
         assert stack.worker is not None and stack.worker.proc is not None
         worker = psutil.Process(stack.worker.proc.pid)
+        broker = psutil.Process(stack.broker.pid) if stack.broker and stack.broker.pid else None
         publisher = Publisher(settings, stack.bootstrap)
         for item in dataset.items:
             publisher.item(item_payload(item))
@@ -121,6 +126,7 @@ def run_bench(
         reader.start()
         rss_start = worker.memory_info().rss
         cpu_start = worker.cpu_times()
+        broker_cpu_start = _cpu_s(broker)
         backlog: list[tuple[float, float]] = []
         sent = 0
         start = time.time()
@@ -137,7 +143,7 @@ def run_bench(
                 sessions[slot][1] -= 1
                 if sessions[slot][1] <= 0:
                     sessions[slot] = new_session()
-                item_id = rng.choices(item_ids, weights)[0]
+                item_id = rng.choices(item_ids, cum_weights=cum_weights)[0]
                 event_id = str(uuid.uuid4())
                 sent_at[event_id] = time.time()
                 publisher.event(
@@ -171,6 +177,7 @@ def run_bench(
         collector.stop.set()
         reader.join(10)
         cpu_end = worker.cpu_times()
+        broker_cpu_end = _cpu_s(broker)
         rss_end = worker.memory_info().rss
         worker_metrics = stack.worker.metrics()
     cpu_s = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
@@ -211,10 +218,44 @@ def run_bench(
         "backlog_second_half_max": max(late, default=0),
         "backlog_series": backlog,
         "worker_cpu_percent": round(100.0 * cpu_s / total_s, 1),
+        "broker_cpu_percent": (
+            round(100.0 * (broker_cpu_end - broker_cpu_start) / total_s, 1) if broker else None
+        ),
+        "batch_mean_events": _mean(worker_metrics, "coldstream_batch_size", "events"),
+        "batch_mean_ms": _ms(_mean(worker_metrics, "coldstream_batch_duration_seconds", "events")),
+        "worker_latency_mean_ms": _ms(
+            _mean(worker_metrics, "coldstream_event_to_recommendation_seconds")
+        ),
         "worker_rss_mb_start": round(rss_start / 2**20, 1),
         "worker_rss_mb_end": round(rss_end / 2**20, 1),
         "dead_letters": metrics.total(worker_metrics, "coldstream_dead_letters_total"),
     }
+
+
+def _cpu_s(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def _mean(samples: dict[str, float], name: str, agent: str | None = None) -> float | None:
+    """Mean of a histogram from its ``_sum`` and ``_count`` (one agent's, or all)."""
+    label = f"{{agent={agent}}}" if agent else ""
+    if agent:
+        count = samples.get(f"{name}_count{label}", 0.0)
+        value = samples.get(f"{name}_sum{label}", 0.0)
+    else:
+        count = metrics.total(samples, f"{name}_count")
+        value = metrics.total(samples, f"{name}_sum")
+    return round(value / count, 4) if count else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000.0 * seconds, 1)
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -237,7 +278,11 @@ def format_report(report: dict[str, Any]) -> str:
             f" · second half {report['backlog_second_half_max']:.0f}"
             f" · drained {report['drain_s_after_send']} s after the last send",
             f"worker                     CPU {report['worker_cpu_percent']}% · RSS"
-            f" {report['worker_rss_mb_start']} → {report['worker_rss_mb_end']} MB",
+            f" {report['worker_rss_mb_start']} → {report['worker_rss_mb_end']} MB"
+            f" · broker CPU {report['broker_cpu_percent']}%",
+            f"behavior batches           mean {report['batch_mean_events']} events"
+            f" in {report['batch_mean_ms']} ms · worker-side latency mean"
+            f" {report['worker_latency_mean_ms']} ms (topic arrival → emit)",
             f"dead letters               {report['dead_letters']:.0f}",
         ]
     )
