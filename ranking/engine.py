@@ -375,11 +375,14 @@ class BehaviorEngine:
         anchors = self._anchors(profile, known_items)
         nearest = nearest_anchors(vectors[picks], anchors)
         out: list[RecItem] = []
+        said: dict[tuple[int, str], list[str]] = {}  # a few anchors × channels per list
         for i, anchor in zip(picks, nearest, strict=True):
             source = cands.sources[i] if cands.sources else "content"
-            extra = {"covisit": _COVISIT_REASON} if source == "covisit" else None
-            reasons = explain(anchor, source=source, extra=extra)
-            out.append(RecItem(cands.ids[i], float(scores[i]), source, reasons))
+            reasons = said.get((id(anchor), source))
+            if reasons is None:
+                extra = {"covisit": _COVISIT_REASON} if source == "covisit" else None
+                reasons = said[(id(anchor), source)] = explain(anchor, source=source, extra=extra)
+            out.append(RecItem(cands.ids[i], float(scores[i]), source, list(reasons)))
         return out
 
     def _cold_key(
