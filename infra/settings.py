@@ -250,6 +250,9 @@ class Settings(BaseSettings):
     cold_rank_by: Literal["content", "recent", "scorer", "picks", "prior"] = Field(
         "prior", description="what picks new items for their slots (see EngineConfig)"
     )
+    cold_prior_weight: float = Field(
+        1.0, ge=0, description="'prior' order: weight of the ranker's item prior vs cosine"
+    )
 
     @property
     def ranker_file(self) -> Path:

@@ -10,9 +10,12 @@ the calls the behavior agent makes — and score the lists it emits. Baselines r
 and the same revealed events. Nothing here looks at a test user's targets except the scoring.
 
 Choices are made per seed on validation users (training users kept out of the fit), never on test
-users: MMR's λ and the new-item slot policy (:func:`choose_cold_policy`). For the latter a share of
-the warm training items is held out of the fit as simulated new items, so the validation users'
-later interactions include new items, as the test users' do.
+users: MMR's λ and the new-item slot policy (:func:`choose_cold_policy`: slot count, order, and
+the item prior's weight). For the latter a share of the warm training items is held out of the
+fit as simulated new items, so the validation users' later interactions include new items, as
+the test users' do; the real held-out items are retired while validating, so that, as at test
+time, the only new items are ones a user can go on to touch. The baselines are scored on the
+validation users too (``val_baselines`` in the result), the bar the choices are judged against.
 """
 
 from __future__ import annotations
@@ -84,9 +87,10 @@ class EvalConfig:
     # (minimum slots, share of content's new items kept, "content" | "scorer" order)
     # (m, 0, how) = exactly m slots; "prior" orders new items by recent cosine + the ranker's
     # content prior (predicted popularity), the others as EngineConfig.cold_rank_by says
+    # "prior:β" sets the prior's weight β against the cosine (EngineConfig.cold_prior_weight)
     cold_policies: tuple[tuple[int, float, str], ...] = (
-        *((m, 0.0, "prior") for m in (1, 2, 3)),
-        *((1, frac, "prior") for frac in (0.5, 1.0)),
+        *((m, 0.0, f"prior:{beta:g}") for m in (1, 2, 3) for beta in (0.25, 0.5, 1.0)),
+        *((1, frac, f"prior:{beta:g}") for frac in (0.5, 1.0) for beta in (0.5, 1.0)),
         (1, 1.0, "recent"),
         (0, 0.0, "scorer"),  # no slots: the ranker alone (infeasible unless it ranks new items)
     )
@@ -429,12 +433,16 @@ def _policy_key(pol: ColdPolicy) -> str:
 
 
 def with_cold_policy(ecfg: EngineConfig, policy: ColdPolicy) -> EngineConfig:
+    """``(slots, share of content's new items, order)``; an order ``"prior:β"`` is the prior
+    order with weight β."""
     minimum, frac, rank_by = policy
+    how, _, weight = rank_by.partition(":")
     return dataclasses.replace(
         ecfg,
         cold_item_slots=minimum,
         cold_slots_content_frac=frac,
-        cold_rank_by=rank_by,
+        cold_rank_by=how,
+        cold_prior_weight=float(weight) if weight else ecfg.cold_prior_weight,
         cold_slots_follow_content=True,
     )
 

@@ -57,7 +57,7 @@ class TrainConfig:
     cold_mask_frac: float = 0.0
     # weight averaging: the running mean of the epochs' weights from swa_start on is a candidate
     # for the returned model too (picked on the validation users like any epoch); -1 = off
-    swa_start: int = -1
+    swa_start: int = 4
     # ridge penalty of the item prior (content → log visits) fitted on the log's items; < 0 = none
     prior_l2: float = 1.0
     covisit_window: int = 500
