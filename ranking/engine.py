@@ -344,7 +344,9 @@ class BehaviorEngine:
         for n, (profile, hits) in enumerate(zip(with_vec, results, strict=True)):
             extras = list(channels.get(profile.user_id, ()))
             if new_hits:
-                extras += [(h.id, "new") for h in new_hits[n]]
+                # a content query (the `recommendations` contract knows content, covisit
+                # and trending as sources)
+                extras += [(h.id, "content") for h in new_hits[n]]
             cands = assemble_candidates(
                 profile, hits, extras, known_items, popularity, index, now, cfg
             )

@@ -700,6 +700,8 @@ def test_new_item_channel_brings_the_prior_s_best_new_item_into_the_pool(
     store.set_payload("items", ["b1"], {"created_at": time.time()})
     out = run(engine, [ev("u1", "view", "a0")])
     assert "b1" in recs_of(out.recommendations, "u1")
+    (mine,) = [r for r in out.recommendations if r.user_id == "u1"]
+    assert {i.source for i in mine.items} <= {"content", "covisit", "trending"}  # the contract
     # without the channel it cannot appear
     store.ensure_collection("users2", DIM)
     engine.cfg = dataclasses.replace(engine.cfg, new_top_n=0, users_collection="users2")
