@@ -254,8 +254,11 @@ class Settings(BaseSettings):
     cold_slots_content_frac: float = Field(
         1.0, ge=0, description="share of content-only's new items in the top k that keep a slot"
     )
-    cold_rank_by: Literal["content", "recent", "scorer", "picks"] = Field(
-        "scorer", description="what picks new items for their slots (see EngineConfig)"
+    cold_rank_by: Literal["content", "recent", "scorer", "picks", "prior"] = Field(
+        "prior", description="what picks new items for their slots (see EngineConfig)"
+    )
+    cold_prior_weight: float = Field(
+        1.0, ge=0, description="'prior' order: weight of the ranker's item prior vs cosine"
     )
 
     @property

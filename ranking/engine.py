@@ -52,6 +52,11 @@ class EngineConfig:
     # warm picks (new items like those the ranker, co-visitation included, expects next)
     cold_rank_by: str = "content"
     cold_picks_anchor: int = 10
+    # "prior" = recent cosine + cold_prior_weight · the scorer's item prior (predicted log
+    # visits from content); new_top_n > 0 adds that many new items (created within
+    # cold_item_max_age_s) to each pool, found by one query with vector recent + weight · w
+    cold_prior_weight: float = 1.0
+    new_top_n: int = 50
     trending_half_life_s: float = 24 * 3600.0
     reason_anchors: int = 5
     # co-visitation channel and the popular channel (merged with content recall)
@@ -329,16 +334,24 @@ class BehaviorEngine:
         out: dict[str, list[RecItem]] = {}
         now = time.time()
         channels = channels or {}
-        for profile, hits in zip(with_vec, results, strict=True):
+        new_hits = self._new_items(with_vec, known_items, now)
+        if new_hits:
+            known_items = {
+                **known_items,
+                **{
+                    h.id: StoredPoint(h.id, h.vector, dict(h.payload))
+                    for hs in new_hits
+                    for h in hs
+                },
+            }
+        for n, (profile, hits) in enumerate(zip(with_vec, results, strict=True)):
+            extras = list(channels.get(profile.user_id, ()))
+            if new_hits:
+                # a content query (the `recommendations` contract knows content, covisit
+                # and trending as sources)
+                extras += [(h.id, "content") for h in new_hits[n]]
             cands = assemble_candidates(
-                profile,
-                hits,
-                channels.get(profile.user_id, ()),
-                known_items,
-                popularity,
-                index,
-                now,
-                cfg,
+                profile, hits, extras, known_items, popularity, index, now, cfg
             )
             out[profile.user_id] = (
                 self._rank(profile, cands, known_items)
@@ -349,6 +362,28 @@ class BehaviorEngine:
             if p.vector is None:
                 out[p.user_id] = self._trending_list(p, popularity)
         return out
+
+    def _new_items(
+        self, profiles: Sequence[Profile], known_items: Mapping[str, StoredPoint], now: float
+    ) -> list[list[Hit]]:
+        """Per profile, the new items best by recent cosine + weight · prior (one batch query)."""
+        cfg = self.cfg
+        prior = getattr(self.scorer, "prior", None)
+        if cfg.new_top_n <= 0 or prior is None or not profiles:
+            return []
+        queries = [
+            Query(
+                vector=_or(self._recent_vector(p, known_items), p.vector)
+                + cfg.cold_prior_weight * prior.weight,
+                limit=cfg.new_top_n,
+                exclude_ids=p.seen,
+                where={"active": True},
+                created_after=now - cfg.cold_item_max_age_s,
+                with_vectors=True,
+            )
+            for p in profiles
+        ]
+        return self.store.search(cfg.items_collection, queries)
 
     def _rank(
         self, profile: Profile, cands: Candidates, known_items: Mapping[str, StoredPoint]
@@ -397,6 +432,12 @@ class BehaviorEngine:
         how = self.cfg.cold_rank_by
         if how == "scorer":
             return np.asarray(scores, dtype=np.float32)
+        if how == "prior":
+            prior = getattr(self.scorer, "prior", None)
+            recent = self._recent_cosine(profile, cands, known_items)
+            if prior is None:
+                return recent
+            return (recent + self.cfg.cold_prior_weight * prior(cands.vectors)).astype(np.float32)
         if how == "recent":
             return self._recent_cosine(profile, cands, known_items)
         if how == "picks":
@@ -417,6 +458,15 @@ class BehaviorEngine:
         self, profile: Profile, cands: Candidates, known_items: Mapping[str, StoredPoint]
     ) -> np.ndarray:
         """Cosine with the mean of the recent items' vectors (the profile cosine without any)."""
+        mean = self._recent_vector(profile, known_items)
+        if mean is None:
+            return cands.cosine
+        return (cands.vectors @ mean).astype(np.float32)
+
+    def _recent_vector(
+        self, profile: Profile, known_items: Mapping[str, StoredPoint]
+    ) -> np.ndarray | None:
+        """The normalized mean of the recent items' vectors (None when none is known)."""
         vecs = [
             point.vector
             for item_id in profile.recent_items[-self.cfg.reason_anchors :]
@@ -426,8 +476,8 @@ class BehaviorEngine:
             mean = np.mean(np.stack(vecs).astype(np.float32), axis=0)
             norm = float(np.linalg.norm(mean))
             if norm > 0:
-                return (cands.vectors @ (mean / norm)).astype(np.float32)
-        return cands.cosine
+                return mean / norm
+        return None
 
     def _trending_list(self, profile: Profile, popularity: dict[str, float]) -> list[RecItem]:
         ids = top_items(popularity, self.cfg.recs_count, exclude=profile.seen)
@@ -609,6 +659,12 @@ def _created(payload: Mapping[str, object]) -> float:
         return float(value) if value is not None else 0.0  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0.0
+
+
+def _or(vector: np.ndarray | None, fallback: np.ndarray | None) -> np.ndarray:
+    out = vector if vector is not None else fallback
+    assert out is not None
+    return np.asarray(out, dtype=np.float32)
 
 
 def _str_or_none(value: object) -> str | None:

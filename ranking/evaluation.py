@@ -10,9 +10,12 @@ the calls the behavior agent makes — and score the lists it emits. Baselines r
 and the same revealed events. Nothing here looks at a test user's targets except the scoring.
 
 Choices are made per seed on validation users (training users kept out of the fit), never on test
-users: MMR's λ and the new-item slot policy (:func:`choose_cold_policy`). For the latter a share of
-the warm training items is held out of the fit as simulated new items, so the validation users'
-later interactions include new items, as the test users' do.
+users: MMR's λ and the new-item slot policy (:func:`choose_cold_policy`: slot count, order, and
+the item prior's weight). For the latter a share of the warm training items is held out of the
+fit as simulated new items, so the validation users' later interactions include new items, as
+the test users' do; the real held-out items are retired while validating, so that, as at test
+time, the only new items are ones a user can go on to touch. The baselines are scored on the
+validation users too (``val_baselines`` in the result), the bar the choices are judged against.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ranking.baselines import (
     ItemKNNRecommender,
     PopularityRecommender,
     RandomRecommender,
+    Recommender,
     recommend_all,
 )
 from ranking.catalog import CatalogItem, item_points
@@ -81,10 +85,14 @@ class EvalConfig:
     # new-item slot policies tried on the validation users, with a share of the training items
     # held out of the fit as simulated new items (cold_items_frac of the warm items):
     # (minimum slots, share of content's new items kept, "content" | "scorer" order)
+    # (m, 0, how) = exactly m slots; "prior" orders new items by recent cosine + the ranker's
+    # content prior (predicted popularity), the others as EngineConfig.cold_rank_by says
+    # "prior:β" sets the prior's weight β against the cosine (EngineConfig.cold_prior_weight)
     cold_policies: tuple[tuple[int, float, str], ...] = (
-        *((1, frac, how) for how in ("recent", "picks") for frac in (0.5, 0.75, 1.0)),
-        (1, 1.0, "content"),
-        (1, 1.0, "scorer"),
+        *((m, 0.0, f"prior:{beta:g}") for m in (1, 2, 3) for beta in (0.25, 0.5, 1.0)),
+        *((1, frac, f"prior:{beta:g}") for frac in (0.5, 1.0) for beta in (0.5, 1.0)),
+        (1, 1.0, "recent"),
+        (0, 0.0, "scorer"),  # no slots: the ranker alone (infeasible unless it ranks new items)
     )
 
 
@@ -220,6 +228,7 @@ def evaluate_seed(
     # = arrival); every other item is old. Training sees them as catalog items without history.
     arrival = time.time()
     catalog_created = {p.id: p.payload.get("created_at") for p in points}
+    catalog_active = {p.id: p.payload.get("active", True) for p in points}
     for p in points:
         if p.id in split.cold_items:
             p.payload["created_at"] = arrival
@@ -288,13 +297,19 @@ def evaluate_seed(
             return lists
 
         # choices on the validation users: their history is not in the fit nor its snapshot,
-        # and the simulated new items enter as new items (no counts, created now)
+        # and the simulated new items enter as new items (no counts, created now); the real
+        # new items have not arrived yet (retired while validating), so, as at test time, one
+        # set of new items competes for the slots and every one of them can be a target
         for p in points:
             if p.id in pseudo_new:
                 p.payload["created_at"] = arrival
-        store.upsert(cfg_n.items_collection, [p for p in points if p.id in pseudo_new])
+            if p.id in split.cold_items:
+                p.payload["active"] = False
+        changed = pseudo_new | split.cold_items
+        store.upsert(cfg_n.items_collection, [p for p in points if p.id in changed])
         val_sets = {k: reveal(val_log, k) for k in cfg.ks}
-        content = baselines["content"]
+        arrived = [r for r, i in enumerate(items.ids) if i not in split.cold_items]
+        content = ContentRecommender([items.ids[r] for r in arrived], vectors[arrived])
         val_content = {
             k: evaluate_lists(
                 recommend_all(content, rv, cfg.n),
@@ -303,6 +318,26 @@ def evaluate_seed(
                 cold_items=pseudo_new,
                 catalog_size=len(split.catalog),
             )["cold_recall"]
+            for k, (rv, tg) in val_sets.items()
+        }
+        # the baselines on the validation users (fitted on the fit log, as the ranker is): the
+        # bar the choices below are judged against, without looking at a test user
+        val_bases: dict[str, Recommender] = {
+            "popularity": PopularityRecommender(fit_log, split.catalog),
+            "item-knn": ItemKNNRecommender(fit_log, split.catalog),
+            "content": content,
+        }
+        val_baselines = {
+            str(k): {
+                name: evaluate_lists(
+                    recommend_all(rec, rv, cfg.n),
+                    tg,
+                    k=cfg.n,
+                    cold_items=pseudo_new,
+                    catalog_size=len(split.catalog),
+                )
+                for name, rec in val_bases.items()
+            }
             for k, (rv, tg) in val_sets.items()
         }
 
@@ -327,16 +362,23 @@ def evaluate_seed(
         lam = max(lambdas, key=lambda x: selection[f"{x:g}"])
         progress(f"seed {seed}: MMR λ on validation users {selection} → {lam:g}")
         cfg_lam = dataclasses.replace(cfg_n, mmr_lambda=lam)
+        val_policy_metrics: dict[str, list[dict[str, float]]] = {}
+
+        def validate_policy(pol: ColdPolicy) -> list[dict[str, float]]:
+            ms = validate(f"p{pol[0]}-{pol[1]:g}-{pol[2]}", with_cold_policy(cfg_lam, pol))
+            val_policy_metrics[_policy_key(pol)] = ms
+            return ms
+
         policy, policy_table = choose_cold_policy(
-            cfg.cold_policies,
-            lambda pol: validate(f"p{pol[0]}-{pol[1]:g}-{pol[2]}", with_cold_policy(cfg_lam, pol)),
-            [val_content[k] for k in cfg.ks],
+            cfg.cold_policies, validate_policy, [val_content[k] for k in cfg.ks]
         )
         progress(f"seed {seed}: new-item policy on validation users → {policy}")
         for p in points:
             if p.id in pseudo_new:
                 p.payload["created_at"] = catalog_created[p.id]
-        store.upsert(cfg_n.items_collection, [p for p in points if p.id in pseudo_new])
+            if p.id in split.cold_items:
+                p.payload["active"] = catalog_active[p.id]
+        store.upsert(cfg_n.items_collection, [p for p in points if p.id in changed])
         cfg_lam = with_cold_policy(cfg_lam, policy)
         cfg_full = cfg_lam
         # the served snapshot counts every training user (validation users included)
@@ -368,6 +410,14 @@ def evaluate_seed(
         "cold_policy": list(policy),
         "cold_policy_selection": policy_table,
         "val_content_cold_recall": [val_content[k] for k in cfg.ks],
+        "val_baselines": val_baselines,
+        "val_policies": {
+            pol: {str(k): m for k, m in zip(cfg.ks, ms, strict=True)}
+            for pol, ms in val_policy_metrics.items()
+        },
+        "val_full": {
+            str(k): m for k, m in zip(cfg.ks, val_policy_metrics[_policy_key(policy)], strict=True)
+        },
         "val_users": len(val_users),
         "timings": timings,
         "cold_items": len(split.cold_items),
@@ -378,13 +428,21 @@ def evaluate_seed(
 ColdPolicy = tuple[int, float, str]
 
 
+def _policy_key(pol: ColdPolicy) -> str:
+    return f"{pol[0]}/{pol[1]:g}/{pol[2]}"
+
+
 def with_cold_policy(ecfg: EngineConfig, policy: ColdPolicy) -> EngineConfig:
+    """``(slots, share of content's new items, order)``; an order ``"prior:β"`` is the prior
+    order with weight β."""
     minimum, frac, rank_by = policy
+    how, _, weight = rank_by.partition(":")
     return dataclasses.replace(
         ecfg,
         cold_item_slots=minimum,
         cold_slots_content_frac=frac,
-        cold_rank_by=rank_by,
+        cold_rank_by=how,
+        cold_prior_weight=float(weight) if weight else ecfg.cold_prior_weight,
         cold_slots_follow_content=True,
     )
 
@@ -413,7 +471,7 @@ def choose_cold_policy(
         ]
         ok = all((not math.isnan(c)) and c > 0 for c in colds) and min(margins) >= 0
         quality = float(np.mean([m["recall"] + m["ndcg"] for m in ms]))
-        table[f"{pol[0]}/{pol[1]:g}/{pol[2]}"] = {
+        table[_policy_key(pol)] = {
             "quality": quality,
             "min_cold_margin": float(min(margins)),
             "ok": float(ok),

@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from ranking.features import FEATURES, feature_matrix
-from ranking.scoring import Candidates
+from ranking.scoring import Candidates, ItemPrior
 
 log = logging.getLogger(__name__)
 
 FORMAT = "coldstream-ranker/1"
+_PRIOR_W, _PRIOR_B = "item_prior.weight", "item_prior.bias"  # beside the model's tensors
 T = TypeVar("T")
 
 
@@ -38,13 +39,22 @@ class RankerLoadError(ValueError):
 
 
 class RankerMLP(nn.Module):
-    """``[u, i, u⊙i, |u−i|, f] → hidden → hidden → score``."""
+    """``[u, i, u⊙i, |u−i|, f] → hidden → hidden → score``, plus ``f → wide → score``.
 
-    def __init__(self, dim: int, n_features: int, hidden: int, dropout: float = 0.1) -> None:
+    The second tower (``wide`` > 0) reads the scalar features alone: beside 4·d vector inputs
+    the few features (co-visitation, popularity, …) are easy to under-use, and a small net over
+    them alone learns their combination from little data and generalizes. ``wide`` = 0 is the
+    single-tower model (files written before the tower load as such).
+    """
+
+    def __init__(
+        self, dim: int, n_features: int, hidden: int, dropout: float = 0.1, wide: int = 0
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.n_features = n_features
         self.hidden = hidden
+        self.wide = wide
         self.net = nn.Sequential(
             nn.Linear(4 * dim + n_features, hidden),
             nn.ReLU(),
@@ -53,6 +63,16 @@ class RankerMLP(nn.Module):
             nn.ReLU(),
             nn.Linear(hidden, 1),
         )
+        self.features_net = (
+            nn.Sequential(nn.Linear(n_features, wide), nn.ReLU(), nn.Linear(wide, 1))
+            if wide > 0
+            else None
+        )
+
+    def _features_score(self, feats: torch.Tensor) -> torch.Tensor | float:
+        if self.features_net is None:
+            return 0.0
+        return self.features_net(feats).squeeze(-1)
 
     def forward(self, user: torch.Tensor, items: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """``user`` (..., d) against ``items`` (..., m, d) with ``feats`` (..., m, F) → (..., m).
@@ -83,7 +103,7 @@ class RankerMLP(nn.Module):
             + feats @ w_f.T
             + first.bias
         )
-        return self.net[1:](hidden).squeeze(-1)
+        return self.net[1:](hidden).squeeze(-1) + self._features_score(feats)
 
     def forward_concat(
         self, user: torch.Tensor, items: torch.Tensor, feats: torch.Tensor
@@ -91,7 +111,7 @@ class RankerMLP(nn.Module):
         """The literal ``MLP(concat(u, i, u⊙i, |u−i|, f))``; :meth:`forward` equals it."""
         u = user.unsqueeze(-2).expand_as(items)
         x = torch.cat([u, items, u * items, (u - items).abs(), feats], dim=-1)
-        return self.net(x).squeeze(-1)
+        return self.net(x).squeeze(-1) + self._features_score(feats)
 
 
 @dataclass
@@ -104,6 +124,7 @@ class RankerMeta:
     data_hash: str
     created_at: float = field(default_factory=time.time)
     metrics: dict[str, float] = field(default_factory=dict)
+    wide: int = 0  # the features-only tower's width (0 = none)
 
 
 class RankerScorer:
@@ -113,10 +134,12 @@ class RankerScorer:
     reads them through :func:`relevance` (a per-list rescaling to [0, 1]).
     """
 
-    def __init__(self, model: RankerMLP, meta: RankerMeta) -> None:
+    def __init__(self, model: RankerMLP, meta: RankerMeta, prior: ItemPrior | None = None) -> None:
         self.model = model.eval()
         self.meta = meta
         self.version = meta.version
+        # content → expected popularity, learned with the ranker: what orders new items
+        self.prior = prior
 
     def score(
         self, user: np.ndarray, cands: Candidates, category_affinity: dict[str, float]
@@ -164,12 +187,16 @@ def save_ranker(path: str | Path, scorer: RankerScorer) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().numpy() for k, v in scorer.model.state_dict().items()}
+    if scorer.prior is not None:
+        tensors[_PRIOR_W] = np.asarray(scorer.prior.weight, dtype=np.float32)
+        tensors[_PRIOR_B] = np.array([scorer.prior.bias], dtype=np.float32)
     m = scorer.meta
     meta = {
         "format": FORMAT,
         "version": m.version,
         "dim": str(m.dim),
         "hidden": str(m.hidden),
+        "wide": str(m.wide),
         "features": json.dumps(m.features),
         "encoder": m.encoder,
         "data_hash": m.data_hash,
@@ -212,6 +239,7 @@ def load_ranker(
             data_hash=meta["data_hash"],
             created_at=float(meta["created_at"]),
             metrics={k: float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()},
+            wide=int(meta.get("wide", "0")),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise RankerLoadError(f"{path}: bad metadata: {exc}") from exc
@@ -227,7 +255,15 @@ def load_ranker(
         raise RankerLoadError(
             f"{path}: trained with encoder {info.encoder!r}, the worker runs {expect_encoder!r}"
         )
-    model = RankerMLP(info.dim, len(info.features), info.hidden)
+    model = RankerMLP(info.dim, len(info.features), info.hidden, wide=info.wide)
+    prior: ItemPrior | None = None
+    if _PRIOR_W in tensors or _PRIOR_B in tensors:
+        w, b = tensors.pop(_PRIOR_W, None), tensors.pop(_PRIOR_B, None)
+        if w is None or b is None or w.shape != (info.dim,) or b.shape != (1,):
+            raise RankerLoadError(f"{path}: the item prior's tensors do not fit the model")
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            raise RankerLoadError(f"{path}: non-finite item prior")
+        prior = ItemPrior(np.array(w, dtype=np.float32), float(b[0]))
     try:
         state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
         model.load_state_dict(state, strict=True)
@@ -235,7 +271,7 @@ def load_ranker(
         raise RankerLoadError(f"{path}: tensors do not fit the model: {exc}") from exc
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise RankerLoadError(f"{path}: non-finite weights")
-    return RankerScorer(model, info)
+    return RankerScorer(model, info, prior)
 
 
 # ---------------------------------------------------------------------------------- hot reload
@@ -294,6 +330,7 @@ def describe(meta: RankerMeta) -> dict[str, Any]:
         "version": meta.version,
         "dim": meta.dim,
         "hidden": meta.hidden,
+        "wide": meta.wide,
         "features": meta.features,
         "encoder": meta.encoder,
         "data_hash": meta.data_hash,

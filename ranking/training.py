@@ -31,6 +31,7 @@ from ranking.engine import EngineConfig, assemble_candidates
 from ranking.features import FEATURES, feature_matrix
 from ranking.profile import Profile, Signal, apply_signal
 from ranking.ranker import RankerMeta, RankerMLP, RankerScorer
+from ranking.scoring import ItemPrior
 from ranking.store import Hit
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class TrainConfig:
     folds: int = 2
     val_frac: float = 0.15
     hidden: int = 32
+    wide: int = 16  # width of the features-only tower (0 = none), see RankerMLP
     dropout: float = 0.1
     epochs: int = 15
     patience: int = 3
@@ -55,7 +57,9 @@ class TrainConfig:
     cold_mask_frac: float = 0.0
     # weight averaging: the running mean of the epochs' weights from swa_start on is a candidate
     # for the returned model too (picked on the validation users like any epoch); -1 = off
-    swa_start: int = -1
+    swa_start: int = 4
+    # ridge penalty of the item prior (content → log visits) fitted on the log's items; < 0 = none
+    prior_l2: float = 1.0
     covisit_window: int = 500
     covisit_neighbors: int = 200
     seed: int = 0
@@ -263,6 +267,19 @@ def _sample(lst: _List, cfg: TrainConfig, rng: np.random.Generator) -> _List:
     return _List(lst.user, lst.rows[keep], feats, lst.labels[keep], lst.n_targets)
 
 
+def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over each list, the positives sharing the target mass equally.
+
+    For a list with scores ``s`` and positives ``P``: ``−(1/|P|) Σ_{p∈P} log softmax(s)_p``,
+    the softmax taken over the list's real rows (``mask``; padding never competes); lists
+    without positives add 0. Averaged over the lists of the batch.
+    """
+    logits = logits.masked_fill(~mask, -1e9)
+    labels = labels * mask
+    target = labels / labels.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return -(torch.log_softmax(logits, dim=1) * target).sum(dim=1).mean()
+
+
 _HISTORY_FEATURES = ("log_popularity", "covisit", "covisit_rel", "item_age")
 
 
@@ -321,7 +338,7 @@ def train(
     t_lists = time.perf_counter() - t0
 
     dim = items.vectors.shape[1]
-    model = RankerMLP(dim, len(FEATURES), cfg.hidden, cfg.dropout)
+    model = RankerMLP(dim, len(FEATURES), cfg.hidden, cfg.dropout, wide=cfg.wide)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     vectors = torch.from_numpy(np.asarray(items.vectors, dtype=np.float32))
     width = cfg.max_positives + cfg.negatives
@@ -356,9 +373,7 @@ def train(
                 _sample(train_lists[i], cfg, rng) for i in order[start : start + cfg.batch_lists]
             ]
             users_t, items_t, feats_t, labels_t, mask_t = _batch(chunk, vectors, width)
-            logits = model(users_t, items_t, feats_t).masked_fill(~mask_t, -1e9)
-            target = labels_t / labels_t.sum(dim=1, keepdim=True).clamp(min=1.0)
-            loss = -(torch.log_softmax(logits, dim=1) * target).sum(dim=1).mean()
+            loss = listwise_loss(model(users_t, items_t, feats_t), labels_t, mask_t)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -418,6 +433,7 @@ def train(
         version=f"mlp-{dhash[:8]}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}",
         dim=dim,
         hidden=cfg.hidden,
+        wide=cfg.wide,
         features=list(FEATURES),
         encoder=encoder,
         data_hash=dhash,
@@ -445,4 +461,8 @@ def train(
             "covisit_pairs": covisit.pairs,
         }
     )
-    return TrainResult(RankerScorer(model, meta), covisit, report)
+    prior = None
+    if cfg.prior_l2 >= 0:
+        visits = np.array([covisit.count(i) for i in items.ids], dtype=np.float64)
+        prior = ItemPrior.fit(items.vectors, visits, cfg.prior_l2)
+    return TrainResult(RankerScorer(model, meta, prior), covisit, report)

@@ -70,6 +70,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         cold_slots_follow_content=settings.cold_slots_follow_content,
         cold_slots_content_frac=settings.cold_slots_content_frac,
         cold_rank_by=settings.cold_rank_by,
+        cold_prior_weight=settings.cold_prior_weight,
     )
 
 

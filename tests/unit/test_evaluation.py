@@ -107,3 +107,16 @@ def test_choose_cold_policy_falls_back_to_closest_to_the_bar() -> None:
     assert pol == (2, 1.0, "content")
     with pytest.raises(ValueError):
         choose_cold_policy([], validate, [0.05])
+
+
+def test_with_cold_policy_reads_the_prior_weight() -> None:
+    from ranking.engine import EngineConfig
+    from ranking.evaluation import with_cold_policy
+    from ranking.profile import ProfileConfig
+
+    base = EngineConfig(profile=ProfileConfig(weights={}, half_life_s=1.0))
+    cfg = with_cold_policy(base, (2, 0.0, "prior:0.25"))
+    assert (cfg.cold_item_slots, cfg.cold_slots_content_frac) == (2, 0.0)
+    assert (cfg.cold_rank_by, cfg.cold_prior_weight) == ("prior", 0.25)
+    cfg = with_cold_policy(base, (1, 1.0, "recent"))
+    assert (cfg.cold_rank_by, cfg.cold_prior_weight) == ("recent", base.cold_prior_weight)

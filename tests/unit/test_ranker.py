@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ranking.ranker import (
     ranker_watcher,
     save_ranker,
 )
-from ranking.scoring import Candidates
+from ranking.scoring import Candidates, ItemPrior
 
 pytestmark = pytest.mark.unit
 DIM = 16
@@ -165,3 +166,66 @@ def test_mask_as_new_zeroes_history_features_of_chosen_rows_only() -> None:
     assert np.array_equal(out[1, others], feats[1, others])  # content and user features kept
     assert np.array_equal(out[[0, 2]], feats[[0, 2]])
     assert np.all(feats > 0)  # the input is not modified
+
+
+def test_wide_tower_forward_equals_concat_and_round_trips_with_prior(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = RankerMLP(DIM, len(FEATURES), hidden=8, wide=4).eval()
+    u = torch.randn(2, DIM)
+    items = torch.randn(2, 5, DIM)
+    feats = torch.randn(2, 5, len(FEATURES))
+    torch.testing.assert_close(model(u, items, feats), model.forward_concat(u, items, feats))
+    meta = RankerMeta("v-wide", DIM, 8, list(FEATURES), "enc", "abc", wide=4)
+    prior = ItemPrior(np.linspace(-1, 1, DIM).astype(np.float32), 0.5)
+    scorer = RankerScorer(model, meta, prior)
+    user, cands = _cands()
+    path = save_ranker(tmp_path / "w.safetensors", scorer)
+    loaded = load_ranker(path, expect_dim=DIM)
+    assert loaded.meta.wide == 4
+    np.testing.assert_array_equal(loaded.score(user, cands, {}), scorer.score(user, cands, {}))
+    assert loaded.prior is not None
+    np.testing.assert_array_equal(loaded.prior.weight, prior.weight)
+    assert loaded.prior.bias == pytest.approx(0.5)
+    # a file without a prior (or without the tower) still loads, as before
+    plain = load_ranker(save_ranker(tmp_path / "p.safetensors", _scorer()))
+    assert plain.prior is None and plain.meta.wide == 0
+
+
+def test_item_prior_is_the_ridge_fit_and_ignores_unvisited_items() -> None:
+    rng = np.random.default_rng(0)
+    x = 0.5 * rng.normal(size=(40, 3))
+    x[5:] -= x[5:].mean(axis=0)  # the visited rows centred: then the fit is exact at l2 = 0
+    w = np.array([0.5, -0.25, 1.0])
+    y = x @ w + 3.0
+    assert (y[5:] > 0).all()
+    counts = np.expm1(y)
+    counts[:5] = 0.0  # never visited: left out of the fit
+    x[:5] = 100.0  # so including them would spoil the fit
+    exact = ItemPrior.fit(x, counts, l2=0.0)
+    np.testing.assert_allclose(exact.weight, w, atol=1e-5)
+    assert exact.bias == pytest.approx(3.0)
+    np.testing.assert_allclose(exact(x[5:]), y[5:], atol=1e-4)
+    # with a penalty: the ridge normal equations X'(y − b − Xw) = l2·w on the visited rows
+    ridge = ItemPrior.fit(x, counts, l2=3.0)
+    resid = y[5:] - ridge.bias - x[5:] @ ridge.weight
+    np.testing.assert_allclose(x[5:].T @ resid, 3.0 * ridge.weight, atol=1e-4)
+    # nothing to learn from: a zero prior
+    assert np.all(ItemPrior.fit(x, np.zeros(40)).weight == 0)
+
+
+def test_listwise_loss_on_a_hand_computed_list() -> None:
+    from ranking.training import listwise_loss
+
+    logits = torch.tensor([[0.0, math.log(2.0), math.log(3.0), 5.0]])
+    labels = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    mask = torch.tensor([[True, True, True, False]])  # the last row is padding
+    # softmax over exp(0), exp(log 2), exp(log 3) = 1, 2, 3 (sum 6); positives rows 0 and 2
+    expected = -(math.log(1 / 6) + math.log(3 / 6)) / 2
+    assert float(listwise_loss(logits, labels, mask)) == pytest.approx(expected)
+    # a list without positives adds 0 to the batch mean
+    two = listwise_loss(
+        torch.cat([logits, logits]),
+        torch.cat([labels, torch.zeros_like(labels)]),
+        mask.repeat(2, 1),
+    )
+    assert float(two) == pytest.approx(expected / 2)

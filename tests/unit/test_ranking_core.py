@@ -31,7 +31,7 @@ from ranking.engine import (
 )
 from ranking.profile import Profile, ProfileConfig
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
-from ranking.scoring import BlendScorer, Candidates
+from ranking.scoring import BlendScorer, Candidates, ItemPrior
 from ranking.store import StoredPoint
 from ranking.trending import TrendingCounter, merged_scores, top_items
 
@@ -659,3 +659,51 @@ def test_cold_key_picks_blends_recent_items_and_the_ranked_warm_items(
     expected = 0.5 * (cands.vectors @ uvec((2, 1.0))) + 0.5 * (cands.vectors @ uvec((1, 1.0)))
     assert np.allclose(key, expected)
     assert np.allclose(engine._cold_key(profile, cands, scores, known, []), cands.vectors[:, 2])
+
+
+class _PriorScorer(BlendScorer):
+    """The blend, plus an item prior (what a trained ranker carries) favouring dimension 5."""
+
+    def __init__(self) -> None:
+        super().__init__(0.3)
+        self.prior = ItemPrior(uvec((5, 1.0)) * 2.0, 1.0)
+
+
+@unit
+def test_cold_key_prior_adds_the_weighted_prior_to_the_recent_cosine(store: QdrantStore) -> None:
+    engine = engine_for(store, cold_item_slots=1, cold_rank_by="prior", cold_prior_weight=0.5)
+    cands = _cands([0.9, 0.1, 0.5], [0, 1, 1])
+    profile = Profile("u", vector=uvec((0, 1.0)))
+    profile.recent_items = ["a"]
+    known = {"a": StoredPoint("a", uvec((1, 1.0)), {})}
+    scores = np.zeros(3, dtype=np.float32)
+    recent = cands.vectors @ uvec((1, 1.0))
+    # a scorer without a prior: the recent cosine alone
+    assert np.allclose(engine._cold_key(profile, cands, scores, known), recent)
+    engine.scorer = _PriorScorer()
+    prior = cands.vectors @ (uvec((5, 1.0)) * 2.0) + 1.0
+    assert np.allclose(engine._cold_key(profile, cands, scores, known), recent + 0.5 * prior)
+
+
+@integration
+def test_new_item_channel_brings_the_prior_s_best_new_item_into_the_pool(
+    store: QdrantStore,
+) -> None:
+    # b1 is far from the user (a0) but new and favoured by the prior; recall_top_n = 1 keeps it
+    # out of the content pool, so only the new-item channel can bring it
+    engine = engine_for(store, recs_count=3, recall_top_n=1, cold_item_slots=1, new_top_n=1)
+    engine.scorer = _PriorScorer()
+    engine.scorer.prior = ItemPrior(uvec((7, 1.0)) * 3.0, 0.0)
+    engine.cfg = dataclasses.replace(
+        engine.cfg, cold_rank_by="prior", cold_slots_follow_content=False
+    )
+    store.set_payload("items", ["b1"], {"created_at": time.time()})
+    out = run(engine, [ev("u1", "view", "a0")])
+    assert "b1" in recs_of(out.recommendations, "u1")
+    (mine,) = [r for r in out.recommendations if r.user_id == "u1"]
+    assert {i.source for i in mine.items} <= {"content", "covisit", "trending"}  # the contract
+    # without the channel it cannot appear
+    store.ensure_collection("users2", DIM)
+    engine.cfg = dataclasses.replace(engine.cfg, new_top_n=0, users_collection="users2")
+    out = run(engine, [ev("u2", "view", "a0")])
+    assert "b1" not in recs_of(out.recommendations, "u2")
