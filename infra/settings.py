@@ -260,6 +260,9 @@ class Settings(BaseSettings):
     cold_prior_weight: float = Field(
         1.0, ge=0, description="'prior' order: weight of the ranker's item prior vs cosine"
     )
+    new_items_top_n: int = Field(
+        50, ge=0, description="new-item recall channel size (needs a trained ranker's prior)"
+    )
 
     @property
     def ranker_file(self) -> Path:

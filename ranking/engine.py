@@ -20,7 +20,7 @@ from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel, ItemIds
 from ranking.diversity import mmr
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
-from ranking.scoring import Candidates, Scorer
+from ranking.scoring import Candidates, Scorer, score_all
 from ranking.store import Hit, Query, StoredPoint, VectorStore
 from ranking.trending import TrendingCounter, merged_scores, top_items
 
@@ -344,6 +344,7 @@ class BehaviorEngine:
                     for h in hs
                 },
             }
+        pools: list[tuple[Profile, Candidates]] = []
         for n, (profile, hits) in enumerate(zip(with_vec, results, strict=True)):
             extras = list(channels.get(profile.user_id, ()))
             if new_hits:
@@ -353,11 +354,16 @@ class BehaviorEngine:
             cands = assemble_candidates(
                 profile, hits, extras, known_items, popularity, index, now, cfg
             )
-            out[profile.user_id] = (
-                self._rank(profile, cands, known_items)
-                if cands is not None
-                else self._trending_list(profile, popularity)
-            )
+            if cands is None:
+                out[profile.user_id] = self._trending_list(profile, popularity)
+            else:
+                pools.append((profile, cands))
+        users = [p.vector for p, _ in pools if p.vector is not None]  # all of them: with_vec
+        scores = score_all(
+            self.scorer, users, [c for _, c in pools], [p.categories for p, _ in pools]
+        )
+        for (profile, cands), score in zip(pools, scores, strict=True):
+            out[profile.user_id] = self._rank(profile, cands, known_items, score)
         for p in profiles:
             if p.vector is None:
                 out[p.user_id] = self._trending_list(p, popularity)
@@ -386,11 +392,14 @@ class BehaviorEngine:
         return self.store.search(cfg.items_collection, queries)
 
     def _rank(
-        self, profile: Profile, cands: Candidates, known_items: Mapping[str, StoredPoint]
+        self,
+        profile: Profile,
+        cands: Candidates,
+        known_items: Mapping[str, StoredPoint],
+        scores: np.ndarray,
     ) -> list[RecItem]:
         cfg = self.cfg
         assert profile.vector is not None
-        scores = self.scorer.score(profile.vector, cands, profile.categories)
         vectors = cands.vectors
         k = min(cfg.recs_count, len(cands.ids))
         # MMR over a pool a few times the list size: diversity needs alternatives, not all 100

@@ -310,16 +310,6 @@ def evaluate_seed(
         val_sets = {k: reveal(val_log, k) for k in cfg.ks}
         arrived = [r for r, i in enumerate(items.ids) if i not in split.cold_items]
         content = ContentRecommender([items.ids[r] for r in arrived], vectors[arrived])
-        val_content = {
-            k: evaluate_lists(
-                recommend_all(content, rv, cfg.n),
-                tg,
-                k=cfg.n,
-                cold_items=pseudo_new,
-                catalog_size=len(split.catalog),
-            )["cold_recall"]
-            for k, (rv, tg) in val_sets.items()
-        }
         # the baselines on the validation users (fitted on the fit log, as the ranker is): the
         # bar the choices below are judged against, without looking at a test user
         val_bases: dict[str, Recommender] = {
@@ -340,6 +330,7 @@ def evaluate_seed(
             }
             for k, (rv, tg) in val_sets.items()
         }
+        val_content = {k: val_baselines[str(k)]["content"]["cold_recall"] for k in val_sets}
 
         def validate(tag: str, ecfg: EngineConfig) -> list[dict[str, float]]:
             out = []

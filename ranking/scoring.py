@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,6 +66,19 @@ class Scorer(Protocol):
     def score(
         self, user: np.ndarray, cands: Candidates, category_affinity: dict[str, float]
     ) -> np.ndarray: ...
+
+
+def score_all(
+    scorer: Scorer,
+    users: Sequence[np.ndarray],
+    cands: Sequence[Candidates],
+    affinities: Sequence[dict[str, float]],
+) -> list[np.ndarray]:
+    """Scores for a batch's users: one call when the scorer batches (``score_many``)."""
+    many = getattr(scorer, "score_many", None)
+    if many is not None and cands:
+        return list(many(users, cands, affinities))
+    return [scorer.score(u, c, a) for u, c, a in zip(users, cands, affinities, strict=True)]
 
 
 class BlendScorer:

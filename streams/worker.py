@@ -71,6 +71,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         cold_slots_content_frac=settings.cold_slots_content_frac,
         cold_rank_by=settings.cold_rank_by,
         cold_prior_weight=settings.cold_prior_weight,
+        new_top_n=settings.new_items_top_n,
     )
 
 

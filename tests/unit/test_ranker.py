@@ -229,3 +229,15 @@ def test_listwise_loss_on_a_hand_computed_list() -> None:
         mask.repeat(2, 1),
     )
     assert float(two) == pytest.approx(expected / 2)
+
+
+def test_batched_scores_equal_per_user_scores() -> None:
+    scorer = _scorer()
+    lists = [_cands(m, seed) for m, seed in ((12, 1), (5, 2), (2, 3), (9, 4))]
+    users = [u for u, _ in lists]
+    cands = [c for _, c in lists]
+    affinities: list[dict[str, float]] = [{}, {"Drama": 1.0}, {}, {"Comedy": 0.5}]
+    batched = scorer.score_many(users, cands, affinities)
+    for u, c, aff, got in zip(users, cands, affinities, batched, strict=True):
+        np.testing.assert_allclose(got, scorer.score(u, c, aff), rtol=1e-5, atol=1e-6)
+    assert [len(b) for b in batched] == [12, 5, 2, 9]
