@@ -146,6 +146,18 @@ def _cmd_bench_store(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_bench_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.broker_bench import format_broker_report, run_broker_bench
+
+    report = run_broker_bench(
+        settings, rate=args.rate, duration_s=args.duration, interval_s=args.interval
+    )
+    print(format_broker_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def movielens_texts(dataset: object, limit: int) -> list[str]:
     """Real item texts (titles, genres) and user-side texts (genre searches) from MovieLens."""
     from encoders.texts import item_text, user_text
@@ -225,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
     p.add_argument("--queries", type=int, default=500, help="single queries timed")
     p.add_argument("--uniform", action="store_true", help="uniform vectors (HNSW worst case)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p = bsub.add_parser("broker", help="the Kafka broker alone: fixed-rate produce + consume")
+    p.set_defaults(handler=_cmd_bench_broker)
+    p.add_argument("--rate", type=float, default=500.0, help="records/s")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds of sending")
+    p.add_argument("--interval", type=float, default=15.0, help="seconds between samples")
     p.add_argument("--json", help="also write the figures to this JSON file")
     eval_cli.add_commands(sub)  # eval, train (issue 5)
     return parser
