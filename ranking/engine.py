@@ -334,7 +334,9 @@ class BehaviorEngine:
         out: dict[str, list[RecItem]] = {}
         now = time.time()
         channels = channels or {}
-        new_hits = self._new_items(with_vec, known_items, now)
+        # the mean of each user's recent items: the new-item query and the slot order share it
+        recent_vecs = {p.user_id: self._recent_vector(p, known_items) for p in with_vec}
+        new_hits = self._new_items(with_vec, recent_vecs, now)
         if new_hits:
             known_items = {
                 **known_items,
@@ -363,14 +365,23 @@ class BehaviorEngine:
             self.scorer, users, [c for _, c in pools], [p.categories for p, _ in pools]
         )
         for (profile, cands), score in zip(pools, scores, strict=True):
-            out[profile.user_id] = self._rank(profile, cands, known_items, score)
+            recent_vec = recent_vecs[profile.user_id]
+            recent = (
+                cands.cosine
+                if recent_vec is None
+                else (cands.vectors @ recent_vec).astype(np.float32)
+            )
+            out[profile.user_id] = self._rank(profile, cands, known_items, score, recent)
         for p in profiles:
             if p.vector is None:
                 out[p.user_id] = self._trending_list(p, popularity)
         return out
 
     def _new_items(
-        self, profiles: Sequence[Profile], known_items: Mapping[str, StoredPoint], now: float
+        self,
+        profiles: Sequence[Profile],
+        recent_vecs: Mapping[str, np.ndarray | None],
+        now: float,
     ) -> list[list[Hit]]:
         """Per profile, the new items best by recent cosine + weight · prior (one batch query)."""
         cfg = self.cfg
@@ -379,8 +390,7 @@ class BehaviorEngine:
             return []
         queries = [
             Query(
-                vector=_or(self._recent_vector(p, known_items), p.vector)
-                + cfg.cold_prior_weight * prior.weight,
+                vector=_or(recent_vecs[p.user_id], p.vector) + cfg.cold_prior_weight * prior.weight,
                 limit=cfg.new_top_n,
                 exclude_ids=p.seen,
                 where={"active": True},
@@ -397,7 +407,9 @@ class BehaviorEngine:
         cands: Candidates,
         known_items: Mapping[str, StoredPoint],
         scores: np.ndarray,
+        recent: np.ndarray,
     ) -> list[RecItem]:
+        """``recent``: each candidate's cosine with the user's recent items (see _recent_cosine)."""
         cfg = self.cfg
         assert profile.vector is not None
         vectors = cands.vectors
@@ -406,14 +418,10 @@ class BehaviorEngine:
         pool = [int(i) for i in np.argsort(-scores, kind="stable")][: 4 * k]
         picks = [pool[i] for i in mmr(scores[pool], vectors[pool], k, cfg.mmr_lambda)]
         slots = cfg.cold_item_slots
-        key = self._cold_key(profile, cands, scores, known_items, picks)
+        key = self._cold_key(profile, cands, scores, known_items, picks, recent)
         if cfg.cold_slots_follow_content:
             # counted on content (the scorer's own top k holds what it already picked)
-            count_key = (
-                key
-                if cfg.cold_rank_by in ("content", "recent")
-                else self._recent_cosine(profile, cands, known_items)
-            )
+            count_key = key if cfg.cold_rank_by in ("content", "recent") else recent
             slots = _cold_slots(cands, k, slots, cfg.cold_slots_content_frac, count_key)
         picks = _guarantee_cold(picks, cands, slots, key)
         anchors = self._anchors(profile, known_items)
@@ -436,23 +444,30 @@ class BehaviorEngine:
         scores: np.ndarray,
         known_items: Mapping[str, StoredPoint],
         picks: Sequence[int] = (),
+        recent: np.ndarray | None = None,
     ) -> np.ndarray:
-        """What orders new items for their slots (see ``EngineConfig.cold_rank_by``)."""
+        """What orders new items for their slots (see ``EngineConfig.cold_rank_by``).
+
+        ``recent`` is :meth:`_recent_cosine` when the caller has it already.
+        """
         how = self.cfg.cold_rank_by
         if how == "scorer":
             return np.asarray(scores, dtype=np.float32)
-        if how == "prior":
-            prior = getattr(self.scorer, "prior", None)
+        if recent is None and how in ("prior", "recent", "picks"):
             recent = self._recent_cosine(profile, cands, known_items)
+        if how == "prior":
+            assert recent is not None
+            prior = getattr(self.scorer, "prior", None)
             if prior is None:
                 return recent
             return (recent + self.cfg.cold_prior_weight * prior(cands.vectors)).astype(np.float32)
         if how == "recent":
-            return self._recent_cosine(profile, cands, known_items)
+            assert recent is not None
+            return recent
         if how == "picks":
             # half what the user did, half what the ranker (co-visitation included) expects
             # them to like next: new items similar to the ranked warm items
-            recent = self._recent_cosine(profile, cands, known_items)
+            assert recent is not None
             head = [i for i in picks if not cands.is_cold[i]][: self.cfg.cold_picks_anchor]
             if not head:
                 return recent

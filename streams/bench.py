@@ -126,7 +126,7 @@ def run_bench(
         reader.start()
         rss_start = worker.memory_info().rss
         cpu_start = worker.cpu_times()
-        broker_cpu_start = _cpu_s(broker)
+        broker_cpu_start = cpu_seconds(broker)
         backlog: list[tuple[float, float]] = []
         sent = 0
         start = time.time()
@@ -177,7 +177,7 @@ def run_bench(
         collector.stop.set()
         reader.join(10)
         cpu_end = worker.cpu_times()
-        broker_cpu_end = _cpu_s(broker)
+        broker_cpu_end = cpu_seconds(broker)
         rss_end = worker.memory_info().rss
         worker_metrics = stack.worker.metrics()
     cpu_s = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
@@ -232,7 +232,8 @@ def run_bench(
     }
 
 
-def _cpu_s(proc: psutil.Process | None) -> float:
+def cpu_seconds(proc: psutil.Process | None) -> float:
+    """User + system CPU seconds of ``proc`` so far (0 when there is none or it is gone)."""
     if proc is None:
         return 0.0
     try:

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from infra.broker import EmbeddedBroker
 from infra.kafka import client_config, list_topics
 from infra.settings import Settings
+from streams.bench import cpu_seconds
 
 
 def run_broker_bench(
@@ -74,7 +75,7 @@ def run_broker_bench(
         series: list[dict[str, float]] = []
         sent = 0
         start = last = time.time()
-        cpu_last = _cpu(proc)
+        cpu_last = cpu_seconds(proc)
         while (now := time.time()) - start < duration_s:
             due = int((now - start) * rate)
             while sent < due:
@@ -83,7 +84,7 @@ def run_broker_bench(
             producer.poll(0)
             time.sleep(0.002)
             if now - last >= interval_s:
-                cpu = _cpu(proc)
+                cpu = cpu_seconds(proc)
                 series.append(
                     {
                         "t_s": round(now - start, 1),
@@ -127,13 +128,6 @@ def _bench_topic(settings: Settings, bootstrap: str) -> str:
         for future in admin.create_topics([new], request_timeout=15).values():
             future.result(timeout=15)
     return name
-
-
-def _cpu(proc: psutil.Process | None) -> float:
-    if proc is None:
-        return 0.0
-    times = proc.cpu_times()
-    return float(times.user + times.system)
 
 
 def format_broker_report(report: dict[str, Any]) -> str:
