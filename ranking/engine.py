@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel, ItemIds
+from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel, ItemIds, RowCache
 from ranking.diversity import mmr
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
@@ -157,6 +157,7 @@ class BehaviorEngine:
         self.covisit_base = covisit
         self.covisit: dict[int, CovisitCounter] = {}
         self.item_ids = ItemIds()  # shared by the online counters and every index
+        self._covisit_rows = RowCache()
         self._dirty: set[int] = set()
 
     # -- hot swaps (a timer in the worker calls these; one attribute write each) -------------
@@ -171,7 +172,11 @@ class BehaviorEngine:
 
     def covisit_index(self) -> CovisitIndex:
         return CovisitIndex(
-            self.covisit_base, self.covisit.values(), self.cfg.covisit_recency, self.item_ids
+            self.covisit_base,
+            self.covisit.values(),
+            self.cfg.covisit_recency,
+            self.item_ids,
+            self._covisit_rows,
         )
 
     def observe(self, events: Iterable[Interaction]) -> int:

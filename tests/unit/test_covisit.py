@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ranking.covisit import CovisitCounter, CovisitError, CovisitIndex, CovisitModel, ItemIds
+from ranking.covisit import (
+    CovisitCounter,
+    CovisitError,
+    CovisitIndex,
+    CovisitModel,
+    ItemIds,
+    RowCache,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -104,6 +111,39 @@ def test_index_is_a_snapshot_of_shared_counters() -> None:
     assert idx.popular(5) == ["y", "z"]
     with pytest.raises(ValueError, match="share"):
         CovisitIndex(None, [a, CovisitCounter()], recency=1.0, ids=ids)
+
+
+def _scores(idx: CovisitIndex, recent: list[str]) -> dict[str, float]:
+    return {i: idx.scores(recent)[i] for i in idx.scores(recent).largest(100)}
+
+
+def test_row_cache_follows_counts_across_steps() -> None:
+    """Rows kept between steps give exactly the scores of an index built from scratch."""
+    ids = ItemIds()
+    base = CovisitModel.build([["a", "b"], ["a", "c"]], window=1, neighbors=10)
+    a, b = CovisitCounter(ids=ids), CovisitCounter(ids=ids)
+    cache = RowCache()
+    a.add(["a"], "d")
+    steps = [
+        lambda: b.add(["a"], "e", weight=2.0),  # a row already cached changes
+        lambda: a.add(["d"], "f"),  # a new row
+        lambda: None,  # nothing changed: every row is reused
+    ]
+    for change in [*steps, None]:
+        cached = CovisitIndex(base, [a, b], recency=0.5, ids=ids, rows=cache)
+        fresh = CovisitIndex(base, [a, b], recency=0.5, ids=ids)
+        for recent in (["a"], ["d", "a"], ["e"]):
+            assert _scores(cached, recent) == pytest.approx(_scores(fresh, recent))
+        if change is not None:
+            change()
+    assert cache.rows  # rows survived the steps
+    a._prune()  # a prune may rewrite any row: the cache starts over
+    CovisitIndex(base, [a, b], recency=0.5, ids=ids, rows=cache)
+    assert not cache.rows
+    CovisitIndex(base, [a, b], recency=0.5, ids=ids, rows=cache).scores(["a"])
+    assert cache.rows
+    CovisitIndex(None, [a, b], recency=0.5, ids=ids, rows=cache)  # another snapshot
+    assert not cache.rows
 
 
 def test_counter_payload_round_trip_keeps_names() -> None:
