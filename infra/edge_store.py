@@ -191,37 +191,49 @@ class EdgeStore:
             "search",
             lambda: self._shard(collection).query_batch(qe.QueryBatchRequest(requests)),
         )
+        # the binding builds a uuid.UUID on every ``.id`` access: read each one once
+        found: list[list[tuple[Any, float]]] = [
+            [(sp.id, sp.score) for sp in resp] for resp in responses
+        ]
         names = self._names
-        unknown = [sp.id for resp in responses for sp in resp if sp.id not in names]
+        unknown = [pid for rows in found for pid, _ in rows if pid not in names]
         if unknown:
             self._learn_names(collection, unknown)
-        raw = [[(names[sp.id], float(sp.score)) for sp in resp] for resp in responses]
         cache = self._cache_for(collection)
-        cached: dict[str, tuple[np.ndarray | None, Mapping[str, Any]]] = {}
+        # point id → (string id, vector, payload view): one lookup per distinct hit
+        points: dict[Any, tuple[str, np.ndarray | None, Mapping[str, Any]] | None] = {}
         missing: list[str] = []
-        for rows in raw:
-            for sid, _ in rows:
-                if sid in cached:
+        for rows in found:
+            for pid, _ in rows:
+                if pid in points:
                     continue
+                sid = names[pid]
                 got = cache.get(sid)
                 if got is None or got[0] is None:
                     missing.append(sid)
+                    points[pid] = None
                 else:
-                    cached[sid] = (got[0], MappingProxyType(got[1]))
+                    points[pid] = (sid, got[0], got[1])
         if missing:
-            for sid, point in self.retrieve(collection, missing, with_vectors=True).items():
-                cached[sid] = (point.vector, MappingProxyType(point.payload))
+            fetched = self.retrieve(collection, missing, with_vectors=True)
+            for pid, entry in points.items():
+                stored = fetched.get(names[pid]) if entry is None else None
+                if stored is not None:
+                    points[pid] = (stored.id, stored.vector, MappingProxyType(stored.payload))
+        make = Hit._make
         results: list[list[Hit]] = []
-        for q, rows in zip(queries, raw, strict=True):
+        for q, rows in zip(queries, found, strict=True):
             hits = []
-            for sid, score in rows:
-                entry = cached.get(sid)
-                if entry is None:  # deleted between the query and the read
+            fields = q.payload_fields
+            with_vectors = q.with_vectors
+            for pid, score in rows:
+                point = points[pid]
+                if point is None:  # deleted between the query and the read
                     continue
-                payload = entry[1]
-                if q.payload_fields is not None:
-                    payload = {k: payload[k] for k in q.payload_fields if k in payload}
-                hits.append(Hit._make((sid, score, payload, entry[0] if q.with_vectors else None)))
+                sid, vector, payload = point
+                if fields is not None:
+                    payload = {k: payload[k] for k in fields if k in payload}
+                hits.append(make((sid, float(score), payload, vector if with_vectors else None)))
             results.append(hits)
         return results
 
@@ -438,16 +450,17 @@ class _PointCache:
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._points: dict[str, tuple[np.ndarray | None, dict[str, Any]]] = {}
+        self._points: dict[str, tuple[np.ndarray | None, Mapping[str, Any]]] = {}
 
-    def get(self, sid: str) -> tuple[np.ndarray | None, dict[str, Any]] | None:
+    def get(self, sid: str) -> tuple[np.ndarray | None, Mapping[str, Any]] | None:
         return self._points.get(sid)
 
     def put(self, sid: str, vector: np.ndarray | None, payload: dict[str, Any]) -> None:
         if self.max_entries <= 0:
             return
         self._points.pop(sid, None)
-        self._points[sid] = (vector, payload)
+        # a read-only view, made once: search hits share it instead of copying per hit
+        self._points[sid] = (vector, MappingProxyType(payload))
         while len(self._points) > self.max_entries:
             self._points.pop(next(iter(self._points)))
 
@@ -455,4 +468,4 @@ class _PointCache:
         for sid in ids:
             cached = self._points.get(sid)
             if cached is not None:
-                self._points[sid] = (cached[0], {**cached[1], **payload})
+                self._points[sid] = (cached[0], MappingProxyType({**cached[1], **payload}))
