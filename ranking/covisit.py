@@ -503,16 +503,14 @@ class CovisitIndex:
             if len(idx):
                 parts_idx.append(idx)
                 parts_val.append(val * (self.recency ** (nr - 1 - t) / math.sqrt(n_r)))
-        size = len(self._totals)
         if not parts_idx:
-            return CovisitScores(self.ids, np.zeros(size), np.zeros(0, np.int64))
-        idx_all = np.concatenate(parts_idx)
-        raw = np.bincount(idx_all, weights=np.concatenate(parts_val), minlength=size)
-        touched = np.flatnonzero(np.bincount(idx_all, minlength=size))
-        keep = touched[self._totals[touched] > 0]
-        dense = np.zeros(size, np.float64)
-        dense[keep] = raw[keep] / np.sqrt(self._totals[keep])
-        return CovisitScores(self.ids, dense, keep)
+            return CovisitScores(self.ids, np.zeros(0, np.int64), np.zeros(0))
+        # sparse: the work follows the window's neighbours, not the catalog's size
+        keys, inverse = np.unique(np.concatenate(parts_idx), return_inverse=True)
+        raw = np.bincount(inverse, weights=np.concatenate(parts_val), minlength=len(keys))
+        totals = self._totals[keys]
+        keep = totals > 0
+        return CovisitScores(self.ids, keys[keep], raw[keep] / np.sqrt(totals[keep]))
 
     def top(self, recent: Sequence[str], n: int, exclude: Iterable[str] = ()) -> list[str]:
         excluded = set(exclude)
@@ -522,18 +520,19 @@ class CovisitIndex:
 
 
 class CovisitScores:
-    """Read-only ``item → score`` over dense arrays indexed by interned id."""
+    """Read-only ``item → score``: sorted interned ids and their scores."""
 
-    def __init__(self, ids: ItemIds, dense: np.ndarray, nonzero: np.ndarray) -> None:
+    def __init__(self, ids: ItemIds, keys: np.ndarray, values: np.ndarray) -> None:
         self._ids = ids
-        self._dense = dense
-        self._nonzero = nonzero
+        self._keys = keys
+        self._values = values
 
     def get(self, item: str, default: float = 0.0) -> float:
         i = self._ids.get(item)
-        if i is None or i >= len(self._dense) or self._dense[i] == 0.0:
+        if i is None:
             return default
-        return float(self._dense[i])
+        got = self.of(np.array([i], np.int64))[0]
+        return float(got) if got != 0.0 else default
 
     def __getitem__(self, item: str) -> float:
         value = self.get(item, math.nan)
@@ -542,21 +541,25 @@ class CovisitScores:
         return value
 
     def of(self, gids: np.ndarray) -> np.ndarray:
-        """Scores of interned ids (0 for -1, unscored, or ids newer than the scores)."""
-        ok = (gids >= 0) & (gids < len(self._dense))
+        """Scores of interned ids (0 for -1 and unscored ids)."""
         out = np.zeros(len(gids), np.float32)
-        out[ok] = self._dense[gids[ok]]
+        if not len(self._keys) or not len(gids):
+            return out
+        pos = np.searchsorted(self._keys, gids)
+        pos[pos >= len(self._keys)] = 0
+        hit = self._keys[pos] == gids
+        out[hit] = self._values[pos[hit]]
         return out
 
     def largest(self, n: int) -> list[str]:
         """The ``n`` best-scored items, best first (ties: lower id first)."""
-        if n <= 0 or not len(self._nonzero):
+        values = self._values
+        if n <= 0 or not len(values):
             return []
-        values = self._dense[self._nonzero]
         part = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(len(values))
-        order = part[np.lexsort((self._nonzero[part], -values[part]))]
+        order = part[np.lexsort((self._keys[part], -values[part]))]
         names = self._ids.names
-        return [names[int(self._nonzero[i])] for i in order]
+        return [names[int(self._keys[i])] for i in order]
 
 
 def _checksum(tensors: Mapping[str, np.ndarray]) -> str:

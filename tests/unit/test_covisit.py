@@ -154,3 +154,18 @@ def test_counter_payload_round_trip_keeps_names() -> None:
     assert payload["pairs"]["c"] == {"a": 2.0, "b": 2.0}
     back = CovisitCounter.from_payload(payload, ids=ItemIds())
     assert back.row("c") == {"a": 2.0, "b": 2.0} and back.count("c") == 2.0
+
+
+def test_scores_of_ids_unknown_and_unscored_are_zero() -> None:
+    ids = ItemIds()
+    c = CovisitCounter(ids=ids)
+    c.add([], "a")
+    c.add(["a"], "b", weight=2.0)
+    c.add(["a"], "c")
+    idx = CovisitIndex(None, [c], recency=1.0, ids=ids)
+    s = idx.scores(["b"])
+    never = len(ids) + 5  # an id no index knows
+    got = s.of(np.array([ids.id("a"), -1, ids.id("c"), never, ids.id("b")], np.int64))
+    assert got[0] == pytest.approx(2 / math.sqrt(2 * 1))
+    assert got[1:].tolist() == [0.0, 0.0, 0.0, 0.0]  # unknown, unscored, out of range, itself
+    assert s.get("zzz", -1.0) == -1.0 and s.largest(5) == ["a"]
