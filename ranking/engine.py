@@ -22,7 +22,7 @@ from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import Candidates, Scorer, score_all
 from ranking.store import Hit, Query, StoredPoint, VectorStore
-from ranking.trending import TrendingCounter, merged_scores, top_items
+from ranking.trending import MergedTrending, Popularity, TrendingCounter
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class BehaviorEngine:
         """Lists for ``profiles``; ``channels`` are the co-visited/popular candidates per user
         whose points ``known_items`` holds (from :meth:`prepare`; without them, content only)."""
         cfg = self.cfg
-        popularity = merged_scores(self.trending.values(), None)
+        popularity = MergedTrending(self.trending.values())
         index = covisit if covisit is not None else self.covisit_index()
         with_vec = [p for p in profiles if p.vector is not None]
         queries = [
@@ -508,10 +508,10 @@ class BehaviorEngine:
                 return mean / norm
         return None
 
-    def _trending_list(self, profile: Profile, popularity: dict[str, float]) -> list[RecItem]:
-        ids = top_items(popularity, self.cfg.recs_count, exclude=profile.seen)
-        top = max((popularity[i] for i in ids), default=1.0) or 1.0
-        return [RecItem(i, popularity[i] / top, "trending", ["trending now"]) for i in ids]
+    def _trending_list(self, profile: Profile, popularity: MergedTrending) -> list[RecItem]:
+        ranked = popularity.top(self.cfg.recs_count, exclude=profile.seen)
+        top = max((score for _, score in ranked), default=1.0) or 1.0
+        return [RecItem(i, score / top, "trending", ["trending now"]) for i, score in ranked]
 
     def _anchors(self, profile: Profile, known: Mapping[str, StoredPoint]) -> list[Anchor]:
         anchors: list[Anchor] = []
@@ -600,7 +600,7 @@ def assemble_candidates(
     hits: Sequence[Hit],
     extras: Sequence[tuple[str, str]],
     known_items: Mapping[str, StoredPoint],
-    popularity: Mapping[str, float],
+    popularity: Popularity,
     index: CovisitIndex,
     now: float,
     cfg: EngineConfig,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 
 class TrendingCounter:
@@ -76,6 +76,50 @@ def merged_scores(counters: Iterable[TrendingCounter], at_ts: float | None) -> d
         for item, score in counter.scores.items():
             total[item] = total.get(item, 0.0) + score * factor
     return total
+
+
+class Popularity(Protocol):
+    """What ranking reads of trending: one item's score (a dict or :class:`MergedTrending`)."""
+
+    def get(self, item: str, default: float, /) -> float: ...
+
+
+class MergedTrending:
+    """Several partitions' counters read as one, at the newest reference time among them.
+
+    The same sums as :func:`merged_scores`, computed per item read instead of for the whole
+    catalog: a batch reads the popularity of its few thousand candidates, while merging
+    every counted item (up to ``max_items`` per partition) each batch grew with the catalog.
+    """
+
+    def __init__(self, counters: Iterable[TrendingCounter]) -> None:
+        live = [c for c in counters if c.ref_ts is not None]
+        at_ts = max((c.ref_ts for c in live if c.ref_ts is not None), default=None)
+        self._counters = live
+        self._parts = [
+            (
+                c.scores,
+                math.pow(0.5, (at_ts - c.ref_ts) / c.half_life_s)
+                if at_ts is not None and c.ref_ts is not None and at_ts > c.ref_ts
+                else 1.0,
+            )
+            for c in live
+        ]
+
+    def get(self, item: str, default: float = 0.0) -> float:
+        total = 0.0
+        found = False
+        for scores, factor in self._parts:
+            value = scores.get(item)
+            if value is not None:
+                total += value * factor
+                found = True
+        return total if found else default
+
+    def top(self, n: int, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
+        """The ``n`` most popular items not in ``exclude``, with their scores (whole merge)."""
+        merged = merged_scores(self._counters, None)
+        return [(i, merged[i]) for i in top_items(merged, n, exclude)]
 
 
 def top_items(scores: Mapping[str, float], n: int, exclude: Iterable[str] = ()) -> list[str]:

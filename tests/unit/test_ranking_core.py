@@ -33,7 +33,7 @@ from ranking.profile import Profile, ProfileConfig
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import BlendScorer, Candidates, ItemPrior
 from ranking.store import StoredPoint
-from ranking.trending import TrendingCounter, merged_scores, top_items
+from ranking.trending import MergedTrending, TrendingCounter, merged_scores, top_items
 
 # Markers per test: the engine tests open a real local Qdrant store (``store`` fixture), which
 # the project counts as integration; everything else here is a pure unit test.
@@ -108,6 +108,24 @@ def test_merged_scores_brings_counters_to_one_time() -> None:
     assert later == pytest.approx({"a": 0.25 + 0.5, "b": 1.0})
     # a time before a counter's reference never amplifies it
     assert merged_scores([c2], at_ts=0.0) == pytest.approx({"a": 1.0, "b": 2.0})
+
+
+@unit
+def test_merged_trending_reads_what_a_full_merge_gives() -> None:
+    c1 = TrendingCounter(half_life_s=10.0)
+    c1.add("a", 0.0)
+    c1.add("c", 0.0, 6.0)
+    c2 = TrendingCounter(half_life_s=10.0)
+    c2.add("a", 10.0)
+    c2.add("b", 10.0, 2.0)
+    view = MergedTrending([c1, c2, TrendingCounter(half_life_s=10.0)])
+    full = merged_scores([c1, c2], at_ts=None)
+    for item in ("a", "b", "c"):
+        assert view.get(item, 0.0) == pytest.approx(full[item])
+    assert view.get("never", -1.0) == -1.0
+    assert view.top(2) == [("c", pytest.approx(3.0)), ("b", pytest.approx(2.0))]
+    assert [i for i, _ in view.top(5, exclude=["b", "c"])] == ["a"]
+    assert MergedTrending([]).get("a", 0.0) == 0.0 and MergedTrending([]).top(3) == []
     assert merged_scores([], at_ts=None) == {}
 
 
