@@ -158,7 +158,7 @@ def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> Settings:
             **engine_updates(base, run.engine),
             "data_dir": run_dir / "data",
             "qdrant_url": "",  # the in-process eval's store is embedded too
-            # the in-process store is never optimized (exact search); neither is this one
+            # the in-process store is never optimized (no HNSW index); neither is this one
             "store_optimize_on_start": False,
             "ranker_enabled": ranked,
             "ranker_path": str(model_dir / "ranker.safetensors"),
@@ -296,7 +296,7 @@ class KafkaReplay:
         return {
             "broker": "embedded (Tansu)" if s.embedded_kafka else s.kafka_bootstrap,
             "worker": "a `coldstream worker` child process per k and method, fresh store",
-            "store": f"embedded {s.store_backend}, not optimized (exact search, as in process)",
+            "store": f"embedded {s.store_backend}, not optimized (no HNSW index, as in process)",
             "partitions_events": s.partitions_events,
             "batch_max_events": s.batch_max_events,
             "batch_within_s": s.batch_within_s,
