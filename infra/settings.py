@@ -264,6 +264,19 @@ class Settings(BaseSettings):
         50, ge=0, description="new-item recall channel size (needs a trained ranker's prior)"
     )
 
+    # === `coldstream eval --via-kafka` (streams/eval_kafka.py) ==================================
+    eval_kafka_ready_timeout_s: float = Field(
+        180.0, gt=0, description="via-kafka eval: worker start until the new items are indexed"
+    )
+    eval_kafka_output_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="via-kafka eval: last event sent until every test user's list has arrived",
+    )
+    eval_kafka_progress_every_s: float = Field(
+        5.0, gt=0, description="via-kafka eval: how often waiting prints progress"
+    )
+
     @property
     def ranker_file(self) -> Path:
         return (

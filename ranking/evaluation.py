@@ -16,6 +16,13 @@ fit as simulated new items, so the validation users' later interactions include 
 the test users' do; the real held-out items are retired while validating, so that, as at test
 time, the only new items are ones a user can go on to touch. The baselines are scored on the
 validation users too (``val_baselines`` in the result), the bar the choices are judged against.
+
+Two paths replay the test users (the result's ``path``): in process (the default), or through a
+:class:`StreamReplay` that the caller supplies (``coldstream eval --via-kafka``: the broker and a
+real worker, ``streams/eval_kafka.py``). The second gets, per k and engine method, everything the
+in-process replay used (:class:`StreamRun`); its lists are the ones scored, and the in-process
+lists of the same run are kept beside them (``via_kafka`` per seed) so that the two paths can be
+compared user by user. Choices on validation users are made in process either way.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -45,6 +52,7 @@ from ranking.baselines import (
     recommend_all,
 )
 from ranking.catalog import CatalogItem, item_points
+from ranking.covisit import CovisitModel
 from ranking.datasets import Dataset
 from ranking.engine import BehaviorEngine, EngineConfig, Interaction
 from ranking.metrics import evaluate_lists
@@ -154,25 +162,33 @@ def reveal(log_df: pd.DataFrame, k: int) -> tuple[dict[str, list[Revealed]], dic
     return reveal_groups(((str(u), g) for u, g in log_df.groupby("user_id", sort=True)), k)
 
 
-def warm_trending(engine: BehaviorEngine, log_df: pd.DataFrame) -> None:
-    """Trending counts of a training log at its last event, computed in one vectorized pass."""
+def trending_counter(cfg: EngineConfig, log_df: pd.DataFrame) -> TrendingCounter | None:
+    """Trending counts of a training log at its last event, computed in one vectorized pass
+    (None for a log without item events)."""
     df = log_df.loc[log_df["item_id"].notna()]
     if df.empty:
-        return
+        return None
     weights = np.array(
         [
-            max(event_weight(engine.cfg.profile, t, None if math.isnan(r) else r), 0.0)
+            max(event_weight(cfg.profile, t, None if math.isnan(r) else r), 0.0)
             for t, r in zip(df["type"], df["rating"], strict=True)
         ]
     )
     ts = df["ts"].to_numpy(dtype=np.float64)
     ref = float(ts.max())
-    decayed = weights * np.power(0.5, (ref - ts) / engine.cfg.trending_half_life_s)
+    decayed = weights * np.power(0.5, (ref - ts) / cfg.trending_half_life_s)
     sums = df.assign(w=decayed).groupby("item_id", sort=False)["w"].sum().astype(float).to_dict()
-    counter = TrendingCounter(engine.cfg.trending_half_life_s)
+    counter = TrendingCounter(cfg.trending_half_life_s)
     counter.ref_ts = ref
     counter.scores = {str(k): float(v) for k, v in sums.items()}
-    engine.trending[0] = counter
+    return counter
+
+
+def warm_trending(engine: BehaviorEngine, log_df: pd.DataFrame) -> None:
+    """Seed the engine's trending counts (partition 0) from a training log."""
+    counter = trending_counter(engine.cfg, log_df)
+    if counter is not None:
+        engine.trending[0] = counter
 
 
 def replay(
@@ -202,6 +218,80 @@ def _score(
     )
 
 
+@dataclass(frozen=True)
+class StreamRun:
+    """One test replay as the in-process path runs it, for a :class:`StreamReplay` to repeat.
+
+    ``engine`` is the configuration the in-process engine used (its users collection aside),
+    ``trending`` the warm start :func:`warm_trending` gave it, ``events`` the revealed events in
+    the order and with the ids the in-process replay used. ``catalog``/``vectors`` are the
+    items as the eval encoded them (catalog order); those in ``cold_items`` must arrive as item
+    events, the others are in the store before the replay starts, as in process.
+    """
+
+    seed: int
+    k: int
+    method: str  # FULL or BLEND
+    scorer: Scorer
+    covisit: CovisitModel | None
+    engine: EngineConfig
+    trending: TrendingCounter | None
+    events: Sequence[Interaction]
+    catalog: Sequence[CatalogItem]
+    vectors: np.ndarray
+    cold_items: frozenset[str]
+
+    @property
+    def tag(self) -> str:
+        return f"seed {self.seed} k={self.k} {self.method}"
+
+    @property
+    def users(self) -> list[str]:
+        return list(dict.fromkeys(e.user_id for e in self.events))
+
+
+@dataclass
+class StreamResult:
+    """Each user's list as the stream emitted it, and what the runner measured on the way."""
+
+    lists: dict[str, list[str]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamReplay(Protocol):
+    """Replays a :class:`StreamRun` through something other than this process (the stream)."""
+
+    path: str  # the result's ``path``, e.g. "via-kafka"
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def __call__(self, run: StreamRun) -> StreamResult: ...
+
+
+def agreement(
+    reference: Mapping[str, Sequence[str]],
+    other: Mapping[str, Sequence[str]],
+    users: Sequence[str],
+) -> dict[str, float]:
+    """How far two paths' lists for the same users differ: the share of users whose lists are
+    identical (same items, same order), whose first item is the same, and the mean share of the
+    reference list's items the other list holds (order ignored)."""
+    same = top1 = 0
+    overlap: list[float] = []
+    for u in users:
+        a, b = list(reference.get(u, ())), list(other.get(u, ()))
+        same += a == b
+        top1 += bool(a and b and a[0] == b[0])
+        overlap.append(len(set(a) & set(b)) / len(a) if a else float(not b))
+    n = max(len(users), 1)
+    return {
+        "users": float(len(users)),
+        "identical_lists": same / n,
+        "same_first_item": top1 / n,
+        "mean_overlap": float(np.mean(overlap)) if overlap else math.nan,
+    }
+
+
 def evaluate_seed(
     dataset: Dataset,
     vectors: np.ndarray,
@@ -214,6 +304,7 @@ def evaluate_seed(
     encoder_name: str,
     blend: Scorer,
     progress: Callable[[str], None],
+    stream: StreamReplay | None = None,
 ) -> dict[str, Any]:
     split = make_split(
         dataset,
@@ -374,15 +465,40 @@ def evaluate_seed(
         cfg_full = cfg_lam
         # the served snapshot counts every training user (validation users included)
         covisit = build_covisit(user_sequences(split.train), train_users, cfg.train)
+        via: dict[str, dict[str, Any]] = {}
         for k in cfg.ks:
             revealed, targets = split.reveal(k)
             per_k: dict[str, dict[str, float]] = {}
-            lists = replay_with(
-                f"full-k{k}", trained.scorer, covisit, split.train, cfg_full, revealed
+            engines: tuple[tuple[str, str, Scorer, CovisitModel | None, EngineConfig], ...] = (
+                (FULL, "full", trained.scorer, covisit, cfg_full),
+                (BLEND, "blend", blend, None, cfg_n),
             )
-            per_k[FULL] = _score(lists, targets, split, cfg.n)
-            lists = replay_with(f"blend-k{k}", blend, None, split.train, cfg_n, revealed)
-            per_k[BLEND] = _score(lists, targets, split, cfg.n)
+            for method, short, scorer, cov, ecfg in engines:
+                lists = replay_with(f"{short}-k{k}", scorer, cov, split.train, ecfg, revealed)
+                if stream is not None:
+                    run = StreamRun(
+                        seed=seed,
+                        k=k,
+                        method=method,
+                        scorer=scorer,
+                        covisit=cov,
+                        engine=ecfg,
+                        trending=trending_counter(ecfg, split.train),
+                        events=_events(revealed),
+                        catalog=catalog,
+                        vectors=vectors,
+                        cold_items=split.cold_items,
+                    )
+                    t0 = time.perf_counter()
+                    streamed = stream(run)
+                    timings[f"{stream.path}_{short}-k{k}_s"] = round(time.perf_counter() - t0, 1)
+                    via.setdefault(str(k), {})[method] = {
+                        "in_process": _score(lists, targets, split, cfg.n),
+                        "agreement": agreement(lists, streamed.lists, sorted(targets)),
+                        **streamed.info,
+                    }
+                    lists = streamed.lists
+                per_k[method] = _score(lists, targets, split, cfg.n)
             for name, rec in baselines.items():
                 per_k[name] = _score(recommend_all(rec, revealed, cfg.n), targets, split, cfg.n)
             results[str(k)] = per_k
@@ -413,6 +529,7 @@ def evaluate_seed(
         "timings": timings,
         "cold_items": len(split.cold_items),
         "test_users": len(split.test_users),
+        **({stream.path.replace("-", "_"): via} if stream is not None else {}),
     }
 
 
@@ -535,7 +652,9 @@ def format_table(summary: Mapping[str, Any], n: int = 20) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def plot(summary: Mapping[str, Any], path: str | Path, n: int = 20) -> None:
+def plot(summary: Mapping[str, Any], path: str | Path, n: int = 20, label: str = "") -> None:
+    """Recall@n and cold-item Recall@n against k; ``label`` (e.g. the replay path) goes in the
+    title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -559,7 +678,8 @@ def plot(summary: Mapping[str, Any], path: str | Path, n: int = 20) -> None:
         ax.set_xticks(ks)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("coldstream cold-start evaluation (mean ± std over seeds)")
+    suffix = f", {label}" if label else ""
+    fig.suptitle(f"coldstream cold-start evaluation (mean ± std over seeds{suffix})")
     fig.tight_layout()
     fig.savefig(str(path), dpi=120)
     plt.close(fig)
@@ -576,7 +696,10 @@ def run(
     encoder_name: str,
     blend: Scorer | None = None,
     progress: Callable[[str], None] = lambda _m: None,
+    stream: StreamReplay | None = None,
 ) -> dict[str, Any]:
+    """Every seed, summarized; ``stream`` replays the test users through the stream instead of
+    in process (``path`` in the result says which did)."""
     t0 = time.perf_counter()
     per_seed = [
         evaluate_seed(
@@ -590,12 +713,15 @@ def run(
             encoder_name=encoder_name,
             blend=blend or BlendScorer(0.3),
             progress=progress,
+            stream=stream,
         )
         for seed in cfg.seeds
     ]
     summary = summarize(per_seed, cfg.ks)
     return {
         "dataset": dataset.name,
+        "path": stream.path if stream is not None else "in-process",
+        **({"stream": stream.describe()} if stream is not None else {}),
         "config": {
             "ks": list(cfg.ks),
             "seeds": list(cfg.seeds),

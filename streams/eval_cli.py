@@ -151,6 +151,11 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         engine_cfg = dataclasses.replace(engine_cfg, cold_item_slots=args.cold_slots)
     if args.mmr_lambda is not None:
         engine_cfg = dataclasses.replace(engine_cfg, mmr_lambda=args.mmr_lambda)
+    stream = None
+    if args.via_kafka:
+        from streams.eval_kafka import KafkaReplay
+
+        stream = KafkaReplay(settings, progress=_say)
     result = run(
         dataset,
         vectors,
@@ -161,12 +166,19 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         encoder_name=encoder.name,
         blend=BlendScorer(settings.popularity_weight, settings.popularity_half_count),
         progress=_say,
+        stream=stream,
     )
     print(
         f"{dataset.name}: {len(seeds)} seed(s) {list(seeds)}, test users "
-        f"{args.test_users_frac:g}, cold items {args.cold_items_frac:g}; mean ± std over seeds"
+        f"{args.test_users_frac:g}, cold items {args.cold_items_frac:g}; mean ± std over seeds; "
+        f"test users replayed {result['path']}"
     )
     print(format_table(result["summary"], cfg.n))
+    if stream is not None:
+        from streams.eval_kafka import format_agreement
+
+        print("the engine's rows through the worker, beside the in-process replay of this run:")
+        print(format_agreement(result))
     if result["failures"]:
         print("targets missed:")
         for f in result["failures"]:
@@ -181,7 +193,7 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         write_json(result, args.json)
         print(f"wrote {args.json}")
     if args.plot:
-        plot(result["summary"], args.plot, cfg.n)
+        plot(result["summary"], args.plot, cfg.n, label=result["path"])
         print(f"wrote {args.plot}")
     return 0
 
@@ -246,6 +258,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=_ints, help="several seeds, e.g. 0,1,2 (overrides --seed)")
     p.add_argument("--cold-slots", type=int, help="new-item slots (default: setting)")
     p.add_argument("--mmr-lambda", type=float, help="MMR lambda (default: setting)")
+    p.add_argument(
+        "--via-kafka",
+        action="store_true",
+        help="replay the test users through the broker and a real worker process and score "
+        "the recommendations topic (a fresh stack per k and engine method; choices on "
+        "validation users stay in process)",
+    )
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--plot", help="write Recall@20 and cold recall vs k to this PNG")
     p = sub.add_parser(
