@@ -552,15 +552,15 @@ class BehaviorEngine:
     def load_trending(self, partitions: Iterable[int]) -> None:
         """Take over the trending and online co-visitation counts of ``partitions``."""
         parts = list(partitions)
-        keys = [f"trending/{p}" for p in parts] + [f"covisit/{p}" for p in parts]
+        keys = [trending_key(p) for p in parts] + [covisit_key(p) for p in parts]
         stored = self.store.retrieve(self.cfg.state_collection, keys, with_vectors=False)
         for part in parts:
-            point = stored.get(f"trending/{part}")
+            point = stored.get(trending_key(part))
             if point is not None:
                 self.trending[part] = TrendingCounter.from_payload(
                     point.payload, self.cfg.trending_half_life_s
                 )
-            point = stored.get(f"covisit/{part}")
+            point = stored.get(covisit_key(part))
             if point is not None:
                 self.covisit[part] = CovisitCounter.from_payload(
                     point.payload,
@@ -583,13 +583,23 @@ class BehaviorEngine:
         one = np.ones(1, np.float32)
         for p in dirty:
             if p in self.trending:
-                points.append(StoredPoint(f"trending/{p}", one, self.trending[p].to_payload()))
+                points.append(StoredPoint(trending_key(p), one, self.trending[p].to_payload()))
             if p in self.covisit:
-                points.append(StoredPoint(f"covisit/{p}", one, self.covisit[p].to_payload()))
+                points.append(StoredPoint(covisit_key(p), one, self.covisit[p].to_payload()))
         if points:
             self.store.upsert(self.cfg.state_collection, points)
         self._dirty.clear()
         return len(dirty)
+
+
+def trending_key(partition: int) -> str:
+    """The state-collection point holding one input partition's trending counts."""
+    return f"trending/{partition}"
+
+
+def covisit_key(partition: int) -> str:
+    """The state-collection point holding one input partition's online co-visitation counts."""
+    return f"covisit/{partition}"
 
 
 _COVISIT_REASON = "often chosen by people who chose the same items"

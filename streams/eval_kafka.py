@@ -54,7 +54,7 @@ from confluent_kafka import Consumer
 from infra import metrics
 from infra.settings import Settings
 from ranking.catalog import CatalogItem, item_points
-from ranking.engine import BehaviorEngine, EngineConfig, Interaction
+from ranking.engine import BehaviorEngine, EngineConfig, Interaction, trending_key
 from ranking.evaluation import StreamResult, StreamRun
 from ranking.ranker import RankerScorer, save_ranker
 from ranking.scoring import BlendScorer
@@ -95,9 +95,6 @@ _HOURS: dict[str, str] = {
 }
 # the one field that is the run's own: each worker gets a fresh store
 _PER_RUN = frozenset({"users_collection"})
-# the engine's state keys (ranking/engine.py, load_trending): partition 0 holds the warm start,
-# as in the in-process replay, where every event is partition 0
-_TRENDING_KEY = "trending/{partition}"
 
 
 class ViaKafkaError(RuntimeError):
@@ -214,7 +211,9 @@ def seed_store(settings: Settings, run: StreamRun) -> int:
         store.upsert(settings.items_collection, points)
         want: dict[str, float] = {}
         if run.trending is not None:
-            key = _TRENDING_KEY.format(partition=0)
+            # partition 0 holds the warm start, as in the in-process replay (every event is
+            # partition 0 there)
+            key = trending_key(0)
             payload = run.trending.to_payload()
             store.upsert(
                 settings.state_collection, [StoredPoint(key, np.ones(1, np.float32), payload)]
