@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import numpy  # noqa: F401  (loads OpenBLAS, so that the limit below finds its pool)
@@ -21,3 +22,21 @@ def limit_blas_threads(threads: int) -> None:
         return
     threadpool_limits(limits=threads, user_api="blas")
     log.debug("numpy BLAS limited to %d thread(s)", threads)
+
+
+def freeze_startup_objects(enabled: bool = True) -> int:
+    """Move everything allocated so far out of the cyclic GC's reach; returns how many objects.
+
+    A worker holds ~300k tracked objects once torch, transformers, Faust and the models are
+    loaded, and every full (generation 2) collection walked them all: measured in process,
+    160 ms per collection, one every ~800 events (a 160 ms stall in a stream whose target is
+    50 ms, and ~17% of the engine's CPU). Frozen, they are skipped (4 ms per collection);
+    refcounting still frees them. Call once, after start-up, before the stream runs.
+    """
+    if not enabled:
+        return 0
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("garbage collector: %d start-up objects frozen", frozen)
+    return frozen

@@ -16,6 +16,7 @@ Score of a candidate ``j`` for a user whose recent items are ``r_1 … r_n`` (ne
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import heapq
 import json
@@ -342,7 +343,38 @@ class CovisitCounter:
         return np.fromiter(row.keys(), np.int64, n), np.fromiter(row.values(), np.float64, n)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"counts": self.counts, "pairs": self.pairs}
+        """The counts as flat arrays (base64), for the worker's periodic state write.
+
+        The first format, name-keyed nested dicts through JSON, took ~66 ms for 4 partitions'
+        114k pairs on the engine thread every persist interval (a latency spike for every batch
+        behind it); arrays take a few. :meth:`from_payload` reads both.
+        """
+        counts_ids = np.fromiter(self._counts.keys(), np.int64, len(self._counts))
+        counts = np.fromiter(self._counts.values(), np.float64, len(self._counts))
+        keys: list[int] = []
+        values: list[float] = []
+        for row in self._pairs.values():  # list.extend over dict views runs in C
+            keys.extend(row.keys())
+            values.extend(row.values())
+        a = np.repeat(
+            np.fromiter(self._pairs.keys(), np.int64, len(self._pairs)),
+            np.fromiter(map(len, self._pairs.values()), np.int64, len(self._pairs)),
+        )
+        b = np.array(keys, np.int64)
+        v = np.array(values, np.float64)
+        # local ids: positions in ``items`` (only the items this counter holds)
+        used, local = np.unique(np.concatenate([counts_ids, a, b]), return_inverse=True)
+        names = self.ids.names
+        k, m = len(counts_ids), len(a)
+        return {
+            "format": _PAYLOAD_FORMAT,
+            "items": [names[int(i)] for i in used],
+            "count_items": _b64(local[:k].astype(np.int32)),
+            "counts": _b64(counts),
+            "pair_a": _b64(local[k : k + m].astype(np.int32)),
+            "pair_b": _b64(local[k + m :].astype(np.int32)),
+            "pair_counts": _b64(v),
+        }
 
     @classmethod
     def from_payload(
@@ -354,13 +386,38 @@ class CovisitCounter:
     ) -> CovisitCounter:
         c = cls(max_pairs, row_cap, ids)
         intern = c.ids.id
-        c._counts = {intern(str(k)): float(v) for k, v in payload.get("counts", {}).items()}
-        c._pairs = {
-            intern(str(a)): {intern(str(b)): float(v) for b, v in row.items()}
-            for a, row in payload.get("pairs", {}).items()
-        }
+        if payload.get("format") == _PAYLOAD_FORMAT:
+            gid = np.fromiter((intern(str(i)) for i in payload["items"]), np.int64)
+            keys = gid[_unb64(payload["count_items"], np.int32)].tolist()
+            c._counts = dict(zip(keys, _unb64(payload["counts"], np.float64).tolist(), strict=True))
+            a = gid[_unb64(payload["pair_a"], np.int32)].tolist()
+            b = gid[_unb64(payload["pair_b"], np.int32)].tolist()
+            v = _unb64(payload["pair_counts"], np.float64).tolist()
+            for x, y, w in zip(a, b, v, strict=True):
+                row = c._pairs.get(x)
+                if row is None:
+                    row = c._pairs[x] = {}
+                row[y] = w
+        else:  # the first format: {"counts": {item: n}, "pairs": {item: {item: n}}}
+            c._counts = {intern(str(k)): float(v) for k, v in payload.get("counts", {}).items()}
+            c._pairs = {
+                intern(str(a)): {intern(str(b)): float(v) for b, v in row.items()}
+                for a, row in payload.get("pairs", {}).items()
+            }
         c._n_pairs = sum(len(r) for r in c._pairs.values())
         return c
+
+
+_PAYLOAD_FORMAT = 2
+
+
+def _b64(arr: np.ndarray) -> str:
+    little = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    return base64.b64encode(little.tobytes()).decode()
+
+
+def _unb64(text: str, dtype: type[np.generic]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.dtype(dtype).newbyteorder("<"))
 
 
 class RowCache:

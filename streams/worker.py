@@ -16,6 +16,7 @@ from infra.broker import kafka_bootstrap
 from infra.edge_store import EdgeStore
 from infra.kafka import ensure_topics
 from infra.qdrant_store import QdrantStore
+from infra.runtime import freeze_startup_objects
 from infra.settings import Settings
 from ranking.covisit import CovisitModel
 from ranking.engine import BehaviorEngine, EngineConfig
@@ -178,5 +179,6 @@ def run_worker(settings: Settings) -> None:
         store = open_store(settings)
         with worker_app(settings, bootstrap, store) as (app, _pipeline):
             worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+            freeze_startup_objects(settings.gc_freeze_at_start)
             with contextlib.suppress(SystemExit):
                 worker.execute_from_commandline()

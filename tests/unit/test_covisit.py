@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ranking.covisit import (
     CovisitCounter,
@@ -149,11 +152,35 @@ def test_row_cache_follows_counts_across_steps() -> None:
 def test_counter_payload_round_trip_keeps_names() -> None:
     c = CovisitCounter(ids=ItemIds())
     c.add(["a", "b"], "c", weight=2.0)
-    payload = c.to_payload()
-    assert payload["counts"] == {"c": 2.0}
-    assert payload["pairs"]["c"] == {"a": 2.0, "b": 2.0}
+    payload = json.loads(json.dumps(c.to_payload()))  # as the store keeps it
     back = CovisitCounter.from_payload(payload, ids=ItemIds())
     assert back.row("c") == {"a": 2.0, "b": 2.0} and back.count("c") == 2.0
+    assert back.pairs == c.pairs and back.counts == c.counts
+    # the first format (name-keyed dicts) still loads
+    old = {"counts": {"c": 2.0}, "pairs": {"c": {"a": 2.0, "b": 2.0}, "a": {"c": 2.0}}}
+    back = CovisitCounter.from_payload(old, ids=ItemIds())
+    assert back.row("c") == {"a": 2.0, "b": 2.0} and back.count("c") == 2.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from("abcdefgh"), max_size=4),
+            st.sampled_from("abcdefgh"),
+            st.floats(0.1, 5.0),
+        ),
+        max_size=30,
+    )
+)
+def test_counter_payload_round_trips_any_counts(adds: list[tuple[list[str], str, float]]) -> None:
+    ids = ItemIds()
+    ids.id("unrelated")  # interned ids need not start at 0 nor be dense in a counter
+    c = CovisitCounter(ids=ids)
+    for recent, item, w in adds:
+        c.add(recent, item, weight=w)
+    back = CovisitCounter.from_payload(json.loads(json.dumps(c.to_payload())), ids=ItemIds())
+    assert back.counts == c.counts and back.pairs == c.pairs
 
 
 def test_scores_of_ids_unknown_and_unscored_are_zero() -> None:

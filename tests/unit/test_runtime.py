@@ -1,6 +1,8 @@
+import gc
+
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from infra.runtime import limit_blas_threads
+from infra.runtime import freeze_startup_objects, limit_blas_threads
 
 
 def test_blas_pool_is_capped() -> None:
@@ -8,3 +10,15 @@ def test_blas_pool_is_capped() -> None:
         limit_blas_threads(1)
         blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
         assert blas and all(p["num_threads"] == 1 for p in blas)
+
+
+def test_startup_objects_leave_the_collectors_reach() -> None:
+    assert freeze_startup_objects(enabled=False) == 0
+    try:
+        survivor = [[n] for n in range(1000)]  # tracked containers, alive at "start-up"
+        frozen = freeze_startup_objects()
+        assert frozen >= len(survivor) and gc.get_freeze_count() == frozen
+        tracked = {id(o) for o in gc.get_objects()}
+        assert not any(id(o) in tracked for o in survivor)  # full collections skip them
+    finally:
+        gc.unfreeze()
