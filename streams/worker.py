@@ -16,7 +16,7 @@ from infra.broker import kafka_bootstrap
 from infra.edge_store import EdgeStore
 from infra.kafka import ensure_topics
 from infra.qdrant_store import QdrantStore
-from infra.runtime import freeze_startup_objects
+from infra.runtime import configure_gc
 from infra.settings import Settings
 from ranking.covisit import CovisitModel
 from ranking.engine import BehaviorEngine, EngineConfig
@@ -179,6 +179,8 @@ def run_worker(settings: Settings) -> None:
         store = open_store(settings)
         with worker_app(settings, bootstrap, store) as (app, _pipeline):
             worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
-            freeze_startup_objects(settings.gc_freeze_at_start)
+            configure_gc(
+                freeze=settings.gc_freeze_at_start, gen0_threshold=settings.gc_gen0_threshold
+            )
             with contextlib.suppress(SystemExit):
                 worker.execute_from_commandline()

@@ -2,7 +2,7 @@ import gc
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from infra.runtime import freeze_startup_objects, limit_blas_threads
+from infra.runtime import configure_gc, limit_blas_threads
 
 
 def test_blas_pool_is_capped() -> None:
@@ -13,12 +13,15 @@ def test_blas_pool_is_capped() -> None:
 
 
 def test_startup_objects_leave_the_collectors_reach() -> None:
-    assert freeze_startup_objects(enabled=False) == 0
+    thresholds = gc.get_threshold()
     try:
+        assert configure_gc(freeze=False, gen0_threshold=5000) == 0
+        assert gc.get_threshold() == (5000, *thresholds[1:])
         survivor = [[n] for n in range(1000)]  # tracked containers, alive at "start-up"
-        frozen = freeze_startup_objects()
+        frozen = configure_gc(freeze=True)
         assert frozen >= len(survivor) and gc.get_freeze_count() == frozen
         tracked = {id(o) for o in gc.get_objects()}
         assert not any(id(o) in tracked for o in survivor)  # full collections skip them
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
