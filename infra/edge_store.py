@@ -207,7 +207,10 @@ class EdgeStore:
             for pid, _ in rows:
                 if pid in points:
                     continue
-                sid = names[pid]
+                sid = names.get(pid)
+                if sid is None:  # deleted between the query and the read
+                    points[pid] = None
+                    continue
                 got = cache.get(sid)
                 if got is None or got[0] is None:
                     missing.append(sid)
@@ -217,7 +220,8 @@ class EdgeStore:
         if missing:
             fetched = self.retrieve(collection, missing, with_vectors=True)
             for pid, entry in points.items():
-                stored = fetched.get(names[pid]) if entry is None else None
+                sid = names.get(pid)
+                stored = fetched.get(sid) if entry is None and sid is not None else None
                 if stored is not None:
                     points[pid] = (stored.id, stored.vector, MappingProxyType(stored.payload))
         make = Hit._make
@@ -245,10 +249,8 @@ class EdgeStore:
             lambda: self._shard(collection).retrieve([str(u) for u in wanted], True, False),
         )
         names = self._names
-        for rec in records:
+        for rec in records:  # a point deleted since the query is not found: its hits drop
             names[_as_uuid(rec.id)] = _hit_id(rec)
-        for u in wanted:  # deleted between the query and the read: its uuid stands in
-            names.setdefault(_as_uuid(u), str(u))
 
     def set_payload(self, collection: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
         if not ids:
