@@ -65,6 +65,7 @@ class EdgeStore:
         search_ef: int = 128,
         quantize: bool = True,
         cache_size: int = 50_000,
+        exclude_after_max: int = 64,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -92,6 +93,7 @@ class EdgeStore:
         self._lock = threading.RLock()
         self._closed = False
         self._cache_size = cache_size
+        self._exclude_after_max = exclude_after_max
         self._caches: dict[str, _PointCache] = {}
         # point id → string id (a uuid5 of it, the same in every collection): grows with the
         # number of distinct points ever returned by a search, i.e. at most the catalog
@@ -176,16 +178,20 @@ class EdgeStore:
         """
         if not queries:
             return []
+        # a short exclusion list is cheaper dropped here from an over-fetch than filtered in the
+        # engine (40 queries of 50 over 1,682 items: 7.4 ms with a must-not-id filter, 3.6 ms
+        # without); with at most ``limit + len(excluded)`` hits, ``limit`` always remain
+        after = [0 < len(q.exclude_ids) <= self._exclude_after_max for q in queries]
         requests = [
             qe.QueryRequest(
-                limit=q.limit,
+                limit=q.limit + len(q.exclude_ids) if late else q.limit,
                 query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist()),
-                filter=_filter(q),
+                filter=_filter(q, with_exclusions=not late),
                 with_payload=False,
                 with_vector=False,
                 params=self._params,
             )
-            for q in queries
+            for q, late in zip(queries, after, strict=True)
         ]
         responses = self._call(
             "search",
@@ -226,15 +232,20 @@ class EdgeStore:
                     points[pid] = (stored.id, stored.vector, MappingProxyType(stored.payload))
         make = Hit._make
         results: list[list[Hit]] = []
-        for q, rows in zip(queries, found, strict=True):
-            hits = []
+        for q, rows, late in zip(queries, found, after, strict=True):
+            hits: list[Hit] = []
             fields = q.payload_fields
             with_vectors = q.with_vectors
+            excluded = frozenset(q.exclude_ids) if late else frozenset()
             for pid, score in rows:
                 point = points[pid]
                 if point is None:  # deleted between the query and the read
                     continue
                 sid, vector, payload = point
+                if sid in excluded:
+                    continue
+                if len(hits) == q.limit:
+                    break
                 if fields is not None:
                     payload = {k: payload[k] for k in fields if k in payload}
                 hits.append(make((sid, float(score), payload, vector if with_vectors else None)))
@@ -428,14 +439,14 @@ def _match_value(value: Any) -> qe.MatchValue:
     return qe.MatchValue(np.bool_(value) if isinstance(value, bool) else value)  # type: ignore[arg-type]
 
 
-def _filter(q: Query) -> qe.Filter | None:
+def _filter(q: Query, *, with_exclusions: bool = True) -> qe.Filter | None:
     must: list[qe.FieldCondition | qe.HasIdCondition] = [
         qe.FieldCondition(key, match=_match_value(value)) for key, value in q.where.items()
     ]
     if q.created_after is not None:
         must.append(qe.FieldCondition("created_at", range=qe.RangeFloat(gt=q.created_after)))
     must_not: list[qe.FieldCondition | qe.HasIdCondition] = []
-    if q.exclude_ids:
+    if q.exclude_ids and with_exclusions:
         must_not.append(qe.HasIdCondition({point_uuid(i) for i in q.exclude_ids}))
     if not must and not must_not:
         return None

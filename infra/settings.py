@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     store_optimize_on_start: bool = Field(
         True, description="edge: build the items HNSW index at start-up (blocks; never mid-stream)"
     )
+    store_exclude_after_max: int = Field(
+        64,
+        ge=0,
+        description="edge: a search excluding at most this many ids asks for that many more "
+        "hits and drops them itself (a must-not-id filter doubled the query's cost); longer "
+        "exclusion lists go to the engine as a filter",
+    )
     data_dir: Path = Field(default_factory=_default_data_dir)
     items_collection: str = "items"
     users_collection: str = "users"

@@ -268,8 +268,9 @@ class CovisitCounter:
         self._counts: dict[int, float] = {}
         self._pairs: dict[int, dict[int, float]] = {}
         self._n_pairs = 0
-        # rows changed since a RowCache last looked (bounded by the interned items)
+        # rows and visit counts changed since a RowCache last looked (bounded by interned items)
         self.dirty: set[int] = set()
+        self.dirty_counts: set[int] = set()
         self.dirty_all = False
 
     def add(self, recent: Sequence[str], item: str, weight: float = 1.0) -> None:
@@ -277,6 +278,7 @@ class CovisitCounter:
         intern = self.ids.id
         b = intern(item)
         self._counts[b] = self._counts.get(b, 0.0) + weight
+        self.dirty_counts.add(b)
         for other in recent:
             if other == item:
                 continue
@@ -327,6 +329,9 @@ class CovisitCounter:
     def pairs(self) -> dict[str, dict[str, float]]:
         names = self.ids.names
         return {names[a]: {names[b]: v for b, v in row.items()} for a, row in self._pairs.items()}
+
+    def count_of(self, i: int) -> float:
+        return self._counts.get(i, 0.0)
 
     def count_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         n = len(self._counts)
@@ -421,32 +426,65 @@ def _unb64(text: str, dtype: type[np.generic]) -> np.ndarray:
 
 
 class RowCache:
-    """Merged neighbour rows kept from one engine step to the next.
+    """Merged neighbour rows and visit totals kept from one engine step to the next.
 
     A row (snapshot + every partition's online pairs) only changes when a counter bumps it, so
-    a step rebuilds just the rows its predecessors touched instead of all ~14 per user. The
-    counters flag changed rows; :meth:`sync` drops those (all of them after a prune, a new
-    snapshot or another set of counters). One cache per engine: it consumes the flags.
+    a step rebuilds just the rows its predecessors touched instead of all ~14 per user; the
+    visit totals likewise are updated for the items visited since, not summed from every
+    counter each step. The counters flag what changed; :meth:`sync` drops or recomputes that
+    (everything after a prune, a new snapshot or another set of counters). One cache per
+    engine: it consumes the flags.
     """
 
     def __init__(self) -> None:
         self.rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.totals: np.ndarray = np.zeros(0)
+        self._base_totals: np.ndarray = np.zeros(0)
         self._base: CovisitModel | None = None
         self._deltas: list[CovisitCounter] = []
 
-    def sync(self, base: CovisitModel, deltas: Sequence[CovisitCounter]) -> None:
+    def sync(
+        self, base: CovisitModel, base_ids: np.ndarray, deltas: Sequence[CovisitCounter], n: int
+    ) -> None:
         same = base is self._base and len(deltas) == len(self._deltas)
         same = same and all(a is b for a, b in zip(deltas, self._deltas, strict=False))
         if not same or any(d.dirty_all for d in deltas):
             self.rows.clear()
+            self._base_totals = np.zeros(n, np.float64)
+            self._base_totals[base_ids] += base.counts
+            self.totals = visit_totals(self._base_totals, deltas)
         else:
             for d in deltas:
                 for i in d.dirty:
                     self.rows.pop(i, None)
+            changed = sorted(set().union(*(d.dirty_counts for d in deltas)))
+            grown = n - len(self.totals)
+            if changed or grown:
+                # a new array: an index of an earlier step keeps the totals it was built with
+                totals = np.concatenate([self.totals, np.zeros(max(grown, 0))])
+                self._base_totals = np.concatenate(
+                    [self._base_totals, np.zeros(max(n - len(self._base_totals), 0))]
+                )
+                for i in changed:  # the order of visit_totals: snapshot, then each counter
+                    total = self._base_totals[i]
+                    for d in deltas:
+                        total += d.count_of(i)
+                    totals[i] = total
+                self.totals = totals
         for d in deltas:
             d.dirty.clear()
+            d.dirty_counts.clear()
             d.dirty_all = False
         self._base, self._deltas = base, list(deltas)
+
+
+def visit_totals(base_totals: np.ndarray, deltas: Iterable[CovisitCounter]) -> np.ndarray:
+    """Snapshot visit counts plus every counter's, by interned id."""
+    totals = base_totals.copy()
+    for d in deltas:
+        keys, values = d.count_arrays()
+        totals[keys] += values  # keys are unique within one counter
+    return totals
 
 
 class CovisitIndex:
@@ -471,15 +509,14 @@ class CovisitIndex:
         self.ids = ids if ids is not None else (self.deltas[0].ids if self.deltas else ItemIds())
         if any(d.ids is not self.ids for d in self.deltas):
             raise ValueError("co-visitation counters must share the index's ItemIds")
-        if rows is not None:
-            rows.sync(self.base, self.deltas)
         self._base_ids = self.ids.of_model(self.base)
-        totals = np.zeros(len(self.ids), np.float64)
-        totals[self._base_ids] += self.base.counts
-        for d in self.deltas:
-            keys, values = d.count_arrays()
-            totals[keys] += values  # keys are unique within one counter
-        self._totals = totals
+        if rows is not None:
+            rows.sync(self.base, self._base_ids, self.deltas, len(self.ids))
+            self._totals = rows.totals
+        else:
+            base_totals = np.zeros(len(self.ids), np.float64)
+            base_totals[self._base_ids] += self.base.counts
+            self._totals = visit_totals(base_totals, self.deltas)
         self._scores: dict[tuple[str, ...], CovisitScores] = {}
         self._rows = rows.rows if rows is not None else {}
 

@@ -83,7 +83,11 @@ def open_store(settings: Settings) -> VectorStore:
         metrics.STORE_SECONDS.labels(operation=operation).observe(seconds)
 
     if settings.embedded_qdrant and settings.store_backend == "edge":
-        store = EdgeStore(settings.edge_path, observe=observe)
+        store = EdgeStore(
+            settings.edge_path,
+            observe=observe,
+            exclude_after_max=settings.store_exclude_after_max,
+        )
         if (
             settings.store_optimize_on_start
             and (settings.edge_path / settings.items_collection).exists()

@@ -115,6 +115,27 @@ def test_exclude_ids_never_returned(store: VectorStore) -> None:
     assert {h.id for h in hits} == {f"item-{i}" for i in range(1, 20, 2)}
 
 
+def test_exclusions_still_give_the_next_nearest_up_to_the_limit(store: VectorStore) -> None:
+    """Excluded points never take a place: the next nearest fill ``limit`` (with any filter)."""
+    points = _items()
+    store.upsert("items", points)
+    query = _unit(7)
+    active = [p for p in points if p.payload["active"]]
+    order = sorted(active, key=lambda p: -float(np.dot(p.vector, query)))  # type: ignore[arg-type]
+    nearest = [p.id for p in order]
+    excluded = nearest[:3]
+    (hits,) = store.search(
+        "items", [Query(query, limit=4, exclude_ids=excluded, where={"active": True})]
+    )
+    assert [h.id for h in hits] == nearest[3:7]
+    # a long exclusion list goes to the engine as a filter in the Edge store: same contract
+    many = nearest[:3] + [f"absent-{i}" for i in range(100)]
+    (hits,) = store.search(
+        "items", [Query(query, limit=4, exclude_ids=many, where={"active": True})]
+    )
+    assert [h.id for h in hits] == nearest[3:7]
+
+
 def test_where_active_filter(store: VectorStore) -> None:
     store.upsert("items", _items())
     (active,) = store.search("items", [Query(_unit(0), limit=20, where={"active": True})])

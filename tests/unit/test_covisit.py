@@ -129,7 +129,8 @@ def test_row_cache_follows_counts_across_steps() -> None:
     a.add(["a"], "d")
     steps = [
         lambda: b.add(["a"], "e", weight=2.0),  # a row already cached changes
-        lambda: a.add(["d"], "f"),  # a new row
+        lambda: a.add(["d"], "f"),  # a new row, a newly interned item
+        lambda: b.add([], "a", weight=3.0),  # a visit only: a total changes, no row
         lambda: None,  # nothing changed: every row is reused
     ]
     for change in [*steps, None]:
@@ -137,6 +138,9 @@ def test_row_cache_follows_counts_across_steps() -> None:
         fresh = CovisitIndex(base, [a, b], recency=0.5, ids=ids)
         for recent in (["a"], ["d", "a"], ["e"]):
             assert _scores(cached, recent) == pytest.approx(_scores(fresh, recent))
+        for item in "abcdefg":  # visit totals: updated in place of a full sum, the same values
+            assert cached.count(item) == fresh.count(item)
+        assert cached.popular(10) == fresh.popular(10)
         if change is not None:
             change()
     assert cache.rows  # rows survived the steps
