@@ -17,6 +17,7 @@ Score of a candidate ``j`` for a user whose recent items are ``r_1 … r_n`` (ne
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import heapq
 import json
@@ -340,12 +341,12 @@ class CovisitCounter:
             np.fromiter(self._counts.values(), np.float64, n),
         )
 
-    def row_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def extend_row(self, i: int, keys: list[int], values: list[float]) -> None:
+        """Append item ``i``'s neighbours and counts to ``keys`` and ``values``."""
         row = self._pairs.get(i)
-        if not row:
-            return None
-        n = len(row)
-        return np.fromiter(row.keys(), np.int64, n), np.fromiter(row.values(), np.float64, n)
+        if row:
+            keys.extend(row.keys())
+            values.extend(row.values())
 
     def to_payload(self) -> dict[str, Any]:
         """The counts as flat arrays (base64), for the worker's periodic state write.
@@ -423,6 +424,12 @@ def _b64(arr: np.ndarray) -> str:
 
 def _unb64(text: str, dtype: type[np.generic]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+@functools.cache
+def _no_snapshot() -> CovisitModel:
+    """One shared empty snapshot: caches keyed by the snapshot see the same one every step."""
+    return CovisitModel.empty()
 
 
 class RowCache:
@@ -503,7 +510,7 @@ class CovisitIndex:
         ids: ItemIds | None = None,
         rows: RowCache | None = None,
     ) -> None:
-        self.base = base or CovisitModel.empty()
+        self.base = base or _no_snapshot()
         self.deltas = list(deltas)
         self.recency = recency
         self.ids = ids if ids is not None else (self.deltas[0].ids if self.deltas else ItemIds())
@@ -547,11 +554,13 @@ class CovisitIndex:
                 lo, hi = int(self.base.indptr[b]), int(self.base.indptr[b + 1])
                 idx.append(self._base_ids[self.base.indices[lo:hi]])
                 val.append(self.base.data[lo:hi].astype(np.float64))
-            for d in self.deltas:
-                got = d.row_arrays(i)
-                if got is not None:
-                    idx.append(got[0])
-                    val.append(got[1])
+            keys: list[int] = []
+            values: list[float] = []
+            for d in self.deltas:  # one list of every partition's pairs: extend runs in C
+                d.extend_row(i, keys, values)
+            if keys:
+                idx.append(np.array(keys, np.int64))
+                val.append(np.array(values, np.float64))
             if not idx:
                 row = (np.zeros(0, np.int64), np.zeros(0, np.float64))
             elif len(idx) == 1:

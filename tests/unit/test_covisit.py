@@ -151,6 +151,11 @@ def test_row_cache_follows_counts_across_steps() -> None:
     assert cache.rows
     CovisitIndex(None, [a, b], recency=0.5, ids=ids, rows=cache)  # another snapshot
     assert not cache.rows
+    # without a snapshot, the rows are kept from one step to the next as well
+    CovisitIndex(None, [a, b], recency=0.5, ids=ids, rows=cache).scores(["a"])
+    kept = dict(cache.rows)
+    CovisitIndex(None, [a, b], recency=0.5, ids=ids, rows=cache)
+    assert kept and all(cache.rows[i] is row for i, row in kept.items())
 
 
 def test_counter_payload_round_trip_keeps_names() -> None:
