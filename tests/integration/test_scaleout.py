@@ -106,6 +106,11 @@ def _publish_items(settings: Settings, bootstrap: str) -> Publisher:
     return publisher
 
 
+# On the embedded Tansu broker the group's rebalance after a member leaves sometimes never
+# completes when the CPU is busy (the remaining member's heartbeats report "rebalancing", then
+# nothing): reproduced on 754c71c, before this test's last changes, in 2 of 3 runs with one core
+# kept busy. A real Kafka broker is not installable here; one rerun, on that timeout only.
+@pytest.mark.flaky(reruns=1, only_rerun=["TimeoutError"])
 def test_rebalance_after_a_member_leaves_keeps_profiles_exact(
     env: tuple[Settings, str, EdgeStore], encoder: TextEncoder
 ) -> None:
@@ -125,7 +130,7 @@ def test_rebalance_after_a_member_leaves_keeps_profiles_exact(
         for payload in events[2000:]:
             publisher.event(payload)
         publisher.flush()
-        _wait(lambda: _settled(store, settings, events), 240, "all events applied")
+        _wait(lambda: _settled(store, settings, events), 120, "all events applied")
         time.sleep(2.0)  # anything applied twice would show up now
     _assert_exact(store, settings, events)
 
@@ -175,7 +180,7 @@ def test_store_outage_of_5s_neither_crashes_nor_loses_events(
         flaky.down.clear()
         assert flaky.refused > 0, "the outage never reached the worker"
         assert (metrics.REGISTRY.get_sample_value("coldstream_store_errors_total") or 0) > 0
-        _wait(lambda: _settled(store, settings, events), 240, "all events applied")
+        _wait(lambda: _settled(store, settings, events), 120, "all events applied")
         time.sleep(2.0)
         assert worker.error is None
     _assert_exact(store, settings, events)
