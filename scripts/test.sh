@@ -11,4 +11,11 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
-.venv/bin/pytest "$@"
+if [ "$#" -gt 0 ]; then
+    .venv/bin/pytest "$@"
+else
+    # tests marked `isolated` run in a process of their own (see the marker's description)
+    .venv/bin/pytest -m "not isolated"
+    echo "== pytest (isolated)"
+    .venv/bin/pytest -m isolated
+fi

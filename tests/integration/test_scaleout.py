@@ -107,9 +107,11 @@ def _publish_items(settings: Settings, bootstrap: str) -> Publisher:
 
 
 # On the embedded Tansu broker the group's rebalance after a member leaves sometimes never
-# completes when the CPU is busy (the remaining member's heartbeats report "rebalancing", then
-# nothing): reproduced on 754c71c, before this test's last changes, in 2 of 3 runs with one core
-# kept busy. A real Kafka broker is not installable here; one rerun, on that timeout only.
+# completes (the remaining member's heartbeats report "rebalancing", then nothing): with one core
+# kept busy in 2 of 3 runs, on 754c71c too, and in 2 of the last 3 full-suite runs, while alone
+# on an idle machine it passed every time (~20 s). Not understood; a real Kafka broker is not
+# installable here. So: a process of its own (scripts/test.sh) and one rerun on that timeout.
+@pytest.mark.isolated
 @pytest.mark.flaky(reruns=1, only_rerun=["TimeoutError"])
 def test_rebalance_after_a_member_leaves_keeps_profiles_exact(
     env: tuple[Settings, str, EdgeStore], encoder: TextEncoder
