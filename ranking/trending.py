@@ -96,6 +96,7 @@ class MergedTrending:
         live = [c for c in counters if c.ref_ts is not None]
         at_ts = max((c.ref_ts for c in live if c.ref_ts is not None), default=None)
         self._counters = live
+        self._merged: dict[str, float] | None = None  # the whole merge, made once if needed
         self._parts = [
             (
                 c.scores,
@@ -117,8 +118,11 @@ class MergedTrending:
         return total if found else default
 
     def top(self, n: int, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
-        """The ``n`` most popular items not in ``exclude``, with their scores (whole merge)."""
-        merged = merged_scores(self._counters, None)
+        """The ``n`` most popular items not in ``exclude``, with their scores (whole merge,
+        once per view: every trending-only list of a batch reads the same one)."""
+        if self._merged is None:
+            self._merged = merged_scores(self._counters, None)
+        merged = self._merged
         return [(i, merged[i]) for i in top_items(merged, n, exclude)]
 
 
