@@ -271,6 +271,9 @@ class Settings(BaseSettings):
     )
     ranker_hidden: int = Field(32, ge=1)
     ranker_epochs: int = Field(15, ge=1)
+    ranker_ensemble: int = Field(
+        3, ge=1, le=16, description="rankers fitted under different seeds, relevances averaged"
+    )
     ranker_val_frac: float = Field(0.15, gt=0, lt=1, description="validation users (training)")
     ranker_cold_mask_frac: float = Field(
         0.0, ge=0, le=1, description="training: share of candidates shown as new items"

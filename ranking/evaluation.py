@@ -102,6 +102,13 @@ class EvalConfig:
         (1, 1.0, "recent"),
         (0, 0.0, "scorer"),  # no slots: the ranker alone (infeasible unless it ranks new items)
     )
+    # Which items happen to be new decides much of a policy's new-item recall: a policy that
+    # shows everyone the one new item the prior likes best wins or loses on that item alone.
+    # So each policy is also judged on new_item_draws random subsets (new_item_draw_frac of the
+    # simulated new items each; the rest retired), and must clear content-only's new-item
+    # recall on every draw and k to qualify; quality is averaged over the draws.
+    new_item_draws: int = 3
+    new_item_draw_frac: float = 0.5
 
 
 Encode = Callable[[Sequence[str]], np.ndarray]
@@ -391,39 +398,47 @@ def evaluate_seed(
         # and the simulated new items enter as new items (no counts, created now); the real
         # new items have not arrived yet (retired while validating), so, as at test time, one
         # set of new items competes for the slots and every one of them can be a target
+        draws = new_item_draws(pseudo_new, cfg.new_item_draws, cfg.new_item_draw_frac, seed)
         for p in points:
             if p.id in pseudo_new:
                 p.payload["created_at"] = arrival
-            if p.id in split.cold_items:
-                p.payload["active"] = False
-        changed = pseudo_new | split.cold_items
-        store.upsert(cfg_n.items_collection, [p for p in points if p.id in changed])
         val_sets = {k: reveal(val_log, k) for k in cfg.ks}
-        arrived = [r for r, i in enumerate(items.ids) if i not in split.cold_items]
-        content = ContentRecommender([items.ids[r] for r in arrived], vectors[arrived])
         # the baselines on the validation users (fitted on the fit log, as the ranker is): the
         # bar the choices below are judged against, without looking at a test user
-        val_bases: dict[str, Recommender] = {
+        fitted: dict[str, Recommender] = {
             "popularity": PopularityRecommender(fit_log, split.catalog),
             "item-knn": ItemKNNRecommender(fit_log, split.catalog),
-            "content": content,
         }
-        val_baselines = {
-            str(k): {
-                name: evaluate_lists(
-                    recommend_all(rec, rv, cfg.n),
-                    tg,
-                    k=cfg.n,
-                    cold_items=pseudo_new,
-                    catalog_size=len(split.catalog),
-                )
-                for name, rec in val_bases.items()
-            }
-            for k, (rv, tg) in val_sets.items()
-        }
-        val_content = {k: val_baselines[str(k)]["content"]["cold_recall"] for k in val_sets}
 
-        def validate(tag: str, ecfg: EngineConfig) -> list[dict[str, float]]:
+        def arrive(new: frozenset[str]) -> dict[str, dict[str, dict[str, float]]]:
+            """Make ``new`` the only new items in the store; the baselines on validation users."""
+            for p in points:
+                p.payload["active"] = (
+                    catalog_active[p.id]
+                    and p.id not in split.cold_items
+                    and (p.id not in pseudo_new or p.id in new)
+                )
+            store.upsert(cfg_n.items_collection, [p for p in points if p.id in changed])
+            gone = split.cold_items | (pseudo_new - new)
+            arrived = [r for r, i in enumerate(items.ids) if i not in gone]
+            content = ContentRecommender([items.ids[r] for r in arrived], vectors[arrived])
+            return {
+                str(k): {
+                    name: evaluate_lists(
+                        recommend_all(rec, rv, cfg.n),
+                        tg,
+                        k=cfg.n,
+                        cold_items=new,
+                        catalog_size=len(split.catalog),
+                    )
+                    for name, rec in {**fitted, "content": content}.items()
+                }
+                for k, (rv, tg) in val_sets.items()
+            }
+
+        changed = pseudo_new | split.cold_items
+
+        def validate(tag: str, ecfg: EngineConfig, new: frozenset[str]) -> list[dict[str, float]]:
             out = []
             for k, (rv, tg) in val_sets.items():
                 lists = replay_with(
@@ -431,35 +446,44 @@ def evaluate_seed(
                 )
                 out.append(
                     evaluate_lists(
-                        lists, tg, k=cfg.n, cold_items=pseudo_new, catalog_size=len(split.catalog)
+                        lists, tg, k=cfg.n, cold_items=new, catalog_size=len(split.catalog)
                     )
                 )
             return out
 
+        val_baselines = arrive(draws[0])
         lambdas = tuple(dict.fromkeys((engine_cfg.mmr_lambda, *cfg.mmr_lambdas)))
         selection: dict[str, float] = {}
         for lam in lambdas:
-            ms = validate(f"l{lam:g}", dataclasses.replace(cfg_n, mmr_lambda=lam))
+            ms = validate(f"l{lam:g}", dataclasses.replace(cfg_n, mmr_lambda=lam), draws[0])
             selection[f"{lam:g}"] = float(np.mean([m["recall"] + m["ndcg"] for m in ms]))
         lam = max(lambdas, key=lambda x: selection[f"{x:g}"])
         progress(f"seed {seed}: MMR λ on validation users {selection} → {lam:g}")
         cfg_lam = dataclasses.replace(cfg_n, mmr_lambda=lam)
-        val_policy_metrics: dict[str, list[dict[str, float]]] = {}
-
-        def validate_policy(pol: ColdPolicy) -> list[dict[str, float]]:
-            ms = validate(f"p{pol[0]}-{pol[1]:g}-{pol[2]}", with_cold_policy(cfg_lam, pol))
-            val_policy_metrics[_policy_key(pol)] = ms
-            return ms
-
+        # every policy on every draw of new items: one flat list of (draw, k) figures each
+        val_policy_metrics: dict[str, list[list[dict[str, float]]]] = {}
+        val_content: list[list[float]] = []
+        for d, new in enumerate(draws):
+            bases = val_baselines if d == 0 else arrive(new)
+            val_content.append([bases[str(k)]["content"]["cold_recall"] for k in cfg.ks])
+            for pol in cfg.cold_policies:
+                ms = validate(
+                    f"p{pol[0]}-{pol[1]:g}-{pol[2]}-d{d}", with_cold_policy(cfg_lam, pol), new
+                )
+                val_policy_metrics.setdefault(_policy_key(pol), []).append(ms)
         policy, policy_table = choose_cold_policy(
-            cfg.cold_policies, validate_policy, [val_content[k] for k in cfg.ks]
+            cfg.cold_policies,
+            lambda pol: [m for ms in val_policy_metrics[_policy_key(pol)] for m in ms],
+            [c for cs in val_content for c in cs],
         )
-        progress(f"seed {seed}: new-item policy on validation users → {policy}")
+        progress(
+            f"seed {seed}: new-item policy on validation users ({len(draws)} draws of new "
+            f"items) → {policy}"
+        )
         for p in points:
             if p.id in pseudo_new:
                 p.payload["created_at"] = catalog_created[p.id]
-            if p.id in split.cold_items:
-                p.payload["active"] = catalog_active[p.id]
+            p.payload["active"] = catalog_active[p.id]
         store.upsert(cfg_n.items_collection, [p for p in points if p.id in changed])
         cfg_lam = with_cold_policy(cfg_lam, policy)
         cfg_full = cfg_lam
@@ -516,14 +540,21 @@ def evaluate_seed(
         "mmr_selection": selection,
         "cold_policy": list(policy),
         "cold_policy_selection": policy_table,
-        "val_content_cold_recall": [val_content[k] for k in cfg.ks],
+        "val_content_cold_recall": val_content[0],
+        "val_new_item_draws": [len(d) for d in draws],
+        "val_content_cold_recall_draws": val_content,
         "val_baselines": val_baselines,
         "val_policies": {
-            pol: {str(k): m for k, m in zip(cfg.ks, ms, strict=True)}
-            for pol, ms in val_policy_metrics.items()
+            pol: {str(k): m for k, m in zip(cfg.ks, per_draw[0], strict=True)}
+            for pol, per_draw in val_policy_metrics.items()
+        },
+        "val_policies_cold_recall_draws": {
+            pol: [[m["cold_recall"] for m in ms] for ms in per_draw]
+            for pol, per_draw in val_policy_metrics.items()
         },
         "val_full": {
-            str(k): m for k, m in zip(cfg.ks, val_policy_metrics[_policy_key(policy)], strict=True)
+            str(k): m
+            for k, m in zip(cfg.ks, val_policy_metrics[_policy_key(policy)][0], strict=True)
         },
         "val_users": len(val_users),
         "timings": timings,
@@ -534,6 +565,16 @@ def evaluate_seed(
 
 
 ColdPolicy = tuple[int, float, str]
+
+
+def new_item_draws(items: set[str], draws: int, frac: float, seed: int) -> list[frozenset[str]]:
+    """All of ``items`` first, then ``draws`` seeded random subsets of ``frac`` of them."""
+    pool = sorted(items)
+    rng = np.random.default_rng([seed, 11])
+    size = max(1, round(frac * len(pool))) if pool else 0
+    out = [frozenset(pool)]
+    out += [frozenset(rng.choice(pool, size, replace=False)) for _ in range(draws) if pool]
+    return out
 
 
 def _policy_key(pol: ColdPolicy) -> str:

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "coldstream-ranker/1"
 _PRIOR_W, _PRIOR_B = "item_prior.weight", "item_prior.bias"  # beside the model's tensors
+_MEMBER = "member"  # an ensemble's tensors are named member<j>.<name>
+_MAX_MEMBERS = 16
 T = TypeVar("T")
 
 
@@ -125,17 +127,30 @@ class RankerMeta:
     created_at: float = field(default_factory=time.time)
     metrics: dict[str, float] = field(default_factory=dict)
     wide: int = 0  # the features-only tower's width (0 = none)
+    members: int = 1  # rankers whose per-list relevances are averaged (an ensemble)
 
 
 class RankerScorer:
-    """A trained :class:`RankerMLP` behind the :class:`Scorer` protocol.
+    """Trained :class:`RankerMLP` members behind the :class:`Scorer` protocol.
 
-    Scores are the model's logits; only their order within a list matters, except to MMR, which
-    reads them through :func:`relevance` (a per-list rescaling to [0, 1]).
+    Each member's logits become a per-list relevance (:func:`relevance`, [0, 1]); an ensemble
+    averages those and rescales once more. Only the order within a list matters, except to MMR,
+    which reads the [0, 1] scale. Members fitted under other seeds disagree mostly on the noise
+    (different folds, negatives and starting weights), so their mean ranks better than any one.
     """
 
-    def __init__(self, model: RankerMLP, meta: RankerMeta, prior: ItemPrior | None = None) -> None:
-        self.model = model.eval()
+    def __init__(
+        self,
+        models: RankerMLP | Sequence[RankerMLP],
+        meta: RankerMeta,
+        prior: ItemPrior | None = None,
+    ) -> None:
+        self.models = [models] if isinstance(models, RankerMLP) else list(models)
+        if not self.models:
+            raise ValueError("a ranker needs at least one model")
+        for m in self.models:
+            m.eval()
+        self.model = self.models[0]
         self.meta = meta
         self.version = meta.version
         # content → expected popularity, learned with the ranker: what orders new items
@@ -146,14 +161,12 @@ class RankerScorer:
     ) -> np.ndarray:
         if not cands.ids:
             return np.zeros(0, dtype=np.float32)
-        feats = feature_matrix(cands, category_affinity)
+        feats = torch.from_numpy(feature_matrix(cands, category_affinity))
+        user_t = torch.from_numpy(np.asarray(user, dtype=np.float32))
+        items_t = torch.from_numpy(np.asarray(cands.vectors, dtype=np.float32))
         with torch.inference_mode():
-            logits = self.model(
-                torch.from_numpy(np.asarray(user, dtype=np.float32)),
-                torch.from_numpy(np.asarray(cands.vectors, dtype=np.float32)),
-                torch.from_numpy(feats),
-            )
-        return relevance(logits.numpy())
+            logits = [m(user_t, items_t, feats).numpy() for m in self.models]
+        return _mean_relevance(logits)
 
     def score_many(
         self,
@@ -177,12 +190,17 @@ class RankerScorer:
             if sizes[row]:
                 items[row, : sizes[row]] = c.vectors
                 feats[row, : sizes[row]] = feature_matrix(c, aff)
-        user = np.stack([np.asarray(u, dtype=np.float32) for u in users])
+        user = torch.from_numpy(np.stack([np.asarray(u, dtype=np.float32) for u in users]))
+        items_t, feats_t = torch.from_numpy(items), torch.from_numpy(feats)
         with torch.inference_mode():
-            logits = self.model(
-                torch.from_numpy(user), torch.from_numpy(items), torch.from_numpy(feats)
-            ).numpy()
-        return [relevance(logits[row, :n]) for row, n in enumerate(sizes)]
+            logits = [m(user, items_t, feats_t).numpy() for m in self.models]
+        return [_mean_relevance([lg[row, :n] for lg in logits]) for row, n in enumerate(sizes)]
+
+
+def _mean_relevance(logits: Sequence[np.ndarray]) -> np.ndarray:
+    if len(logits) == 1:
+        return relevance(logits[0])
+    return relevance(np.mean([relevance(lg) for lg in logits], axis=0))
 
 
 def relevance(logits: np.ndarray) -> np.ndarray:
@@ -215,7 +233,12 @@ def save_ranker(path: str | Path, scorer: RankerScorer) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().numpy() for k, v in scorer.model.state_dict().items()}
+    # one member: the tensors under their own names (the layout of files before ensembles)
+    tensors = {
+        (k if len(scorer.models) == 1 else f"{_MEMBER}{j}.{k}"): v.detach().cpu().numpy()
+        for j, model in enumerate(scorer.models)
+        for k, v in model.state_dict().items()
+    }
     if scorer.prior is not None:
         tensors[_PRIOR_W] = np.asarray(scorer.prior.weight, dtype=np.float32)
         tensors[_PRIOR_B] = np.array([scorer.prior.bias], dtype=np.float32)
@@ -231,6 +254,7 @@ def save_ranker(path: str | Path, scorer: RankerScorer) -> Path:
         "data_hash": m.data_hash,
         "created_at": repr(m.created_at),
         "metrics": json.dumps(m.metrics),
+        "members": str(len(scorer.models)),
     }
     meta["checksum"] = _checksum(tensors, meta)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -269,6 +293,7 @@ def load_ranker(
             created_at=float(meta["created_at"]),
             metrics={k: float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()},
             wide=int(meta.get("wide", "0")),
+            members=int(meta.get("members", "1")),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise RankerLoadError(f"{path}: bad metadata: {exc}") from exc
@@ -284,7 +309,8 @@ def load_ranker(
         raise RankerLoadError(
             f"{path}: trained with encoder {info.encoder!r}, the worker runs {expect_encoder!r}"
         )
-    model = RankerMLP(info.dim, len(info.features), info.hidden, wide=info.wide)
+    if not 1 <= info.members <= _MAX_MEMBERS:
+        raise RankerLoadError(f"{path}: {info.members} members (1 to {_MAX_MEMBERS} supported)")
     prior: ItemPrior | None = None
     if _PRIOR_W in tensors or _PRIOR_B in tensors:
         w, b = tensors.pop(_PRIOR_W, None), tensors.pop(_PRIOR_B, None)
@@ -293,14 +319,25 @@ def load_ranker(
         if not (np.isfinite(w).all() and np.isfinite(b).all()):
             raise RankerLoadError(f"{path}: non-finite item prior")
         prior = ItemPrior(np.array(w, dtype=np.float32), float(b[0]))
-    try:
-        state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, KeyError) as exc:
-        raise RankerLoadError(f"{path}: tensors do not fit the model: {exc}") from exc
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise RankerLoadError(f"{path}: non-finite weights")
-    return RankerScorer(model, info, prior)
+    models = []
+    for j in range(info.members):
+        prefix = "" if info.members == 1 else f"{_MEMBER}{j}."
+        model = RankerMLP(info.dim, len(info.features), info.hidden, wide=info.wide)
+        try:
+            state = {
+                k[len(prefix) :]: torch.from_numpy(np.array(v))
+                for k, v in tensors.items()
+                if k.startswith(prefix)
+            }
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, KeyError) as exc:
+            raise RankerLoadError(f"{path}: tensors do not fit the model: {exc}") from exc
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise RankerLoadError(f"{path}: non-finite weights")
+        models.append(model)
+    if info.members > 1 and any(not k.startswith(_MEMBER) for k in tensors):
+        raise RankerLoadError(f"{path}: tensors outside the {info.members} members")
+    return RankerScorer(models, info, prior)
 
 
 # ---------------------------------------------------------------------------------- hot reload
@@ -360,6 +397,7 @@ def describe(meta: RankerMeta) -> dict[str, Any]:
         "dim": meta.dim,
         "hidden": meta.hidden,
         "wide": meta.wide,
+        "members": meta.members,
         "features": meta.features,
         "encoder": meta.encoder,
         "data_hash": meta.data_hash,

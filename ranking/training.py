@@ -14,6 +14,7 @@ counted on all the log's users.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -62,6 +63,9 @@ class TrainConfig:
     prior_l2: float = 1.0
     covisit_window: int = 500
     covisit_neighbors: int = 200
+    # rankers fitted under different seeds whose per-list relevances are averaged; on seed 1's
+    # validation users 3 members moved Recall+NDCG@20 (mean over k = 1, 3, 5) 0.578 → 0.590
+    ensemble: int = 3
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = leave as is
 
@@ -300,20 +304,85 @@ def train(
     encoder: str,
     progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Fit the ranker on ``log_df`` (the training users' interactions) and count co-visitation."""
+    """Fit the ranker on ``log_df`` (the training users' interactions) and count co-visitation.
+
+    With ``cfg.ensemble`` > 1 each member is fitted as a whole ranker of its own under seed
+    ``cfg.seed + 1000·j``: its own folds, validation slice, negatives and initial weights.
+    """
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    row_of = {item: r for r, item in enumerate(items.ids)}
-    active = np.array([p.get("active", True) is not False for p in items.payloads], dtype=bool)
     seqs = user_sequences(log_df)
     users = sorted(seqs)
     if len(users) < 2 * max(cfg.folds, 2):
         raise ValueError(f"need more users to train on (got {len(users)})")
     dhash = data_hash(log_df, items.ids)
+    n_members = max(1, cfg.ensemble)
+    fits: list[_Member] = []
+    for j in range(n_members):
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * j)
+        tag = f"member {j + 1}/{n_members}: " if n_members > 1 else ""
+        fits.append(_fit_member(seqs, users, items, engine_cfg, member_cfg, _prefixed(say, tag)))
+    first = fits[0]
+    covisit = build_covisit(seqs, users, cfg, dhash)
+    meta = RankerMeta(
+        version=f"mlp-{dhash[:8]}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}",
+        dim=items.vectors.shape[1],
+        hidden=cfg.hidden,
+        wide=cfg.wide,
+        features=list(FEATURES),
+        encoder=encoder,
+        data_hash=dhash,
+        metrics={
+            "val_recall@20": float(np.mean([f.val["recall"] for f in fits])),
+            "val_ndcg@20": float(np.mean([f.val["ndcg"] for f in fits])),
+            "best_epoch": float(first.report["best_epoch"]),
+            "train_lists": float(first.report["train_lists"]),
+            "val_lists": float(first.report["val_lists"]),
+        },
+        members=n_members,
+    )
+    # the first member's figures at the top level (each member has its own validation slice)
+    report: dict[str, Any] = {
+        **first.report,
+        "members": [{k: v for k, v in f.report.items() if k not in ("history",)} for f in fits[1:]],
+        "seconds_total": round(time.perf_counter() - t0, 2),
+        "data_hash": dhash,
+        "covisit_pairs": covisit.pairs,
+    }
+    prior = None
+    if cfg.prior_l2 >= 0:
+        visits = np.array([covisit.count(i) for i in items.ids], dtype=np.float64)
+        prior = ItemPrior.fit(items.vectors, visits, cfg.prior_l2)
+    return TrainResult(RankerScorer([f.model for f in fits], meta, prior), covisit, report)
+
+
+def _prefixed(say: Callable[[str], None], tag: str) -> Callable[[str], None]:
+    return lambda msg: say(tag + msg)
+
+
+@dataclass
+class _Member:
+    model: RankerMLP
+    val: dict[str, float]
+    report: dict[str, Any]
+
+
+def _fit_member(
+    seqs: Mapping[str, pd.DataFrame],
+    users: Sequence[str],
+    items: ItemTable,
+    engine_cfg: EngineConfig,
+    cfg: TrainConfig,
+    say: Callable[[str], None],
+) -> _Member:
+    """One ranker: training lists from folds of ``users``, early-stopped on a validation slice."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    row_of = {item: r for r, item in enumerate(items.ids)}
+    active = np.array([p.get("active", True) is not False for p in items.payloads], dtype=bool)
     fold_of = {
         u: int(f) for u, f in zip(users, rng.integers(0, cfg.folds, len(users)), strict=True)
     }
@@ -428,24 +497,9 @@ def train(
     assert best["state"] is not None
     model.load_state_dict(best["state"])
     model.eval()
-    covisit = build_covisit(seqs, users, cfg, dhash)
-    meta = RankerMeta(
-        version=f"mlp-{dhash[:8]}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}",
-        dim=dim,
-        hidden=cfg.hidden,
-        wide=cfg.wide,
-        features=list(FEATURES),
-        encoder=encoder,
-        data_hash=dhash,
-        metrics={
-            "val_recall@20": best["val"]["recall"],
-            "val_ndcg@20": best["val"]["ndcg"],
-            "best_epoch": float(best["epoch"]),
-            "train_lists": float(len(train_lists)),
-            "val_lists": float(len(val_lists)),
-        },
-    )
-    report.update(
+    return _Member(
+        model,
+        best["val"],
         {
             "users": len(users),
             "val_users": len(val_users),
@@ -454,15 +508,9 @@ def train(
             "best_epoch": best["epoch"],
             "best_averaged": best["averaged"],
             "val_ranker": best["val"],
+            **report,
             "history": history,
             "seconds_lists": round(t_lists, 2),
-            "seconds_total": round(time.perf_counter() - t0, 2),
-            "data_hash": dhash,
-            "covisit_pairs": covisit.pairs,
-        }
+            "seconds": round(time.perf_counter() - t0, 2),
+        },
     )
-    prior = None
-    if cfg.prior_l2 >= 0:
-        visits = np.array([covisit.count(i) for i in items.ids], dtype=np.float64)
-        prior = ItemPrior.fit(items.vectors, visits, cfg.prior_l2)
-    return TrainResult(RankerScorer(model, meta, prior), covisit, report)

@@ -57,6 +57,7 @@ def train_config(settings: Settings, args: argparse.Namespace | None = None) -> 
         hidden=settings.ranker_hidden,
         epochs=getattr(args, "epochs", None) or settings.ranker_epochs,
         val_frac=settings.ranker_val_frac,
+        ensemble=settings.ranker_ensemble,
         covisit_window=settings.covisit_train_window,
         covisit_neighbors=settings.covisit_neighbors,
         negatives=getattr(args, "negatives", None) or TrainConfig.negatives,

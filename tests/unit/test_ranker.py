@@ -241,3 +241,73 @@ def test_batched_scores_equal_per_user_scores() -> None:
     for u, c, aff, got in zip(users, cands, affinities, batched, strict=True):
         np.testing.assert_allclose(got, scorer.score(u, c, aff), rtol=1e-5, atol=1e-6)
     assert [len(b) for b in batched] == [12, 5, 2, 9]
+
+
+def _ensemble(n: int = 3) -> RankerScorer:
+    models = []
+    for seed in range(n):
+        torch.manual_seed(100 + seed)
+        models.append(RankerMLP(DIM, len(FEATURES), hidden=8, wide=4))
+    meta = RankerMeta(
+        version="v-ens",
+        dim=DIM,
+        hidden=8,
+        wide=4,
+        features=list(FEATURES),
+        encoder="enc",
+        data_hash="abc",
+        members=n,
+    )
+    return RankerScorer(models, meta)
+
+
+def test_ensemble_scores_are_the_mean_of_its_members_relevances() -> None:
+    from ranking.ranker import relevance
+
+    scorer = _ensemble(3)
+    user, cands = _cands()
+    feats = torch.from_numpy(feature_matrix(cands, {"A": 1.0}))
+    with torch.inference_mode():
+        each = [
+            relevance(m(torch.from_numpy(user), torch.from_numpy(cands.vectors), feats).numpy())
+            for m in scorer.models
+        ]
+    mean = np.mean(each, axis=0)
+    want = (mean - mean.min()) / (mean.max() - mean.min())
+    got = scorer.score(user, cands, {"A": 1.0})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, each[0])  # the members differ, so the mean is not member 0
+    batched = scorer.score_many([user, user], [cands, cands], [{"A": 1.0}, {"A": 1.0}])
+    for b in batched:
+        np.testing.assert_allclose(b, got, rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_round_trips_and_a_missing_member_is_refused(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    scorer = _ensemble(3)
+    user, cands = _cands()
+    path = save_ranker(tmp_path / "e.safetensors", scorer)
+    loaded = load_ranker(path, expect_dim=DIM)
+    assert loaded.meta.members == 3 and len(loaded.models) == 3
+    np.testing.assert_array_equal(loaded.score(user, cands, {}), scorer.score(user, cands, {}))
+    # drop member 2's tensors and re-sign the file: the checksum passes, the members do not
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = dict(fh.metadata() or {})
+    tensors = {k: v for k, v in load_file(str(path)).items() if not k.startswith("member2.")}
+    from ranking.ranker import _checksum
+
+    meta["checksum"] = _checksum(tensors, meta)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(RankerLoadError, match="do not fit"):
+        load_ranker(tmp_path / "bad.safetensors")
+
+
+def test_single_member_files_keep_the_unprefixed_layout(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    path = save_ranker(tmp_path / "one.safetensors", _scorer())
+    assert not any(k.startswith("member") for k in load_file(str(path)))
+    assert load_ranker(path).meta.members == 1
