@@ -49,6 +49,35 @@ async def send_outputs(out: Outputs, topics: Topics) -> None:
         metrics.EVENT_TO_REC_SECONDS.observe(latency)
 
 
+async def finish_batch(work: Awaitable[None]) -> None:
+    """Run one batch's processing to its end even if the agent is cancelled meanwhile.
+
+    Faust's ``take_events`` acks a batch in a ``finally`` around its ``yield``. On a stop it
+    yields what it still buffers as one last batch, and ``App.stop`` then cancels the agent's
+    task (once, and waits for it): cancelled mid-batch, the batch was acked without being
+    applied, the final commit moved past it and the member taking the partition over never saw
+    it (the scale-out test's "all events applied" wait timed out one event short). So the
+    cancellation is held back until the batch is done, then re-raised: what gets acked was
+    applied. A stop during a store outage therefore waits for the store (the pipeline retries
+    without end); a process killed meanwhile commits nothing and the batch is redelivered.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():  # the batch itself was cancelled (event loop shutting down)
+                raise
+            if cancelled is None:
+                log.info("agent stopped in the middle of a batch: finishing the batch first")
+            cancelled = exc
+            continue
+        break
+    if cancelled is not None:
+        raise cancelled
+
+
 async def guarded(
     records: Sequence[Record],
     handle: Callable[[Sequence[Record]], Awaitable[Outputs]],
@@ -93,12 +122,16 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
         handle: Callable[[Sequence[Record]], Awaitable[Outputs]],
     ) -> None:
         await pipeline.start()
-        async for records in _batches(stream, max_, within):
+
+        async def process(records: Sequence[Record]) -> None:
             start = time.perf_counter()
             out = await guarded(records, handle, pipeline)
             await send_outputs(out, topics)
             metrics.BATCH_SIZE.labels(agent=name).observe(len(records))
             metrics.BATCH_SECONDS.labels(agent=name).observe(time.perf_counter() - start)
+
+        async for records in _batches(stream, max_, within):
+            await finish_batch(process(records))
 
     @app.agent(topics.items, name="items")
     async def item_agent(stream: faust.StreamT) -> None:
