@@ -85,26 +85,11 @@ class RankerMLP(nn.Module):
         """
         first = self.net[0]
         assert isinstance(first, nn.Linear)
-        d = self.dim
-        w = first.weight
-        w_u, w_i, w_m, w_a, w_f = (
-            w[:, :d],
-            w[:, d : 2 * d],
-            w[:, 2 * d : 3 * d],
-            w[:, 3 * d : 4 * d],
-            w[:, 4 * d :],
-        )
-        u = user.unsqueeze(-2)  # (..., 1, d)
-        # (u ⊙ i)·w_m = i·(u ⊙ w_m): one (d, h) matrix per user
-        per_user = (u.transpose(-1, -2) * w_m.T) if u.dim() > 2 else (user[:, None] * w_m.T)
-        hidden = (
-            u @ w_u.T
-            + items @ w_i.T
-            + items @ per_user
-            + (items - u).abs() @ w_a.T
-            + feats @ w_f.T
-            + first.bias
-        )
+        hidden = first_layer(first.weight, first.bias, user, items, feats)
+        return self.head(hidden, feats)
+
+    def head(self, hidden: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Everything after the first layer's pre-activation: the rest of both towers."""
         return self.net[1:](hidden).squeeze(-1) + self._features_score(feats)
 
     def forward_concat(
@@ -114,6 +99,36 @@ class RankerMLP(nn.Module):
         u = user.unsqueeze(-2).expand_as(items)
         x = torch.cat([u, items, u * items, (u - items).abs(), feats], dim=-1)
         return self.net(x).squeeze(-1) + self._features_score(feats)
+
+
+def first_layer(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    user: torch.Tensor,
+    items: torch.Tensor,
+    feats: torch.Tensor,
+) -> torch.Tensor:
+    """``Linear(concat(u, i, u⊙i, |u−i|, f))`` computed block by block, without materializing
+    the (m, 4d + F) input: u and u⊙i fold into per-user weights, so only ``|u − i|`` needs a
+    temporary. ``weight`` may stack several models' first layers (an ensemble's, row-wise).
+    """
+    d = user.shape[-1]
+    w_u, w_i, w_m, w_a, w_f = (
+        weight[:, :d],
+        weight[:, d : 2 * d],
+        weight[:, 2 * d : 3 * d],
+        weight[:, 3 * d : 4 * d],
+        weight[:, 4 * d :],
+    )
+    u = user.unsqueeze(-2)  # (..., 1, d)
+    # |u − i| is the one (..., m, d) temporary: serving takes its absolute value in place (a
+    # second temporary of that size cost 2–15 ms per 60-user batch here, mostly page faults);
+    # training keeps the out-of-place op that autograd needs
+    diff = items - u
+    diff = diff.abs() if torch.is_grad_enabled() else diff.abs_()
+    # (u ⊙ i)·w_m = i·(u ⊙ w_m): one (d, h) matrix per user
+    per_user = (u.transpose(-1, -2) * w_m.T) if u.dim() > 2 else (user[:, None] * w_m.T)
+    return u @ w_u.T + items @ w_i.T + items @ per_user + diff @ w_a.T + feats @ w_f.T + bias
 
 
 @dataclass
@@ -152,6 +167,13 @@ class RankerScorer:
             m.eval()
         self.model = self.models[0]
         self.meta = meta
+        # the members' first layers stacked row-wise: one pass over the candidates (and one
+        # |u − i| temporary) for all members, then each member's own head on its slice
+        firsts = [m.net[0] for m in self.models]
+        linears = [f for f in firsts if isinstance(f, nn.Linear)]
+        assert len(linears) == len(firsts)
+        self._weight = torch.cat([f.weight.detach() for f in linears])
+        self._bias = torch.cat([f.bias.detach() for f in linears])
         self.version = meta.version
         # content → expected popularity, learned with the ranker: what orders new items
         self.prior = prior
@@ -164,9 +186,14 @@ class RankerScorer:
         feats = torch.from_numpy(feature_matrix(cands, category_affinity))
         user_t = torch.from_numpy(np.asarray(user, dtype=np.float32))
         items_t = torch.from_numpy(np.asarray(cands.vectors, dtype=np.float32))
+        return _mean_relevance(self._logits(user_t, items_t, feats))
+
+    def _logits(self, user: torch.Tensor, items: torch.Tensor, feats: torch.Tensor) -> list[Any]:
+        """Each member's logits, (..., m) arrays, from one stacked first layer."""
         with torch.inference_mode():
-            logits = [m(user_t, items_t, feats).numpy() for m in self.models]
-        return _mean_relevance(logits)
+            hidden = first_layer(self._weight, self._bias, user, items, feats)
+            parts = hidden.split([m.hidden for m in self.models], dim=-1)
+            return [m.head(h, feats).numpy() for m, h in zip(self.models, parts, strict=True)]
 
     def score_many(
         self,
@@ -192,8 +219,7 @@ class RankerScorer:
                 feats[row, : sizes[row]] = feature_matrix(c, aff)
         user = torch.from_numpy(np.stack([np.asarray(u, dtype=np.float32) for u in users]))
         items_t, feats_t = torch.from_numpy(items), torch.from_numpy(feats)
-        with torch.inference_mode():
-            logits = [m(user, items_t, feats_t).numpy() for m in self.models]
+        logits = self._logits(user, items_t, feats_t)
         return [_mean_relevance([lg[row, :n] for lg in logits]) for row, n in enumerate(sizes)]
 
 
