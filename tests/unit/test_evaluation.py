@@ -120,3 +120,33 @@ def test_with_cold_policy_reads_the_prior_weight() -> None:
     assert (cfg.cold_rank_by, cfg.cold_prior_weight) == ("prior", 0.25)
     cfg = with_cold_policy(base, (1, 1.0, "recent"))
     assert (cfg.cold_rank_by, cfg.cold_prior_weight) == ("recent", base.cold_prior_weight)
+
+
+def test_new_item_draws_are_the_whole_set_then_seeded_halves() -> None:
+    from ranking.evaluation import new_item_draws
+
+    items = {f"i{j}" for j in range(41)}
+    draws = new_item_draws(items, 3, 0.5, seed=7)
+    assert draws[0] == frozenset(items) and len(draws) == 4
+    assert all(len(d) == 20 and d < frozenset(items) for d in draws[1:])
+    assert len(set(draws[1:])) == 3  # distinct subsets
+    assert new_item_draws(items, 3, 0.5, seed=7) == draws  # the seed fixes them
+    assert new_item_draws(items, 3, 0.5, seed=8) != draws
+    assert new_item_draws(set(), 3, 0.5, seed=7) == [frozenset()]
+    assert new_item_draws(items, 0, 0.5, seed=7) == [frozenset(items)]
+
+
+def test_a_policy_must_clear_content_on_every_draw() -> None:
+    # two draws × one k: the bold policy wins draw 0 by far and loses draw 1; the steady one
+    # clears both, so it is chosen despite its lower quality
+    table = {
+        (1, 0.0, "prior:1"): [(0.30, 0.40, 0.20), (0.30, 0.40, 0.00)],
+        (1, 1.0, "recent"): [(0.25, 0.35, 0.05), (0.25, 0.35, 0.04)],
+    }
+
+    def validate(pol: tuple[int, float, str]) -> list[dict[str, float]]:
+        return [{"recall": r, "ndcg": n, "cold_recall": c} for r, n, c in table[pol]]
+
+    pol, info = choose_cold_policy(list(table), validate, [0.03, 0.03])
+    assert pol == (1, 1.0, "recent")
+    assert info["1/0/prior:1"]["ok"] == 0.0
