@@ -14,7 +14,10 @@ users: MMR's λ and the new-item slot policy (:func:`choose_cold_policy`: slot c
 the item prior's weight). For the latter a share of the warm training items is held out of the
 fit as simulated new items, so the validation users' later interactions include new items, as
 the test users' do; the real held-out items are retired while validating, so that, as at test
-time, the only new items are ones a user can go on to touch. The baselines are scored on the
+time, the only new items are ones a user can go on to touch. A policy is replayed with all the
+simulated new items and with random halves of them (:func:`new_item_draws`), and must clear
+content-only's new-item recall on every one: which items happen to be new moves that recall a
+lot. The baselines are scored on the
 validation users too (``val_baselines`` in the result), the bar the choices are judged against.
 
 Two paths replay the test users (the result's ``path``): in process (the default), or through a

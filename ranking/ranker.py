@@ -165,7 +165,6 @@ class RankerScorer:
             raise ValueError("a ranker needs at least one model")
         for m in self.models:
             m.eval()
-        self.model = self.models[0]
         self.meta = meta
         # the members' first layers stacked row-wise: one pass over the candidates (and one
         # |u − i| temporary) for all members, then each member's own head on its slice
