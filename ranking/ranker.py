@@ -209,9 +209,9 @@ class RankerScorer:
         width = max(sizes, default=0)
         if width == 0:
             return [np.zeros(0, dtype=np.float32) for _ in cands]
-        dim = self.model.dim
+        dim = self.models[0].dim
         items = np.zeros((len(cands), width, dim), dtype=np.float32)
-        feats = np.zeros((len(cands), width, self.model.n_features), dtype=np.float32)
+        feats = np.zeros((len(cands), width, self.models[0].n_features), dtype=np.float32)
         for row, (c, aff) in enumerate(zip(cands, affinities, strict=True)):
             if sizes[row]:
                 items[row, : sizes[row]] = c.vectors
