@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -78,15 +79,27 @@ def test_summary_and_target_checks(tmp_path: Path) -> None:
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+Policy = tuple[int, float, str]
+
+
+def _validator(
+    table: dict[Policy, list[tuple[float, float, float]]],
+) -> Callable[[Policy], list[dict[str, float]]]:
+    """Validation figures per policy from (recall, ndcg, cold recall) rows, one per (draw, k)."""
+
+    def validate(pol: Policy) -> list[dict[str, float]]:
+        return [{"recall": r, "ndcg": n, "cold_recall": c} for r, n, c in table[pol]]
+
+    return validate
+
+
 def test_choose_cold_policy_best_quality_among_feasible() -> None:
     table = {
         (1, 0.5, "content"): [(0.30, 0.40, 0.01), (0.31, 0.41, 0.02)],  # fails k=1
         (1, 1.0, "content"): [(0.20, 0.30, 0.05), (0.21, 0.31, 0.06)],
         (1, 0.75, "scorer"): [(0.25, 0.35, 0.03), (0.26, 0.36, 0.04)],
     }
-
-    def validate(pol: tuple[int, float, str]) -> list[dict[str, float]]:
-        return [{"recall": r, "ndcg": n, "cold_recall": c} for r, n, c in table[pol]]
+    validate = _validator(table)
 
     pol, info = choose_cold_policy(list(table), validate, [0.03, 0.02])
     assert pol == (1, 0.75, "scorer")
@@ -99,9 +112,7 @@ def test_choose_cold_policy_falls_back_to_closest_to_the_bar() -> None:
         (1, 0.5, "content"): [(0.30, 0.40, 0.0)],
         (2, 1.0, "content"): [(0.20, 0.30, 0.01)],
     }
-
-    def validate(pol: tuple[int, float, str]) -> list[dict[str, float]]:
-        return [{"recall": r, "ndcg": n, "cold_recall": c} for r, n, c in table[pol]]
+    validate = _validator(table)
 
     pol, _ = choose_cold_policy(list(table), validate, [0.05])
     assert pol == (2, 1.0, "content")
@@ -143,9 +154,7 @@ def test_a_policy_must_clear_content_on_every_draw() -> None:
         (1, 0.0, "prior:1"): [(0.30, 0.40, 0.20), (0.30, 0.40, 0.00)],
         (1, 1.0, "recent"): [(0.25, 0.35, 0.05), (0.25, 0.35, 0.04)],
     }
-
-    def validate(pol: tuple[int, float, str]) -> list[dict[str, float]]:
-        return [{"recall": r, "ndcg": n, "cold_recall": c} for r, n, c in table[pol]]
+    validate = _validator(table)
 
     pol, info = choose_cold_policy(list(table), validate, [0.03, 0.03])
     assert pol == (1, 1.0, "recent")
