@@ -13,6 +13,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
+import faust
+
 from encoders.model import TextEncoder
 from infra.settings import Settings
 from ranking.store import VectorStore
@@ -34,6 +36,7 @@ class InProcessWorker:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="inprocess-worker", daemon=True)
         self.error: BaseException | None = None
+        self.app: faust.App | None = None
 
     def start(self) -> InProcessWorker:
         self._thread.start()
@@ -57,10 +60,21 @@ class InProcessWorker:
             app,
             _pipeline,
         ):
+            self.app = app
             await app.start()
             self._ready.set()
             await self._stop.wait()
             await app.stop()
+
+    def assigned(self, topic: str) -> set[int]:
+        """The partitions of ``topic`` this member holds now (empty before it joined)."""
+        if self.app is None:
+            return set()
+        try:
+            assignment = set(self.app.consumer.assignment())
+        except Exception:  # consumer not started yet, or stopped
+            return set()
+        return {tp.partition for tp in assignment if tp.topic == topic}
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Leave the group cleanly (the other members take the partitions over)."""
