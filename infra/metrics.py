@@ -32,7 +32,7 @@ EVENTS_CONSUMED = Counter(
 )
 EVENTS_SKIPPED = Counter(
     "coldstream_events_skipped_total",
-    "Events not applied, by reason (replayed offset, duplicate event id, partition revoked)",
+    "Events not applied, by reason (replayed offset, duplicate event id)",
     ["reason"],
     registry=REGISTRY,
 )

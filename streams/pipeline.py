@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
@@ -24,7 +24,7 @@ from infra import metrics
 from infra.settings import Settings
 from ranking.catalog import CatalogItem, item_points
 from ranking.covisit import CovisitModel
-from ranking.engine import BatchOutcome, BehaviorEngine, Interaction, Prepared, UserRecs
+from ranking.engine import BatchOutcome, BehaviorEngine, Interaction, UserRecs
 from ranking.scoring import Scorer
 from ranking.store import StoreUnavailable, VectorStore
 from streams.schemas import (
@@ -88,42 +88,6 @@ def dead_letter(record: Record, reason: str, error: str) -> tuple[bytes | None, 
     return record.key, letter.model_dump_json().encode()
 
 
-def only_partitions(
-    prep: Prepared, vectors: np.ndarray | None, owned: frozenset[int]
-) -> tuple[Prepared, np.ndarray | None, int]:
-    """``prep`` (and its text vectors) without the events of partitions not in ``owned``.
-
-    Returns the kept part and how many events to apply were dropped; events with no partition
-    (not from Kafka) are kept.
-    """
-
-    def keep(e: Interaction) -> bool:
-        return e.partition is None or e.partition in owned
-
-    if all(keep(e) for e in prep.to_apply):
-        return prep, vectors, 0
-    to_apply: list[Interaction] = []
-    rows: list[int] = []  # vectors follow the texts, which follow to_apply (engine.prepare)
-    row = 0
-    for e in prep.to_apply:
-        has_text = e.signal_text is not None
-        if keep(e):
-            to_apply.append(e)
-            if has_text:
-                rows.append(row)
-        row += has_text
-    texts = [(e.type, t) for e in to_apply if (t := e.signal_text) is not None]
-    kept = replace(
-        prep,
-        to_apply=to_apply,
-        rejected=[r for r in prep.rejected if keep(r.interaction)],
-        skipped=[e for e in prep.skipped if keep(e)],
-        texts=texts,
-    )
-    kept_vectors = vectors[rows] if vectors is not None and len(rows) else None
-    return kept, kept_vectors, len(prep.to_apply) - len(to_apply)
-
-
 class ModelSource(Protocol):
     def poll(self) -> tuple[Scorer | None, CovisitModel | None]: ...
 
@@ -154,9 +118,6 @@ class Pipeline:
         self._max_backoff_s = 5.0
         self._start_lock = asyncio.Lock()
         self._started = False
-        # events partitions this member holds (None: not in a consumer group, all of them);
-        # replaced, never mutated, so the store thread reads one consistent set
-        self._owned: frozenset[int] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -196,24 +157,10 @@ class Pipeline:
         self.store.close()
 
     async def on_partitions_assigned(self, partitions: Sequence[int]) -> None:
-        self._owned = (self._owned or frozenset()) | frozenset(partitions)
         await self.start()
         await self._retrying(lambda: self._run(lambda: self.engine.load_trending(partitions)))
 
     async def on_partitions_revoked(self, partitions: Sequence[int]) -> None:
-        """Stop writing for ``partitions`` before the rebalance lets another member read them.
-
-        A batch of this member can outlive the revocation (Faust does not wait for it:
-        ``stream_wait_empty`` is off), and ``take_events`` yields the events it buffered
-        meanwhile as one more batch. Such a batch read its users' profiles before the new owner
-        wrote them; written after, it would put back an older profile over the new owner's
-        updates, and the offset guard would then skip what was overwritten (events lost). So
-        ownership is dropped first, then the store thread is drained through the trending
-        write below: a profile write that started before this call ends before the rebalance
-        goes on; one that starts after sees the partition gone and leaves it to the new owner,
-        which replays it from the last commit (:meth:`_apply_owned`).
-        """
-        self._owned = (self._owned or frozenset()) - frozenset(partitions)
         await self._run(self.engine.persist_trending)
         self.engine.drop_trending(partitions)
 
@@ -327,17 +274,7 @@ class Pipeline:
         vectors: np.ndarray | None = None
         if prep.texts:
             vectors = await self.batcher.encode([user_text(kind, t) for kind, t in prep.texts])
-        return await self._run(lambda: self._apply_owned(prep, vectors))
-
-    def _apply_owned(self, prep: Prepared, vectors: np.ndarray | None) -> BatchOutcome:
-        """``engine.apply`` on the store thread, less the events of partitions revoked since."""
-        owned = self._owned  # read here, on the store thread: see on_partitions_revoked
-        if owned is not None:
-            prep, vectors, dropped = only_partitions(prep, vectors, owned)
-            if dropped:
-                metrics.EVENTS_SKIPPED.labels(reason="partition_revoked").inc(dropped)
-                log.info("%d event(s) of revoked partitions left to their new owner", dropped)
-        return self.engine.apply(prep, vectors)
+        return await self._run(lambda: self.engine.apply(prep, vectors))
 
     def _recommendation(self, recs: UserRecs) -> tuple[bytes, bytes]:
         trigger = recs.trigger

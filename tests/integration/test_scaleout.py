@@ -157,10 +157,10 @@ def _publish_paced(
 
 # The counterpart of the test above: here partitions move away from a member that stays alive,
 # and the new owner replays them from the last commit (the offset guard skips what was applied).
-# A batch of the old owner that outlives the revocation must not write for them: one slowed to
+# A batch of the old owner that outlives the revocation can still write for them: one slowed to
 # 4 s per encoder call (a one-off run, not kept) put back older profiles over the new owner's
-# updates and lost 23 events of a user (see Pipeline.on_partitions_revoked, the fix). At this
-# pace the old owner's batches are short and that window was not hit in the runs made here.
+# updates and lost 23 events of a user. That race is known and not fixed (README, "Scale-out");
+# at this pace the old owner's batches are short, so this test guards the common path only.
 @pytest.mark.isolated
 def test_rebalance_after_a_member_joins_keeps_profiles_exact(
     env: tuple[Settings, str, EdgeStore], encoder: TextEncoder
