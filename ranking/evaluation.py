@@ -76,6 +76,8 @@ from ranking.trending import TrendingCounter
 log = logging.getLogger(__name__)
 
 METRICS = ("recall", "ndcg", "hit_rate", "coverage", "cold_recall")
+# how concentrated new-item exposure is (JSON summary only; see ranking.metrics.evaluate_lists)
+EXPOSURE = ("cold_distinct", "cold_top_share")
 FULL = "full"  # the system: learned ranker + co-visitation + cold slots, through the engine
 BLEND = "engine-blend"  # the engine before the ranker: cosine + popularity prior, no snapshot
 BASELINES = ("random", "popularity", "item-knn", "content")
@@ -649,8 +651,10 @@ def summarize(per_seed: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[
                     "std": float(np.nanstd(vals)) if not np.all(np.isnan(vals)) else math.nan,
                     "values": [float(v) for v in vals],
                 }
-                for metric in METRICS
-                for vals in [np.array([s["results"][str(k)][m][metric] for s in per_seed])]
+                for metric in (*METRICS, *EXPOSURE)
+                for vals in [
+                    np.array([s["results"][str(k)][m].get(metric, math.nan) for s in per_seed])
+                ]
             }
             for m in methods
         }

@@ -12,6 +12,7 @@ Definitions (the ones DESIGN.md's baseline figures were measured with):
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -91,7 +92,11 @@ def evaluate_lists(
     A user missing from `lists` scores 0 (a system that fails to answer is not excused). Keys:
     recall, ndcg, hit_rate (means over users), coverage (of `catalog_size`, NaN if not given),
     cold_recall (recall on cold targets only, mean over users with at least one cold target; NaN if
-    none or `cold_items` is None), users, cold_users, distinct_items, k.
+    none or `cold_items` is None), users, cold_users, distinct_items, k; and how concentrated the
+    exposure of cold items is (NaN without `cold_items`): cold_distinct (cold items shown to
+    anyone) and cold_top_share (share of the lists showing the most shown cold item). A policy
+    that shows every user the same new item has a cold recall decided by that one item, which a
+    mean over users does not reveal.
     """
     recalls: list[float] = []
     ndcgs: list[float] = []
@@ -116,6 +121,12 @@ def evaluate_lists(
         return float(np.mean(xs)) if xs else math.nan
 
     distinct = len({i for lst in top_lists for i in lst})
+    cold_distinct = cold_top_share = math.nan
+    if cold is not None:
+        shown = Counter(i for lst in top_lists for i in set(lst) if i in cold)
+        cold_distinct = float(len(shown))
+        top = shown.most_common(1)[0][1] if shown else 0
+        cold_top_share = top / len(top_lists) if top_lists else math.nan
     return {
         "recall": mean(recalls),
         "ndcg": mean(ndcgs),
@@ -125,5 +136,7 @@ def evaluate_lists(
         "users": float(len(recalls)),
         "cold_users": float(len(cold_recalls)),
         "distinct_items": float(distinct),
+        "cold_distinct": cold_distinct,
+        "cold_top_share": cold_top_share,
         "k": float(k),
     }

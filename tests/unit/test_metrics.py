@@ -90,6 +90,18 @@ def test_evaluate_lists_means_and_cold_recall() -> None:
     assert got["cold_recall"] == pytest.approx(0.25)
     # Coverage counts only the top k: a, c1, x, y.
     assert got["coverage"] == pytest.approx(0.4)
+    # Exposure of cold items (top k only): c1 in one of the 3 scored lists (u3's is empty).
+    assert got["cold_distinct"] == 1
+    assert got["cold_top_share"] == pytest.approx(1 / 3)
+
+
+def test_cold_exposure_counts_each_list_once_and_ignores_unscored_users() -> None:
+    lists = {"u1": ["c1", "c1", "c2"], "u2": ["c1", "w"], "u3": ["c2"], "x": ["c1"]}
+    targets = {"u1": {"w"}, "u2": {"w"}, "u3": {"w"}}
+    got = evaluate_lists(lists, targets, k=20, cold_items={"c1", "c2", "c3"})
+    assert got["cold_distinct"] == 2
+    # c1 is in 2 of 3 lists (u1 repeats it, "x" has no targets and is not scored)
+    assert got["cold_top_share"] == pytest.approx(2 / 3)
 
 
 def test_evaluate_lists_without_cold_or_catalog_is_nan() -> None:
@@ -97,3 +109,5 @@ def test_evaluate_lists_without_cold_or_catalog_is_nan() -> None:
     assert got["recall"] == 1.0
     assert math.isnan(got["cold_recall"])
     assert math.isnan(got["coverage"])
+    assert math.isnan(got["cold_distinct"])
+    assert math.isnan(got["cold_top_share"])
