@@ -56,10 +56,13 @@ async def finish_batch(work: Awaitable[None]) -> None:
     yields what it still buffers as one last batch, and ``App.stop`` then cancels the agent's
     task (once, and waits for it): cancelled mid-batch, the batch was acked without being
     applied, the final commit moved past it and the member taking the partition over never saw
-    it (the scale-out test's "all events applied" wait timed out one event short). So the
-    cancellation is held back until the batch is done, then re-raised: what gets acked was
-    applied. A stop during a store outage therefore waits for the store (the pipeline retries
-    without end); a process killed meanwhile commits nothing and the batch is redelivered.
+    it (the scale-out test's "all events applied" wait timed out one event short). Since
+    ``stream_wait_empty`` is on (streams/app.py) ``App.stop`` first waits for the batches it
+    tracks, but that wait gives up as soon as the consumer itself is stopping; so the
+    cancellation is still held back until the batch is done, then re-raised: what gets acked
+    was applied. A stop during a store outage therefore waits for the store (the pipeline
+    retries without end); a process killed meanwhile commits nothing and the batch is
+    redelivered.
     """
     task = asyncio.ensure_future(work)
     cancelled: asyncio.CancelledError | None = None

@@ -65,7 +65,12 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Topics]:
         key_serializer="raw",
         value_serializer="raw",
         producer_linger=0.001,
-        stream_wait_empty=False,
+        # A revocation (and a stop) waits until every event the agents took, the batch
+        # take_events still buffers included, is applied and acked: a batch that read profiles
+        # before the new owner wrote them would put older copies back over its updates (README,
+        # "Scale-out"). The broker waits for that up to its rebalance timeout (Faust's
+        # broker_rebalance_timeout, 60 s; heartbeats go on meanwhile), then drops the member.
+        stream_wait_empty=True,
     )
 
     def topic(name: str) -> TopicT:

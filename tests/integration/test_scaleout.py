@@ -54,19 +54,25 @@ def env(tmp_path: Path) -> Iterator[tuple[Settings, str, EdgeStore]]:
     store.close()
 
 
-def _events(n: int, seed: int) -> list[dict[str, object]]:
+def _events(n: int, seed: int, searches: float = 0.0) -> list[dict[str, object]]:
+    """``n`` events of ``USERS`` users, a ``searches`` share of them searches (text to encode)."""
     rng = random.Random(seed)
     ids = [spec[0] for spec in ITEMS]
-    return [
-        {
+    texts = [spec[3] for spec in ITEMS]
+    events: list[dict[str, object]] = []
+    for i in range(n):
+        payload: dict[str, object] = {
             "event_id": str(uuid.uuid4()),
             "user_id": f"user-{rng.randrange(USERS)}",
             "type": rng.choice(["view", "click", "purchase"]),
             "item_id": rng.choice(ids),
             "ts": 1_700_000_000_000 + i * 1000,
         }
-        for i in range(n)
-    ]
+        if searches and rng.random() < searches:
+            del payload["item_id"]
+            payload.update(type="search", text=rng.choice(texts))
+        events.append(payload)
+    return events
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -166,18 +172,51 @@ def _publish_paced(
     return thread
 
 
+def _join_mid_stream(
+    first: InProcessWorker,
+    second: InProcessWorker,
+    feed: threading.Thread,
+    store: EdgeStore,
+    settings: Settings,
+    events: list[dict[str, object]],
+) -> tuple[set[int], set[int]]:
+    """``second`` joins ``first``'s group while ``feed`` streams ``events``; profiles end exact.
+
+    Returns the events partitions ``first`` kept and those moved to ``second``.
+    """
+    topic = settings.topic_events
+    with running(second):
+        _wait(
+            lambda: (
+                bool(second.assigned(topic))
+                and first.assigned(topic) | second.assigned(topic) == set(range(4))
+            ),
+            60,
+            "partitions moved to the joining member",
+        )
+        feed.join(60)
+        assert not feed.is_alive(), "the paced publisher did not finish"
+        try:
+            _wait(lambda: _settled(store, settings, events), 120, "all events applied")
+        except TimeoutError:
+            _assert_exact(store, settings, events)  # names the users short of events
+            raise
+        time.sleep(2.0)  # anything applied twice would show up now
+        kept, moved = first.assigned(topic), second.assigned(topic)
+        _assert_exact(store, settings, events)
+        assert first.error is None and second.error is None
+    return kept, moved
+
+
 # The counterpart of the test above: here partitions move away from a member that stays alive,
 # and the new owner replays them from the last commit (the offset guard skips what was applied).
-# A batch of the old owner that outlives the revocation can still write for them: one slowed to
-# 4 s per encoder call (a one-off run, not kept) put back older profiles over the new owner's
-# updates and lost 23 events of a user. That race is known and not fixed (README, "Scale-out");
-# at this pace the old owner's batches are short, so this test guards the common path only.
+# At this pace the old owner's batches are short; the test after this one holds one of them
+# across the rebalance.
 @pytest.mark.isolated
 def test_rebalance_after_a_member_joins_keeps_profiles_exact(
     env: tuple[Settings, str, EdgeStore], encoder: TextEncoder
 ) -> None:
     settings, bootstrap, store = env
-    topic = settings.topic_events
     publisher = _publish_items(settings, bootstrap)
     first = InProcessWorker(settings, bootstrap, store, encoder)
     second = InProcessWorker(settings, bootstrap, store, encoder)
@@ -186,24 +225,71 @@ def test_rebalance_after_a_member_joins_keeps_profiles_exact(
         _first_events_applied(publisher, store, settings, events[:1000], at_least=300)
         # the rest arrives as a stream over ~10 s, during which the second member joins
         feed = _publish_paced(publisher, events[1000:], per_s=300.0)
-        with running(second):
-            _wait(
-                lambda: (
-                    bool(second.assigned(topic))
-                    and first.assigned(topic) | second.assigned(topic) == set(range(4))
-                ),
-                60,
-                "partitions moved to the joining member",
-            )
-            feed.join(60)
-            assert not feed.is_alive(), "the paced publisher did not finish"
-            _wait(lambda: _settled(store, settings, events), 120, "all events applied")
-            time.sleep(2.0)  # anything applied twice would show up now
-            moved, kept = second.assigned(topic), first.assigned(topic)
-            _assert_exact(store, settings, events)
-            assert first.error is None and second.error is None
+        kept, moved = _join_mid_stream(first, second, feed, store, settings, events)
     assert moved and kept and not moved & kept, (kept, moved)
     _assert_exact(store, settings, events)  # and still after both left
+
+
+class HeldEncoder:
+    """The shared encoder; once armed, its next forward pass waits for a condition, then more.
+
+    Holding the old owner's encoder keeps its batch in flight across a rebalance: the batch has
+    read its users' profiles and waits for its search texts' vectors.
+    """
+
+    def __init__(self, inner: TextEncoder) -> None:
+        self.inner = inner
+        self._until: Callable[[], bool] | None = None
+        self._then_s = 0.0
+        self.held = threading.Event()
+        self.released_after_condition: bool | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def hold_next_pass(self, until: Callable[[], bool], then_s: float) -> None:
+        self._then_s = then_s
+        self._until = until
+
+    def encode_ids(self, ids: Any, **kwargs: Any) -> Any:
+        until, self._until = self._until, None  # armed by the test before any text is queued
+        if until is not None:
+            self.held.set()
+            deadline = time.monotonic() + 60.0
+            while not until() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.released_after_condition = until()
+            time.sleep(self._then_s)
+        return self.inner.encode_ids(ids, **kwargs)
+
+
+# README "Scale-out": a batch of the member losing partitions is still in flight when another
+# member joins. Its encoder pass (searches need one) is held from before the rebalance until 6 s
+# after it began. Unless the revocation waits for that batch (stream_wait_empty), the joining
+# member has by then taken the partitions over, replayed them from the last commit and written
+# their profiles, and the old batch writes its older copies over them: with the wait off, 12
+# users ended short (4 of 4 runs). On the embedded broker the wait holds the handover back only
+# because the old member is the group leader here (see the README for a follower).
+@pytest.mark.isolated
+def test_a_batch_in_flight_when_a_member_joins_is_applied_before_the_handover(
+    env: tuple[Settings, str, EdgeStore], encoder: TextEncoder
+) -> None:
+    settings, bootstrap, store = env
+    publisher = _publish_items(settings, bootstrap)
+    held = HeldEncoder(encoder)
+    first = InProcessWorker(settings, bootstrap, store, held)  # type: ignore[arg-type]
+    second = InProcessWorker(settings, bootstrap, store, encoder)
+    events = _events(2000, seed=6, searches=0.3)
+    with running(first):
+        _first_events_applied(publisher, store, settings, events[:500], at_least=200)
+        app = first.app
+        assert app is not None
+        rebalances = app.rebalancing_count  # counts up as a rebalance begins (revocation)
+        held.hold_next_pass(lambda: app.rebalancing_count > rebalances, then_s=6.0)
+        feed = _publish_paced(publisher, events[500:], per_s=300.0)
+        _wait(held.held.is_set, 30, "a batch of the first member held")
+        _join_mid_stream(first, second, feed, store, settings, events)
+    assert held.released_after_condition, "no rebalance began while the batch was held"
 
 
 class FlakyStore:
