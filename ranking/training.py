@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    prefix_lengths: tuple[int, ...] = (1, 2, 3, 5, 8)
+    # 4 and 6 added to (1, 2, 3, 5, 8): on validation users of seeds 0-2, two training seeds
+    # each, Recall+NDCG@20 (mean over k = 1, 3, 5) rose in 5 of 6 pairs, by 0.008 on average
+    prefix_lengths: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8)
     folds: int = 2
     val_frac: float = 0.15
     hidden: int = 32
