@@ -303,6 +303,13 @@ class Settings(BaseSettings):
     eval_kafka_progress_every_s: float = Field(
         5.0, gt=0, description="via-kafka eval: how often waiting prints progress"
     )
+    eval_kafka_single_batch: bool = Field(
+        False,
+        description=(
+            "via-kafka eval: the worker takes each run's events as one batch, as the in-process "
+            "replay applies them (batch size = the run's event count; the lists then agree)"
+        ),
+    )
 
     @property
     def ranker_file(self) -> Path:

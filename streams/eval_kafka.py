@@ -150,9 +150,22 @@ def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> Settings:
             )
     name = f"coldstream-eval-{uuid.uuid4().hex[:8]}"
     model_dir = run_dir / "model"
+    # Faust's take_events yields when its buffer holds batch_max_events, or at a tick every
+    # batch_within_s counted from the agent's start, whatever is buffered then. A batch size
+    # of exactly the run's events yields the burst whole; a long window keeps a tick from
+    # splitting it (half the output timeout: a burst that somehow falls short is still taken).
+    single = (
+        {
+            "batch_max_events": max(1, len(run.events)),
+            "batch_within_s": base.eval_kafka_output_timeout_s / 2,
+        }
+        if base.eval_kafka_single_batch
+        else {}
+    )
     settings = base.model_copy(
         update={
             **engine_updates(base, run.engine),
+            **single,
             "data_dir": run_dir / "data",
             "qdrant_url": "",  # the in-process eval's store is embedded too
             # the in-process store is never optimized (no HNSW index); neither is this one
@@ -297,8 +310,12 @@ class KafkaReplay:
             "worker": "a `coldstream worker` child process per k and method, fresh store",
             "store": f"embedded {s.store_backend}, not optimized (no HNSW index, as in process)",
             "partitions_events": s.partitions_events,
-            "batch_max_events": s.batch_max_events,
-            "batch_within_s": s.batch_within_s,
+            "batch_max_events": "the run's event count"
+            if s.eval_kafka_single_batch
+            else s.batch_max_events,
+            "batch_within_s": s.eval_kafka_output_timeout_s / 2
+            if s.eval_kafka_single_batch
+            else s.batch_within_s,
             "warm_catalog": "written into the store before the worker starts (eval's vectors)",
             "new_items": "item events, encoded and indexed by the worker before any event",
             "trending_start": "the training log's counts, written into the state collection",
