@@ -697,7 +697,32 @@ def format_table(summary: Mapping[str, Any], n: int = 20) -> str:
                 )
             lines.append(f"{k:>2}  {m:<13}" + "".join(cells))
         lines.append("")
+    exposure = _exposure_lines(summary)
+    if exposure:
+        lines += [
+            "new-item exposure (mean over seeds): distinct new items shown · share of the lists "
+            "showing the most shown one",
+            *exposure,
+        ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _exposure_lines(
+    summary: Mapping[str, Any], methods: Sequence[str] = (FULL, "content")
+) -> list[str]:
+    """One line per k for ``methods``: a new-item recall decided by one or two items shows here."""
+    lines = []
+    for k, per_method in summary.items():
+        cells = []
+        for m in methods:
+            got = per_method.get(m, {})
+            distinct = got.get("cold_distinct", {}).get("mean", math.nan)
+            top = got.get("cold_top_share", {}).get("mean", math.nan)
+            if not (math.isnan(distinct) or math.isnan(top)):
+                cells.append(f"{m} {distinct:.1f} · {top:.2f}")
+        if cells:
+            lines.append(f"{k:>2}  " + "   ".join(cells))
+    return lines
 
 
 def plot(summary: Mapping[str, Any], path: str | Path, n: int = 20, label: str = "") -> None:

@@ -75,6 +75,11 @@ def test_summary_and_target_checks(tmp_path: Path) -> None:
     assert len(failures) == 2 and all("seed 1" in f and "recall" in f for f in failures)
     table = format_table(summary)
     assert "Recall@20" in table and "0.1250 ± 0.0750" in table
+    assert "exposure" not in table  # no exposure figures in these results
+    for s, (distinct, top) in zip(per_seed, [(2.0, 0.9), (4.0, 0.5)], strict=True):
+        s["results"]["1"]["full"].update(cold_distinct=distinct, cold_top_share=top)
+    exposure = format_table(summarize(per_seed, [1])).split("new-item exposure")[1]
+    assert "full 3.0 · 0.70" in exposure and "content" not in exposure
     plot(summary, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
