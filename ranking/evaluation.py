@@ -76,7 +76,8 @@ from ranking.trending import TrendingCounter
 log = logging.getLogger(__name__)
 
 METRICS = ("recall", "ndcg", "hit_rate", "coverage", "cold_recall")
-# how concentrated new-item exposure is (JSON summary only; see ranking.metrics.evaluate_lists)
+# how concentrated new-item exposure is (summary and the lines under the printed table; see
+# ranking.metrics.evaluate_lists)
 EXPOSURE = ("cold_distinct", "cold_top_share")
 FULL = "full"  # the system: learned ranker + co-visitation + cold slots, through the engine
 BLEND = "engine-blend"  # the engine before the ranker: cosine + popularity prior, no snapshot
