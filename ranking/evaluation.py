@@ -17,8 +17,8 @@ the test users' do; the real held-out items are retired while validating, so tha
 time, the only new items are ones a user can go on to touch. A policy is replayed with all the
 simulated new items and with random halves of them (:func:`new_item_draws`), and must clear
 content-only's new-item recall on every one: which items happen to be new moves that recall a
-lot. The baselines are scored on the
-validation users too (``val_baselines`` in the result), the bar the choices are judged against.
+lot. The baselines are scored on the validation users too (``val_baselines`` in the result),
+the bar the choices are judged against.
 
 Two paths replay the test users (the result's ``path``): in process (the default), or through a
 :class:`StreamReplay` that the caller supplies (``coldstream eval --via-kafka``: the broker and a
@@ -415,6 +415,7 @@ def evaluate_seed(
             "popularity": PopularityRecommender(fit_log, split.catalog),
             "item-knn": ItemKNNRecommender(fit_log, split.catalog),
         }
+        changed = pseudo_new | split.cold_items  # the points whose payload validation rewrites
 
         def arrive(new: frozenset[str]) -> dict[str, dict[str, dict[str, float]]]:
             """Make ``new`` the only new items in the store; the baselines on validation users."""
@@ -441,8 +442,6 @@ def evaluate_seed(
                 }
                 for k, (rv, tg) in val_sets.items()
             }
-
-        changed = pseudo_new | split.cold_items
 
         def validate(tag: str, ecfg: EngineConfig, new: frozenset[str]) -> list[dict[str, float]]:
             out = []

@@ -348,7 +348,7 @@ def train(
     # the first member's figures at the top level (each member has its own validation slice)
     report: dict[str, Any] = {
         **first.report,
-        "members": [{k: v for k, v in f.report.items() if k not in ("history",)} for f in fits[1:]],
+        "members": [{k: v for k, v in f.report.items() if k != "history"} for f in fits[1:]],
         "seconds_total": round(time.perf_counter() - t0, 2),
         "data_hash": dhash,
         "covisit_pairs": covisit.pairs,

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from ranking.features import FEATURES, feature_matrix
 from ranking.ranker import (
@@ -18,11 +20,14 @@ from ranking.ranker import (
     RankerMeta,
     RankerMLP,
     RankerScorer,
+    _checksum,
     load_ranker,
     ranker_watcher,
+    relevance,
     save_ranker,
 )
 from ranking.scoring import Candidates, ItemPrior
+from ranking.training import listwise_loss, mask_as_new
 
 pytestmark = pytest.mark.unit
 DIM = 16
@@ -156,7 +161,6 @@ def test_generic_watcher_survives_loader_errors(tmp_path: Path) -> None:
 
 @pytest.mark.unit
 def test_mask_as_new_zeroes_history_features_of_chosen_rows_only() -> None:
-    from ranking.training import mask_as_new
 
     feats = np.arange(3 * len(FEATURES), dtype=np.float32).reshape(3, len(FEATURES)) + 1.0
     out = mask_as_new(feats, np.array([False, True, False]))
@@ -214,7 +218,6 @@ def test_item_prior_is_the_ridge_fit_and_ignores_unvisited_items() -> None:
 
 
 def test_listwise_loss_on_a_hand_computed_list() -> None:
-    from ranking.training import listwise_loss
 
     logits = torch.tensor([[0.0, math.log(2.0), math.log(3.0), 5.0]])
     labels = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
@@ -262,7 +265,6 @@ def _ensemble(n: int = 3) -> RankerScorer:
 
 
 def test_ensemble_scores_are_the_mean_of_its_members_relevances() -> None:
-    from ranking.ranker import relevance
 
     scorer = _ensemble(3)
     user, cands = _cands()
@@ -283,7 +285,6 @@ def test_ensemble_scores_are_the_mean_of_its_members_relevances() -> None:
 
 
 def test_ensemble_round_trips_and_a_missing_member_is_refused(tmp_path: Path) -> None:
-    from safetensors.numpy import load_file, save_file
 
     scorer = _ensemble(3)
     user, cands = _cands()
@@ -292,12 +293,10 @@ def test_ensemble_round_trips_and_a_missing_member_is_refused(tmp_path: Path) ->
     assert loaded.meta.members == 3 and len(loaded.models) == 3
     np.testing.assert_array_equal(loaded.score(user, cands, {}), scorer.score(user, cands, {}))
     # drop member 2's tensors and re-sign the file: the checksum passes, the members do not
-    from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as fh:
         meta = dict(fh.metadata() or {})
     tensors = {k: v for k, v in load_file(str(path)).items() if not k.startswith("member2.")}
-    from ranking.ranker import _checksum
 
     meta["checksum"] = _checksum(tensors, meta)
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
@@ -306,7 +305,6 @@ def test_ensemble_round_trips_and_a_missing_member_is_refused(tmp_path: Path) ->
 
 
 def test_single_member_files_keep_the_unprefixed_layout(tmp_path: Path) -> None:
-    from safetensors.numpy import load_file
 
     path = save_ranker(tmp_path / "one.safetensors", _scorer())
     assert not any(k.startswith("member") for k in load_file(str(path)))
