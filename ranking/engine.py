@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ranking.candidates import PoolTable
 from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel, ItemIds, RowCache
 from ranking.diversity import mmr
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import Candidates, Scorer, score_all
 from ranking.store import Hit, Query, StoredPoint, VectorStore
-from ranking.trending import MergedTrending, Popularity, TrendingCounter
+from ranking.trending import MergedTrending, TrendingCounter
 
 log = logging.getLogger(__name__)
 
@@ -351,16 +352,22 @@ class BehaviorEngine:
                     for h in hs
                 },
             }
-        pools: list[tuple[Profile, Candidates]] = []
-        for n, (profile, hits) in enumerate(zip(with_vec, results, strict=True)):
-            extras = list(channels.get(profile.user_id, ()))
+        extras: list[list[tuple[str, str]]] = []
+        for n, profile in enumerate(with_vec):
+            chans = list(channels.get(profile.user_id, ()))
             if new_hits:
                 # a content query (the `recommendations` contract knows content, covisit
                 # and trending as sources)
-                extras += [(h.id, "content") for h in new_hits[n]]
-            cands = assemble_candidates(
-                profile, hits, extras, known_items, popularity, index, now, cfg
-            )
+                chans += [(h.id, "content") for h in new_hits[n]]
+            extras.append(chans)
+        table = PoolTable(_dim(with_vec), known_items, popularity, index)
+        for hits, chans in zip(results, extras, strict=True):
+            table.add_hits(hits)
+            table.add_extras(chans)
+        table.freeze()
+        pools: list[tuple[Profile, Candidates]] = []
+        for profile, hits, chans in zip(with_vec, results, extras, strict=True):
+            cands = table.pool(profile, hits, chans, now, cfg)
             if cands is None:
                 out[profile.user_id] = self._trending_list(profile, popularity)
             else:
@@ -605,109 +612,14 @@ def covisit_key(partition: int) -> str:
 _COVISIT_REASON = "often chosen by people who chose the same items"
 
 
-def assemble_candidates(
-    profile: Profile,
-    hits: Sequence[Hit],
-    extras: Sequence[tuple[str, str]],
-    known_items: Mapping[str, StoredPoint],
-    popularity: Popularity,
-    index: CovisitIndex,
-    now: float,
-    cfg: EngineConfig,
-) -> Candidates | None:
-    """Merge content hits with the co-visited/popular channels into one scored-to-be pool.
-
-    Shared by the engine and the ranker's training, so a model learns on exactly the pools it
-    will rank. Channel items the user has seen, that are retired or whose point is unknown are
-    dropped. Returns None when there is nothing to rank.
-    """
-    assert profile.vector is not None
-    user = profile.vector
-    # one pass, one append per field: this runs for ~120 candidates per user per batch
-    ids: list[str] = []
-    vecs: list[np.ndarray] = []
-    cos: list[float] = []
-    created: list[float] = []
-    categories: list[str | None] = []
-    sources: list[str] = []
-    taken: set[str] = set()
-    zero: np.ndarray | None = None
-    for h in hits:
-        if h.id in taken:
-            continue
-        taken.add(h.id)
-        vec = h.vector
-        if vec is None:
-            vec = zero = np.zeros(len(user), np.float32) if zero is None else zero
-        payload = h.payload
-        ids.append(h.id)
-        vecs.append(vec)
-        cos.append(h.score)
-        created.append(_created(payload))
-        categories.append(_str_or_none(payload.get("category")))
-        sources.append("content")
-    n_content = len(ids)
-    seen = set(profile.seen)
-    for item_id, source in extras:
-        if item_id in taken or item_id in seen:
-            continue
-        point = known_items.get(item_id)
-        if point is None or point.vector is None or point.payload.get("active") is False:
-            continue
-        taken.add(item_id)
-        payload = point.payload
-        ids.append(item_id)
-        vecs.append(point.vector)
-        created.append(_created(payload))
-        categories.append(_str_or_none(payload.get("category")))
-        sources.append(source)
-    if not ids:
-        return None
-    vectors = np.stack(vecs).astype(np.float32, copy=False)
-    cosine = np.empty(len(ids), np.float32)
-    cosine[:n_content] = cos
-    if len(ids) > n_content:  # channel items: cosine with the profile, one product
-        cosine[n_content:] = vectors[n_content:] @ user.astype(np.float32)
-    pop_get = popularity.get
-    pops = np.fromiter((pop_get(i, 0.0) for i in ids), np.float32, len(ids))
-    gids = index.ids.lookup(ids)
-    counts = index.counts_of(gids)
-    co = index.scores(profile.recent_items[-cfg.covisit_window :])
-    created_at = np.asarray(created, dtype=np.float64)
-    age = np.where(created_at > 0, now - created_at, np.nan)
-    return Candidates(
-        ids=ids,
-        vectors=vectors,
-        cosine=cosine,
-        popularity=pops,
-        categories=categories,
-        is_cold=((pops <= 0.0) & (counts <= 0.0))
-        | (counts <= cfg.cold_item_max_count)
-        | (now - created_at < cfg.cold_item_max_age_s),
-        counts=counts,
-        covisit=co.of(gids),
-        age_s=age,
-        profile_events=profile.event_count,
-        sources=sources,
-    )
-
-
-def _created(payload: Mapping[str, object]) -> float:
-    value = payload.get("created_at")
-    try:
-        return float(value) if value is not None else 0.0  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0.0
+def _dim(profiles: Sequence[Profile]) -> int:
+    return len(profiles[0].vector) if profiles and profiles[0].vector is not None else 0
 
 
 def _or(vector: np.ndarray | None, fallback: np.ndarray | None) -> np.ndarray:
     out = vector if vector is not None else fallback
     assert out is not None
     return np.asarray(out, dtype=np.float32)
-
-
-def _str_or_none(value: object) -> str | None:
-    return str(value) if value else None
 
 
 def _category(item: StoredPoint | None) -> str | None:

@@ -126,9 +126,9 @@ def first_layer(
     # training keeps the out-of-place op that autograd needs
     diff = items - u
     diff = diff.abs() if torch.is_grad_enabled() else diff.abs_()
-    # (u ⊙ i)·w_m = i·(u ⊙ w_m): one (d, h) matrix per user
+    # i·w_i + (u ⊙ i)·w_m = i·(w_i + u ⊙ w_m): one (d, h) matrix per user, one product
     per_user = (u.transpose(-1, -2) * w_m.T) if u.dim() > 2 else (user[:, None] * w_m.T)
-    return u @ w_u.T + items @ w_i.T + items @ per_user + diff @ w_a.T + feats @ w_f.T + bias
+    return u @ w_u.T + items @ (per_user + w_i.T) + diff @ w_a.T + feats @ w_f.T + bias
 
 
 @dataclass

@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ranking.candidates import assemble_candidates
 from ranking.covisit import CovisitIndex, CovisitModel
-from ranking.engine import EngineConfig, assemble_candidates
+from ranking.engine import EngineConfig
 from ranking.features import FEATURES, feature_matrix
 from ranking.profile import Profile, Signal, apply_signal
 from ranking.ranker import RankerMeta, RankerMLP, RankerScorer
