@@ -3,7 +3,10 @@
 Unlike qdrant-client's local mode (brute force in Python, ~120 ms per search at 100k points),
 Edge runs Qdrant's own segments, payload indexes and HNSW in-process. Each collection is a shard
 directory ``<path>/<collection>`` with a write-ahead log: acknowledged writes survive a hard exit.
-Ids map to UUIDs exactly as in :mod:`infra.qdrant_store`, so both stores agree on point ids.
+Point ids are 64-bit integers hashed from the string id (:func:`point_u64`): the binding builds
+a Python ``uuid.UUID`` on every read of a UUID id, which cost twice the Rust search itself. A
+shard made before that keeps its UUIDs (as in :mod:`infra.qdrant_store`); a marker file in each
+shard says which scheme it uses.
 
 HNSW is built only by :meth:`EdgeStore.optimize`: it blocks and holds the GIL for its whole run
 (seconds at 100k points), so it belongs after bulk loads or in a maintenance window, never on the
@@ -12,6 +15,8 @@ stream's hot path; ``optimize_every`` opts into running it inline after that man
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import threading
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 _ID_KEY = "_id"
 _PACKED_KEY = "_packed"
 _CONFIG_FILE = "edge_config.json"
+_IDS_FILE = "coldstream_ids.json"  # which point-id scheme a shard uses
 T = TypeVar("T")
 
 # Messages of the engine's (untyped) exceptions that mean "cannot reach the data", not "bad call".
@@ -95,9 +101,10 @@ class EdgeStore:
         self._cache_size = cache_size
         self._exclude_after_max = exclude_after_max
         self._caches: dict[str, _PointCache] = {}
-        # point id → string id (a uuid5 of it, the same in every collection): grows with the
-        # number of distinct points ever returned by a search, i.e. at most the catalog
-        self._names: dict[uuid.UUID, str] = {}
+        # point id → string id (a hash of it, the same in every collection of one scheme):
+        # grows with the number of distinct points ever returned by a search, at most the catalog
+        self._names: dict[int | uuid.UUID, str] = {}
+        self._point_ids: dict[str, Callable[[str], Any]] = {}  # collection → its id scheme
 
     # -- protocol -----------------------------------------------------------------------
     def ensure_collection(self, name: str, dim: int) -> None:
@@ -123,8 +130,9 @@ class EdgeStore:
         def run() -> None:
             shard = self._shard(collection)
             dim = self._dims.get(collection)
+            pid = self._point_id(collection)
             structs = [
-                qe.Point(point_uuid(p.id), vector_list(p.vector, dim), _pack(p.id, p.payload))
+                qe.Point(pid(p.id), vector_list(p.vector, dim), _pack(p.id, p.payload))
                 for p in points
             ]
             shard.update(qe.UpdateOperation.upsert_points(structs))
@@ -153,10 +161,11 @@ class EdgeStore:
             else:
                 out[sid] = StoredPoint(sid, cached[0] if with_vectors else None, dict(cached[1]))
         if missing:
-            uuids: list[qe.PointId] = [point_uuid(i) for i in missing]
             records = self._call(
                 "retrieve",
-                lambda: self._shard(collection).retrieve(uuids, True, with_vectors),
+                lambda: self._shard(collection).retrieve(
+                    [self._point_id(collection)(i) for i in missing], True, with_vectors
+                ),
             )
             for rec in records:
                 payload = _unpack(rec.payload)
@@ -173,7 +182,7 @@ class EdgeStore:
         The engine returns only point ids and scores: reading even the one ``_id`` payload key
         per hit cost 0.25-0.5 ms per query of 50-100 hits (measured on MovieLens, 40 queries a
         batch), more than the search itself, and converting payloads and vectors ~2.5 ms. Ids
-        are uuid5 of the string id, so a point's name never changes once learned; vectors and
+        are hashes of the string id, so a point's name never changes once learned; vectors and
         payloads come from the point cache. Misses cost one retrieve each.
         """
         if not queries:
@@ -186,7 +195,7 @@ class EdgeStore:
             qe.QueryRequest(
                 limit=q.limit + len(q.exclude_ids) if late else q.limit,
                 query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist()),
-                filter=_filter(q, with_exclusions=not late),
+                filter=_filter(q, self._point_id(collection) if not late else None),
                 with_payload=False,
                 with_vector=False,
                 params=self._params,
@@ -197,7 +206,7 @@ class EdgeStore:
             "search",
             lambda: self._shard(collection).query_batch(qe.QueryBatchRequest(requests)),
         )
-        # the binding builds a uuid.UUID on every ``.id`` access: read each one once
+        # read each ``.id`` once: even an integer id is a conversion in the binding
         found: list[list[tuple[Any, float]]] = [
             [(sp.id, sp.score) for sp in resp] for resp in responses
         ]
@@ -257,26 +266,28 @@ class EdgeStore:
         wanted = list(dict.fromkeys(point_ids))
         records = self._call(
             "retrieve",
-            lambda: self._shard(collection).retrieve([str(u) for u in wanted], True, False),
+            lambda: self._shard(collection).retrieve(
+                [u if isinstance(u, int) else str(u) for u in wanted], True, False
+            ),
         )
         names = self._names
         for rec in records:  # a point deleted since the query is not found: its hits drop
-            names[_as_uuid(rec.id)] = _hit_id(rec)
+            names[_point_key(rec.id)] = _hit_id(rec)
 
     def set_payload(self, collection: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
         if not ids:
             return
-        uuids: list[qe.PointId] = [point_uuid(i) for i in ids]
+        pid = self._point_id(collection)
         scalars, nested = _split(payload)
         if nested:  # a nested value would have to merge into the packed blob: read, then write
             current = self.retrieve(collection, ids, with_vectors=False)
             for sid, point in current.items():
                 merged = {**point.payload, **payload}
-                op = qe.UpdateOperation.set_payload([point_uuid(sid)], _pack(sid, merged))
+                op = qe.UpdateOperation.set_payload([pid(sid)], _pack(sid, merged))
                 self._call("set_payload", lambda op=op: self._shard(collection).update(op))  # type: ignore[misc]
             self._cache_for(collection).merge(ids, payload)
             return
-        op = qe.UpdateOperation.set_payload(uuids, scalars)
+        op = qe.UpdateOperation.set_payload([pid(i) for i in ids], scalars)
         self._call("set_payload", lambda: self._shard(collection).update(op))
         self._cache_for(collection).merge(ids, payload)
 
@@ -334,10 +345,14 @@ class EdgeStore:
             quantization_config=self._quantization,
             payload_memory=qe.Memory.Cached,  # search returns payloads: keep them off the disk path
         )
+        ids_file = shard_path / _IDS_FILE
         if (shard_path / _CONFIG_FILE).exists():
             shard = qe.EdgeShard.load(str(shard_path), config)
+            scheme = json.loads(ids_file.read_text())["point_ids"] if ids_file.exists() else "uuid5"
         else:
             shard = qe.EdgeShard.create(str(shard_path), config)
+            scheme = "u64"
+            ids_file.write_text(json.dumps({"point_ids": scheme}))
             # HNSW sub-graphs per payload value multiply index build time: filter at search
             shard.update(
                 qe.UpdateOperation.create_field_index(
@@ -349,6 +364,10 @@ class EdgeStore:
                     "created_at", qe.FloatIndexParams(enable_hnsw=False)
                 )
             )
+        if scheme not in _ID_SCHEMES:
+            shard.close()
+            raise ValueError(f"{ids_file}: unknown point-id scheme {scheme!r}")
+        self._point_ids[name] = _ID_SCHEMES[scheme]
         self._shards[name] = shard
         self._dims[name] = dim
         return shard
@@ -367,6 +386,11 @@ class EdgeStore:
             if not (shard_path / _CONFIG_FILE).exists():
                 raise ValueError(f"collection {name!r} does not exist in {self.location}")
             return self._open(name, _stored_dim(shard_path))
+
+    def _point_id(self, collection: str) -> Callable[[str], Any]:
+        """The collection's point-id function (opening its shard if need be)."""
+        self._shard(collection)
+        return self._point_ids[collection]
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
@@ -422,8 +446,24 @@ def _unpack(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     return payload
 
 
-def _as_uuid(point_id: Any) -> uuid.UUID:
-    return point_id if isinstance(point_id, uuid.UUID) else uuid.UUID(str(point_id))
+@functools.lru_cache(maxsize=1 << 18)
+def point_u64(item_id: str) -> int:
+    """A string id's point id: its first 64 bits of BLAKE2b (cached: every write path).
+
+    Two ids of a catalog of n share one with probability about n²/2^65 (3·10⁻⁸ at a million
+    items); the second write would replace the first point.
+    """
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big")
+
+
+_ID_SCHEMES: dict[str, Callable[[str], Any]] = {"u64": point_u64, "uuid5": point_uuid}
+
+
+def _point_key(point_id: Any) -> int | uuid.UUID:
+    """A point id as search hits return it (an int, or a UUID for a ``uuid5`` shard)."""
+    if isinstance(point_id, (int, uuid.UUID)):
+        return point_id
+    return uuid.UUID(str(point_id))
 
 
 def _hit_id(sp: Any) -> str:
@@ -439,15 +479,16 @@ def _match_value(value: Any) -> qe.MatchValue:
     return qe.MatchValue(np.bool_(value) if isinstance(value, bool) else value)  # type: ignore[arg-type]
 
 
-def _filter(q: Query, *, with_exclusions: bool = True) -> qe.Filter | None:
+def _filter(q: Query, point_id: Callable[[str], Any] | None) -> qe.Filter | None:
+    """The query's conditions; its excluded ids too when ``point_id`` (their scheme) is given."""
     must: list[qe.FieldCondition | qe.HasIdCondition] = [
         qe.FieldCondition(key, match=_match_value(value)) for key, value in q.where.items()
     ]
     if q.created_after is not None:
         must.append(qe.FieldCondition("created_at", range=qe.RangeFloat(gt=q.created_after)))
     must_not: list[qe.FieldCondition | qe.HasIdCondition] = []
-    if q.exclude_ids and with_exclusions:
-        must_not.append(qe.HasIdCondition({point_uuid(i) for i in q.exclude_ids}))
+    if q.exclude_ids and point_id is not None:
+        must_not.append(qe.HasIdCondition({point_id(i) for i in q.exclude_ids}))
     if not must and not must_not:
         return None
     return qe.Filter(must=list(must) or None, must_not=list(must_not) or None)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 
-from infra.edge_store import EdgeStore
-from infra.qdrant_store import QdrantStore
+from infra.edge_store import EdgeStore, point_u64
+from infra.qdrant_store import QdrantStore, point_uuid
 from ranking.store import Query, StoredPoint, VectorStore
 
 pytestmark = pytest.mark.integration
@@ -233,3 +235,72 @@ def test_payload_fields_limit_what_comes_back(store: VectorStore) -> None:
     assert all(h.vector is not None for h in hits)
     (full,) = store.search("items", [Query(_unit(1), limit=1)])
     assert full[0].payload["tags"] == ["a", "b"]
+
+
+def test_edge_new_shards_use_integer_point_ids(tmp_path: Path) -> None:
+    s = EdgeStore(tmp_path / "store")
+    try:
+        s.ensure_collection("items", DIM)
+        s.upsert("items", _items())
+    finally:
+        s.close()
+    marker = json.loads((tmp_path / "store" / "items" / "coldstream_ids.json").read_text())
+    assert marker == {"point_ids": "u64"}
+    shard = qe.EdgeShard.load(str(tmp_path / "store" / "items"), None)
+    try:
+        (record,) = shard.retrieve([point_u64("item-3")], True, False)
+        assert record.payload["_id"] == "item-3"
+    finally:
+        shard.close()
+
+
+def test_edge_shard_with_uuid_point_ids_keeps_working(tmp_path: Path) -> None:
+    """A shard written before integer ids (UUIDs, no marker file) is read and written as is."""
+    path = tmp_path / "store" / "items"
+    path.parent.mkdir()
+    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine))
+    shard = qe.EdgeShard.create(str(path), config)
+    shard.update(
+        qe.UpdateOperation.upsert_points(
+            [
+                qe.Point(point_uuid(p.id), p.vector.tolist(), {**p.payload, "_id": p.id})  # type: ignore[union-attr]
+                for p in _items()
+            ]
+        )
+    )
+    shard.close()
+    s = EdgeStore(tmp_path / "store")
+    try:
+        s.ensure_collection("items", DIM)
+        assert s.retrieve("items", ["item-5"])["item-5"].payload["category"] == "c2"
+        (hits,) = s.search("items", [Query(_unit(5), limit=3)])
+        assert hits[0].id == "item-5"
+        excluded = ["item-5"] + [f"absent-{i}" for i in range(100)]  # long: an engine filter
+        (hits,) = s.search("items", [Query(_unit(5), limit=3, exclude_ids=excluded)])
+        assert "item-5" not in {h.id for h in hits} and len(hits) == 3
+        s.set_payload("items", ["item-5"], {"active": False})
+        s.upsert("items", [StoredPoint("item-new", _unit(99), {"active": True})])
+        assert s.count("items") == 21
+    finally:
+        s.close()
+    assert not (path / "coldstream_ids.json").exists()
+    again = EdgeStore(tmp_path / "store")
+    try:
+        again.ensure_collection("items", DIM)
+        got = again.retrieve("items", ["item-5", "item-new"])
+        assert got["item-5"].payload["active"] is False and "item-new" in got
+    finally:
+        again.close()
+
+
+def test_edge_unknown_point_id_scheme_is_refused(tmp_path: Path) -> None:
+    s = EdgeStore(tmp_path / "store")
+    s.ensure_collection("items", DIM)
+    s.close()
+    (tmp_path / "store" / "items" / "coldstream_ids.json").write_text('{"point_ids": "v9"}')
+    again = EdgeStore(tmp_path / "store")
+    try:
+        with pytest.raises(ValueError, match="unknown point-id scheme 'v9'"):
+            again.ensure_collection("items", DIM)
+    finally:
+        again.close()
