@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -130,7 +131,7 @@ class EdgeStore:
         def run() -> None:
             shard = self._shard(collection)
             dim = self._dims.get(collection)
-            pid = self._point_id(collection)
+            pid = self._point_ids[collection]
             structs = [
                 qe.Point(pid(p.id), vector_list(p.vector, dim), _pack(p.id, p.payload))
                 for p in points
@@ -161,12 +162,13 @@ class EdgeStore:
             else:
                 out[sid] = StoredPoint(sid, cached[0] if with_vectors else None, dict(cached[1]))
         if missing:
-            records = self._call(
-                "retrieve",
-                lambda: self._shard(collection).retrieve(
-                    [self._point_id(collection)(i) for i in missing], True, with_vectors
-                ),
-            )
+
+            def read() -> Any:
+                shard = self._shard(collection)
+                pid = self._point_ids[collection]
+                return shard.retrieve([pid(i) for i in missing], True, with_vectors)
+
+            records = self._call("retrieve", read)
             for rec in records:
                 payload = _unpack(rec.payload)
                 sid = str(payload.pop(_ID_KEY, rec.id))
@@ -191,11 +193,12 @@ class EdgeStore:
         # engine (40 queries of 50 over 1,682 items: 7.4 ms with a must-not-id filter, 3.6 ms
         # without); with at most ``limit + len(excluded)`` hits, ``limit`` always remain
         after = [0 < len(q.exclude_ids) <= self._exclude_after_max for q in queries]
+        pid = self._point_id(collection)
         requests = [
             qe.QueryRequest(
                 limit=q.limit + len(q.exclude_ids) if late else q.limit,
                 query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist()),
-                filter=_filter(q, self._point_id(collection) if not late else None),
+                filter=_filter(q, pid if not late else None),
                 with_payload=False,
                 with_vector=False,
                 params=self._params,
@@ -347,26 +350,35 @@ class EdgeStore:
         )
         ids_file = shard_path / _IDS_FILE
         if (shard_path / _CONFIG_FILE).exists():
+            scheme = _read_scheme(ids_file) if ids_file.exists() else None
             shard = qe.EdgeShard.load(str(shard_path), config)
-            scheme = json.loads(ids_file.read_text())["point_ids"] if ids_file.exists() else "uuid5"
+            try:
+                if scheme is None:  # a shard from before the marker: its points tell
+                    scheme = _detect_scheme(shard)
+                    _write_scheme(ids_file, scheme)
+            except BaseException:
+                shard.close()
+                raise
         else:
-            shard = qe.EdgeShard.create(str(shard_path), config)
             scheme = "u64"
-            ids_file.write_text(json.dumps({"point_ids": scheme}))
-            # HNSW sub-graphs per payload value multiply index build time: filter at search
-            shard.update(
-                qe.UpdateOperation.create_field_index(
-                    "active", qe.BoolIndexParams(enable_hnsw=False)
+            shard_path.mkdir(parents=True, exist_ok=True)
+            _write_scheme(ids_file, scheme)  # first: a shard never exists without its marker
+            shard = qe.EdgeShard.create(str(shard_path), config)
+            try:
+                # HNSW sub-graphs per payload value multiply index build time: filter at search
+                shard.update(
+                    qe.UpdateOperation.create_field_index(
+                        "active", qe.BoolIndexParams(enable_hnsw=False)
+                    )
                 )
-            )
-            shard.update(
-                qe.UpdateOperation.create_field_index(
-                    "created_at", qe.FloatIndexParams(enable_hnsw=False)
+                shard.update(
+                    qe.UpdateOperation.create_field_index(
+                        "created_at", qe.FloatIndexParams(enable_hnsw=False)
+                    )
                 )
-            )
-        if scheme not in _ID_SCHEMES:
-            shard.close()
-            raise ValueError(f"{ids_file}: unknown point-id scheme {scheme!r}")
+            except BaseException:
+                shard.close()
+                raise
         self._point_ids[name] = _ID_SCHEMES[scheme]
         self._shards[name] = shard
         self._dims[name] = dim
@@ -389,8 +401,11 @@ class EdgeStore:
 
     def _point_id(self, collection: str) -> Callable[[str], Any]:
         """The collection's point-id function (opening its shard if need be)."""
-        self._shard(collection)
-        return self._point_ids[collection]
+        pid = self._point_ids.get(collection)
+        if pid is None:
+            self._call("open", lambda: self._shard(collection))
+            pid = self._point_ids[collection]
+        return pid
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
@@ -457,6 +472,34 @@ def point_u64(item_id: str) -> int:
 
 
 _ID_SCHEMES: dict[str, Callable[[str], Any]] = {"u64": point_u64, "uuid5": point_uuid}
+
+
+def _read_scheme(ids_file: Path) -> str:
+    try:
+        scheme = json.loads(ids_file.read_text())["point_ids"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{ids_file}: unreadable point-id marker ({exc!r})") from exc
+    if scheme not in _ID_SCHEMES:
+        raise ValueError(f"{ids_file}: unknown point-id scheme {scheme!r}")
+    return str(scheme)
+
+
+def _write_scheme(ids_file: Path, scheme: str) -> None:
+    """Atomically: a crash leaves the old marker or the new one, never half of one."""
+    tmp = ids_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"point_ids": scheme}))
+    os.replace(tmp, ids_file)
+
+
+def _detect_scheme(shard: qe.EdgeShard) -> str:
+    """A marker-less shard's scheme, from one of its points (empty: the current scheme).
+
+    Shards made before integer ids have UUIDs; one copied without its marker has integers.
+    """
+    records, _ = shard.scroll(qe.ScrollRequest(limit=1, with_payload=False, with_vector=False))
+    if records and not isinstance(records[0].id, int):
+        return "uuid5"
+    return "u64"
 
 
 def _point_key(point_id: Any) -> int | uuid.UUID:

@@ -25,11 +25,13 @@ if TYPE_CHECKING:
 
 
 class PoolTable:
-    """The items of one batch's pools, one row each, registered before any pool is built.
+    """The items of one batch's pools, registered before any pool is built: every content hit
+    (:meth:`add_hits`, all users' first), then the channel items (:meth:`add_extras`).
 
-    An item's row is taken from the first place it is seen: a content hit or a known point.
-    Both come from the same store within one batch, so they agree unless the item was updated
-    between the batch's read and its search (a race with no better answer).
+    A hit's row holds the hit's own point; a channel item's, its ``known_items`` point. Both
+    come from the same store, so a channel item that is also someone's hit shares that row,
+    unless the item changed between the batch's read and its search (an item event handled
+    meanwhile): then it gets a row of its own, as each user's pool read it before the table.
     """
 
     def __init__(
@@ -75,14 +77,26 @@ class PoolTable:
                 usable[item_id] = None
                 continue
             row = self.row_of.get(item_id)
-            if row is None:
+            if row is None or not self._same(row, point):
                 row = self._add(item_id, point.vector, point.payload)
             usable[item_id] = row
+
+    def _same(self, row: int, point: StoredPoint) -> bool:
+        """Whether ``row`` (a hit) holds exactly ``point``'s vector and read fields."""
+        vector = self._vectors[row]
+        assert point.vector is not None
+        same_vector = vector is point.vector or np.array_equal(vector, point.vector)
+        category = point.payload.get("category")
+        return (
+            same_vector
+            and self._created[row] == _created(point.payload)
+            and self.categories[row] == (str(category) if category else None)
+        )
 
     def _add(self, item_id: str, vector: np.ndarray, payload: Mapping[str, object]) -> int:
         assert not self._frozen, "register every item before the first pool"
         row = len(self.ids)
-        self.row_of[item_id] = row
+        self.row_of.setdefault(item_id, row)  # a hit's row (hits are registered first)
         self.ids.append(item_id)
         self._vectors.append(vector)
         self._created.append(_created(payload))

@@ -361,8 +361,9 @@ class BehaviorEngine:
                 chans += [(h.id, "content") for h in new_hits[n]]
             extras.append(chans)
         table = PoolTable(_dim(with_vec), known_items, popularity, index)
-        for hits, chans in zip(results, extras, strict=True):
+        for hits in results:
             table.add_hits(hits)
+        for chans in extras:
             table.add_extras(chans)
         table.freeze()
         pools: list[tuple[Profile, Candidates]] = []

@@ -283,7 +283,8 @@ def test_edge_shard_with_uuid_point_ids_keeps_working(tmp_path: Path) -> None:
         assert s.count("items") == 21
     finally:
         s.close()
-    assert not (path / "coldstream_ids.json").exists()
+    marker = json.loads((path / "coldstream_ids.json").read_text())
+    assert marker == {"point_ids": "uuid5"}  # learned from the points, then written down
     again = EdgeStore(tmp_path / "store")
     try:
         again.ensure_collection("items", DIM)
@@ -293,14 +294,39 @@ def test_edge_shard_with_uuid_point_ids_keeps_working(tmp_path: Path) -> None:
         again.close()
 
 
-def test_edge_unknown_point_id_scheme_is_refused(tmp_path: Path) -> None:
+def test_edge_shard_that_lost_its_marker_is_read_by_its_points(tmp_path: Path) -> None:
     s = EdgeStore(tmp_path / "store")
     s.ensure_collection("items", DIM)
+    s.upsert("items", _items())
     s.close()
-    (tmp_path / "store" / "items" / "coldstream_ids.json").write_text('{"point_ids": "v9"}')
+    marker = tmp_path / "store" / "items" / "coldstream_ids.json"
+    marker.unlink()
     again = EdgeStore(tmp_path / "store")
     try:
-        with pytest.raises(ValueError, match="unknown point-id scheme 'v9'"):
+        again.ensure_collection("items", DIM)
+        assert again.retrieve("items", ["item-5"])["item-5"].payload["category"] == "c2"
+    finally:
+        again.close()
+    assert json.loads(marker.read_text()) == {"point_ids": "u64"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [('{"point_ids": "v9"}', "unknown point-id scheme 'v9'"), ("{", "unreadable point-id marker")],
+)
+def test_edge_bad_point_id_marker_is_refused(tmp_path: Path, content: str, message: str) -> None:
+    s = EdgeStore(tmp_path / "store")
+    s.ensure_collection("items", DIM)
+    s.upsert("items", _items())
+    s.close()
+    marker = tmp_path / "store" / "items" / "coldstream_ids.json"
+    marker.write_text(content)
+    again = EdgeStore(tmp_path / "store")
+    try:
+        with pytest.raises(ValueError, match=message):
             again.ensure_collection("items", DIM)
+        marker.write_text('{"point_ids": "u64"}')  # the refusal left the shard unlocked
+        again.ensure_collection("items", DIM)
+        assert again.count("items") == 20
     finally:
         again.close()
