@@ -57,7 +57,7 @@ class EngineConfig:
     # visits from content); new_top_n > 0 adds that many new items (created within
     # cold_item_max_age_s) to each pool, found by one query with vector recent + weight · w
     cold_prior_weight: float = 1.0
-    new_top_n: int = 50
+    new_top_n: int = 25
     trending_half_life_s: float = 24 * 3600.0
     reason_anchors: int = 5
     # co-visitation channel and the popular channel (merged with content recall)
@@ -66,7 +66,7 @@ class EngineConfig:
     covisit_recency: float = 0.8  # weight of the t-th most recent item: recency^t
     covisit_max_pairs: int = 200_000  # online pairs kept per partition
     covisit_row_cap: int = 16  # online neighbours kept per item (bounds per-user scoring work)
-    popular_top_n: int = 50
+    popular_top_n: int = 25
 
 
 @dataclass(frozen=True)

@@ -5,21 +5,16 @@ rate (open loop) or as fast as possible, for a bounded time; reads the output to
 thread and reports events/s in, recommendations/s out, event-sent → recommendation-produced
 latency percentiles, the backlog over time, and the worker's CPU and RSS.
 
-Traffic model: ``concurrency`` browsing sessions at a time, each a random user emitting a
-geometric number of events (mean ``session_mean``) on Zipf-popular items, interleaved.
-``session_mean=1`` makes every event a different user's: the worst case, since the work per batch
-(one recall query per user) grows with distinct users, not with events.
+Traffic model: :class:`streams.traffic.ShopperTraffic` (browsing sessions of Zipf-popular
+clicks, interleaved), shared with ``bench engine``.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import random
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +30,7 @@ from streams.demo import item_payload
 from streams.produce import Publisher
 from streams.stack import LocalStack
 from streams.tail import output_consumer
+from streams.traffic import ShopperTraffic
 
 
 @dataclass
@@ -94,23 +90,11 @@ def run_bench(
     log_dir: Path | None = None,
 ) -> dict[str, Any]:
     """One bounded run; returns JSON-able figures."""
-    rng = random.Random(seed)
     dataset = load_movielens_100k()
     item_ids = [i.item_id for i in dataset.items]
-    # cumulative once: ``choices`` with plain weights re-sums all 1,682 per event
-    cum_weights = list(
-        itertools.accumulate(1.0 / (rank + 1) ** 0.8 for rank in range(len(item_ids)))
+    traffic = ShopperTraffic(
+        item_ids, users=users, session_mean=session_mean, concurrency=concurrency, seed=seed
     )
-    rng.shuffle(item_ids)
-    user_ids = [f"bench-{seed}-{n}" for n in range(users)]
-
-    def new_session() -> list[Any]:
-        length = 1
-        while rng.random() > 1.0 / max(session_mean, 1.0):
-            length += 1
-        return [rng.choice(user_ids), length]
-
-    sessions = [new_session() for _ in range(concurrency)]
     with LocalStack(settings, log_dir=log_dir) as stack:
         assert stack.worker is not None and stack.worker.proc is not None
         worker = psutil.Process(stack.worker.proc.pid)
@@ -138,23 +122,9 @@ def run_bench(
                     if sent >= due:
                         time.sleep(min(0.001, max(0.0, start + (sent + 1) / rate - now)))
                         continue
-                slot = rng.randrange(concurrency)
-                user = sessions[slot][0]
-                sessions[slot][1] -= 1
-                if sessions[slot][1] <= 0:
-                    sessions[slot] = new_session()
-                item_id = rng.choices(item_ids, cum_weights=cum_weights)[0]
-                event_id = str(uuid.uuid4())
-                sent_at[event_id] = time.time()
-                publisher.event(
-                    {
-                        "event_id": event_id,
-                        "user_id": user,
-                        "type": "click",
-                        "item_id": item_id,
-                        "ts": int(time.time() * 1000),
-                    }
-                )
+                event = traffic.next_event(int(time.time() * 1000))
+                sent_at[str(event["event_id"])] = time.time()
+                publisher.event(event)
                 sent += 1
                 if now >= next_sample:
                     applied = metrics.total(

@@ -146,6 +146,29 @@ def _cmd_bench_store(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+
+    from streams.engine_bench import format_engine_report, run_engine_bench
+
+    with tempfile.TemporaryDirectory(prefix="coldstream-engine-bench-") as tmp:
+        report = run_engine_bench(
+            settings.model_copy(update={"data_dir": Path(tmp) / "data"}),
+            batch=args.batch,
+            batches=args.batches,
+            warmup=args.warmup,
+            users=args.users,
+            session_mean=args.session_mean,
+            concurrency=args.concurrency,
+            seed=args.seed,
+            progress=lambda msg: print(f"  … {msg}", file=sys.stderr, flush=True),
+        )
+    print(format_engine_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def _cmd_bench_broker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.broker_bench import format_broker_report, run_broker_bench
 
@@ -237,6 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
     p.add_argument("--queries", type=int, default=500, help="single queries timed")
     p.add_argument("--uniform", action="store_true", help="uniform vectors (HNSW worst case)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p = bsub.add_parser(
+        "engine", help="the worker's batch work in process (no broker, no Faust), timed per batch"
+    )
+    p.set_defaults(handler=_cmd_bench_engine)
+    p.add_argument("--batch", type=int, default=200, help="events per batch")
+    p.add_argument("--batches", type=int, default=100, help="batches timed")
+    p.add_argument("--warmup", type=int, default=20, help="batches run first, not timed")
+    p.add_argument("--users", type=int, default=2000, help="synthetic users")
+    p.add_argument("--session-mean", type=float, default=5.0, help="events per session")
+    p.add_argument("--concurrency", type=int, default=50, help="sessions at a time")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this JSON file")
     p = bsub.add_parser("broker", help="the Kafka broker alone: fixed-rate produce + consume")
     p.set_defaults(handler=_cmd_bench_broker)

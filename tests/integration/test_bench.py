@@ -10,6 +10,8 @@ import pytest
 from infra.settings import Settings
 from streams.bench import format_report, run_bench
 from streams.broker_bench import format_broker_report, run_broker_bench
+from streams.engine_bench import format_engine_report, run_engine_bench
+from streams.traffic import ShopperTraffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -37,3 +39,33 @@ def test_broker_bench_round_trips_every_record() -> None:
     assert report["consumed"] == report["sent"]  # flushed and read back before returning
     assert report["series"] and all(row["broker_cpu_percent"] >= 0 for row in report["series"])
     assert "broker CPU" in format_broker_report(report)
+
+
+def test_engine_bench_times_every_batch_through_the_pipeline(tmp_path: Path) -> None:
+    report = run_engine_bench(
+        Settings(data_dir=tmp_path / "data"), batch=30, batches=4, warmup=1, users=40
+    )
+    assert report["batches"] == 4 and report["batch_events"] == 30
+    # 40 users in sessions of 5 on average: a batch of 30 events touches several of them
+    assert 1 < report["users_per_batch_mean"] <= 30
+    ms = report["batch_ms"]
+    assert 0 < ms["p50"] <= ms["max"]
+    assert report["store_ms_per_batch"]["search"] > 0  # the worker's own store histogram moved
+    assert report["ranker"].startswith("blend")
+    assert "events/s" in format_engine_report(report)
+
+
+def test_traffic_model_is_deterministic_per_seed() -> None:
+    items = [f"i{n}" for n in range(50)]
+    first = ShopperTraffic(items, users=10, seed=3)
+    again = ShopperTraffic(items, users=10, seed=3)
+    other = ShopperTraffic(items, users=10, seed=4)
+    a = [first.next_event(n) for n in range(200)]
+    assert a == [again.next_event(n) for n in range(200)]
+    assert a != [other.next_event(n) for n in range(200)]
+    assert len({e["event_id"] for e in a}) == 200
+    assert {e["user_id"] for e in a} <= set(first.user_ids)
+    assert {e["item_id"] for e in a} <= set(items)
+    # Zipf-popular items: the most clicked item takes a clear share of the clicks
+    counts = sorted((sum(e["item_id"] == i for e in a) for i in items), reverse=True)
+    assert counts[0] >= 200 / 50 * 3

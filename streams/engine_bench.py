@@ -1,0 +1,199 @@
+"""``coldstream bench engine``: the worker's per-batch work in process, without broker or Faust.
+
+The end-to-end bench shares two cores between the bench, the embedded broker and the worker, and
+its figures move ±15% between runs; this one feeds the same traffic model straight into
+:meth:`streams.pipeline.Pipeline.on_events` (decode, profile reads and writes, recall, ranking,
+output records) in fixed-size batches, so a change to the batch path can be timed alone. The
+store time comes from the worker's own Prometheus histogram; the rest of a batch is Python and
+the ranker. Settings as for the worker (a trained ranker through ``COLDSTREAM_RANKER_PATH``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from infra import metrics
+from infra.runtime import configure_gc
+from infra.settings import Settings
+from ranking.datasets import load_movielens_100k
+from streams.demo import item_payload
+from streams.pipeline import Record
+from streams.traffic import ShopperTraffic
+from streams.worker import build_pipeline, open_store
+
+_STORE_OPS = ("search", "retrieve", "upsert")
+
+
+def _store_seconds() -> dict[str, float]:
+    out: dict[str, float] = {}
+    for op in _STORE_OPS:
+        value = metrics.REGISTRY.get_sample_value(
+            "coldstream_store_operation_duration_seconds_sum", {"operation": op}
+        )
+        out[op] = float(value or 0.0)
+    return out
+
+
+def run_engine_bench(
+    settings: Settings,
+    *,
+    batch: int = 200,
+    batches: int = 100,
+    warmup: int = 20,
+    users: int = 2000,
+    session_mean: float = 5.0,
+    concurrency: int = 50,
+    seed: int = 0,
+    partitions: int = 4,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Index the MovieLens catalog, then time ``batches`` batches of ``batch`` events."""
+    if batch < 1 or batches < 1 or warmup < 0:
+        raise ValueError("batch and batches must be at least 1, warmup at least 0")
+    return asyncio.run(
+        _run(
+            settings,
+            batch=batch,
+            batches=batches,
+            warmup=warmup,
+            traffic_kw={
+                "users": users,
+                "session_mean": session_mean,
+                "concurrency": concurrency,
+                "seed": seed,
+            },
+            partitions=partitions,
+            progress=progress or (lambda _msg: None),
+        )
+    )
+
+
+async def _run(
+    settings: Settings,
+    *,
+    batch: int,
+    batches: int,
+    warmup: int,
+    traffic_kw: dict[str, Any],
+    partitions: int,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    dataset = load_movielens_100k()
+    store = open_store(settings)
+    pipeline = build_pipeline(settings, store)
+    try:
+        await pipeline.start()
+        await pipeline.on_partitions_assigned(list(range(partitions)))
+        progress(f"indexing {len(dataset.items)} items")
+        now = time.time()
+        records = [
+            Record(
+                settings.topic_items,
+                0,
+                n,
+                item.item_id.encode(),
+                json.dumps(item_payload(item)).encode(),
+                now,
+            )
+            for n, item in enumerate(dataset.items)
+        ]
+        for start in range(0, len(records), settings.item_batch_max):
+            await pipeline.on_items(records[start : start + settings.item_batch_max])
+        configure_gc(freeze=settings.gc_freeze_at_start, gen0_threshold=settings.gc_gen0_threshold)
+        traffic = ShopperTraffic([i.item_id for i in dataset.items], **traffic_kw)
+        ts_ms = int(now * 1000)
+        offsets = [0] * partitions
+
+        def next_batch() -> list[Record]:
+            nonlocal ts_ms
+            out = []
+            for _ in range(batch):
+                ts_ms += 1
+                event = traffic.next_event(ts_ms)
+                user = str(event["user_id"])
+                part = _partition(user, partitions)
+                offsets[part] += 1
+                value = json.dumps(event).encode()
+                out.append(
+                    Record(
+                        settings.topic_events,
+                        part,
+                        offsets[part],
+                        user.encode(),
+                        value,
+                        time.time(),
+                    )
+                )
+            return out
+
+        progress(f"warm-up: {warmup} batches")
+        for _ in range(warmup):
+            await pipeline.on_events(next_batch())
+        times: list[float] = []
+        users_per_batch: list[int] = []
+        store_before = _store_seconds()
+        with tqdm(total=batches, desc="bench engine", unit="batch", file=sys.stderr) as bar:
+            for _ in range(batches):
+                records_in = next_batch()
+                began = time.perf_counter()
+                out = await pipeline.on_events(records_in)
+                times.append(time.perf_counter() - began)
+                users_per_batch.append(len(out.recommendations))
+                bar.update(1)
+        store_after = _store_seconds()
+    finally:
+        await pipeline.stop()
+    ms = np.asarray(times) * 1000.0
+    total_s = float(np.sum(times))
+    return {
+        "batch_events": batch,
+        "batches": batches,
+        "warmup_batches": warmup,
+        "traffic": traffic_kw,
+        "ranker": pipeline.engine.scorer.version,
+        "users_per_batch_mean": round(float(np.mean(users_per_batch)), 1),
+        "batch_ms": {
+            "p50": round(float(np.percentile(ms, 50)), 2),
+            "mean": round(float(ms.mean()), 2),
+            "p90": round(float(np.percentile(ms, 90)), 2),
+            "max": round(float(ms.max()), 2),
+        },
+        "events_per_s": round(batch * batches / total_s, 1),
+        "store_ms_per_batch": {
+            op: round(1000.0 * (store_after[op] - store_before[op]) / batches, 2)
+            for op in _STORE_OPS
+        },
+    }
+
+
+def _partition(user_id: str, partitions: int) -> int:
+    """A stable stand-in for Kafka's key partitioner (only ownership per user matters here)."""
+    return zlib.crc32(user_id.encode()) % partitions
+
+
+def format_engine_report(report: dict[str, Any]) -> str:
+    ms = report["batch_ms"]
+    store = report["store_ms_per_batch"]
+    in_store = sum(store.values())
+    return "\n".join(
+        [
+            f"coldstream bench engine — {report['batches']} batches of {report['batch_events']}"
+            f" events in process (after {report['warmup_batches']} warm-up), ranker"
+            f" {report['ranker']}",
+            f"batch ms                   p50 {ms['p50']} · mean {ms['mean']} · p90 {ms['p90']}"
+            f" · max {ms['max']}  ({report['users_per_batch_mean']} users per batch)",
+            f"throughput                 {report['events_per_s']} events/s (one thread of work)",
+            f"store ms per batch         search {store['search']} · retrieve {store['retrieve']}"
+            f" · upsert {store['upsert']}  (the rest, {ms['mean'] - in_store:.1f} ms: Python"
+            " and the ranker)",
+        ]
+    )
