@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from infra.runtime import limit_blas_threads
 from infra.settings import Settings, get_settings
@@ -107,6 +108,18 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def _progress(message: str) -> None:
+    print(f"  … {message}", file=sys.stderr, flush=True)
+
+
+def _report(text: str, report: dict[str, Any], json_path: str | None) -> int:
+    """Print a bench's report, and write its figures when ``--json`` asked for them."""
+    print(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
     from encoders.bench import format_bench, run_encoder_bench
     from ranking.datasets import load_movielens_100k
@@ -117,12 +130,9 @@ def _cmd_bench_encoder(args: argparse.Namespace, settings: Settings) -> int:
         texts,
         encoder_config(settings),
         naive_sample=args.naive_sample,
-        progress=lambda msg: print(f"  … {msg}", file=sys.stderr, flush=True),
+        progress=_progress,
     )
-    print(format_bench(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return _report(format_bench(report), report, args.json)
 
 
 def _cmd_bench_store(args: argparse.Namespace, settings: Settings) -> int:
@@ -139,11 +149,7 @@ def _cmd_bench_store(args: argparse.Namespace, settings: Settings) -> int:
             clustered=not args.uniform,
             limit=settings.recall_top_n,
         )
-    for key, value in report.items():
-        print(f"{key:<28} {value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return _report("\n".join(f"{k:<28} {v}" for k, v in report.items()), report, args.json)
 
 
 def _cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
@@ -161,12 +167,9 @@ def _cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
             session_mean=args.session_mean,
             concurrency=args.concurrency,
             seed=args.seed,
-            progress=lambda msg: print(f"  … {msg}", file=sys.stderr, flush=True),
+            progress=_progress,
         )
-    print(format_engine_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return _report(format_engine_report(report), report, args.json)
 
 
 def _cmd_bench_broker(args: argparse.Namespace, settings: Settings) -> int:
@@ -175,10 +178,7 @@ def _cmd_bench_broker(args: argparse.Namespace, settings: Settings) -> int:
     report = run_broker_bench(
         settings, rate=args.rate, duration_s=args.duration, interval_s=args.interval
     )
-    print(format_broker_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return _report(format_broker_report(report), report, args.json)
 
 
 def movielens_texts(dataset: object, limit: int) -> list[str]:
@@ -300,7 +300,7 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             seed=args.seed,
             log_dir=Path(tmp),
         )
-    print(format_report(report))
+    text = format_report(report)
     if args.with_encoder:
         from encoders.bench import format_bench, run_encoder_bench
         from ranking.datasets import load_movielens_100k
@@ -309,11 +309,9 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         enc = run_encoder_bench(
             movielens_texts(load_movielens_100k(), 1000), encoder_config(settings), naive_sample=150
         )
-        print(format_bench(enc))
+        text += "\n" + format_bench(enc)
         report["encoder"] = enc
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return _report(text, report, args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@ the targets are measured by the benchmark itself, see README "Performance")."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from infra.settings import Settings
 from streams.bench import format_report, run_bench
 from streams.broker_bench import format_broker_report, run_broker_bench
+from streams.cli import main
 from streams.engine_bench import format_engine_report, run_engine_bench
 from streams.traffic import ShopperTraffic
 
@@ -69,3 +71,14 @@ def test_traffic_model_is_deterministic_per_seed() -> None:
     # Zipf-popular items: the most clicked item takes a clear share of the clicks
     counts = sorted((sum(e["item_id"] == i for e in a) for i in items), reverse=True)
     assert counts[0] >= 200 / 50 * 3
+
+
+def test_bench_store_command_prints_and_writes_its_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "store.json"
+    assert main(["bench", "store", "--items", "300", "--queries", "20", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(report) and all(line.split()[0] in report for line in printed)
+    assert report["n_items"] == 300 and report["backend"] == "edge"
