@@ -57,6 +57,7 @@ class PoolTable:
 
     # -- registering (before :meth:`freeze`) ---------------------------------------------
     def add_hits(self, hits: Sequence[Hit]) -> None:
+        assert not self._usable, "register every content hit before the channel items"
         row_of = self.row_of
         for h in hits:
             if h.id not in row_of:
