@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ranking import covisit
 from ranking.covisit import (
     CovisitCounter,
     CovisitError,
@@ -205,3 +207,27 @@ def test_scores_of_ids_unknown_and_unscored_are_zero() -> None:
     assert got[0] == pytest.approx(2 / math.sqrt(2 * 1))
     assert got[1:].tolist() == [0.0, 0.0, 0.0, 0.0]  # unknown, unscored, out of range, itself
     assert s.get("zzz", -1.0) == -1.0 and s.largest(5) == ["a"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dense_and_sparse_window_scores_are_identical(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small catalog sums window scores in a dense array, a large one sorts: same floats."""
+    rng = random.Random(seed)
+    items = [f"i{n}" for n in range(60)]
+    base = CovisitModel.build([rng.sample(items, 12) for _ in range(80)], window=4, neighbors=10)
+    ids = ItemIds()
+    online = CovisitCounter(ids=ids)
+    for _ in range(200):
+        online.add(rng.sample(items, 5), rng.choice(items))
+    windows = [rng.sample(items, rng.randint(1, 20)) for _ in range(30)]
+    windows.append(["i1", "i2", "i1"])  # a repeat weighs twice, at both recencies
+    for window in windows:
+        monkeypatch.setattr(covisit, "_DENSE_PER_ENTRY", 10**9)  # always dense
+        dense = CovisitIndex(base, [online], 0.8, ids).scores(window)
+        monkeypatch.setattr(covisit, "_DENSE_PER_ENTRY", 0)  # always sparse
+        sparse = CovisitIndex(base, [online], 0.8, ids).scores(window)
+        assert dense.largest(60) == sparse.largest(60)
+        gids = ids.lookup(items)
+        np.testing.assert_array_equal(dense.of(gids), sparse.of(gids))
