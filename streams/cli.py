@@ -158,8 +158,10 @@ def _cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
     from streams.engine_bench import format_engine_report, run_engine_bench
 
     with tempfile.TemporaryDirectory(prefix="coldstream-engine-bench-") as tmp:
+        # always a scratch embedded store: the bench writes a catalog and 2,000 users
+        scratch = {"data_dir": Path(tmp) / "data", "qdrant_url": ""}
         report = run_engine_bench(
-            settings.model_copy(update={"data_dir": Path(tmp) / "data"}),
+            settings.model_copy(update=scratch),
             batch=args.batch,
             batches=args.batches,
             warmup=args.warmup,

@@ -56,7 +56,11 @@ def run_engine_bench(
     partitions: int = 4,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Index the MovieLens catalog, then time ``batches`` batches of ``batch`` events."""
+    """Index the MovieLens catalog, then time ``batches`` batches of ``batch`` events.
+
+    It writes that catalog and the synthetic users into the store ``settings`` names: give it a
+    scratch one (the CLI runs it on a temporary embedded store, whatever is configured).
+    """
     if batch < 1 or batches < 1 or warmup < 0:
         raise ValueError("batch and batches must be at least 1, warmup at least 0")
     return asyncio.run(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings
+from infra.settings import Settings, get_settings
 from streams.bench import format_report, run_bench
 from streams.broker_bench import format_broker_report, run_broker_bench
 from streams.cli import main
@@ -82,3 +82,16 @@ def test_bench_store_command_prints_and_writes_its_figures(
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == len(report) and all(line.split()[0] in report for line in printed)
     assert report["n_items"] == 300 and report["backend"] == "edge"
+
+
+def test_bench_engine_command_never_writes_to_a_configured_qdrant_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bench writes a catalog and users: it runs on a scratch store, whatever is set."""
+    monkeypatch.setenv("COLDSTREAM_QDRANT_URL", "http://127.0.0.1:9")  # nothing listens there
+    get_settings.cache_clear()
+    try:
+        assert main(["bench", "engine", "--batch", "20", "--batches", "2", "--warmup", "0"]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert "2 batches of 20 events in process" in capsys.readouterr().out
