@@ -304,6 +304,7 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         )
     text = format_report(report)
     if args.with_encoder:
+        print(text, flush=True)  # the end-to-end figures first, not after the encoder's run
         from encoders.bench import format_bench, run_encoder_bench
         from ranking.datasets import load_movielens_100k
         from streams.worker import encoder_config
@@ -311,7 +312,7 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         enc = run_encoder_bench(
             movielens_texts(load_movielens_100k(), 1000), encoder_config(settings), naive_sample=150
         )
-        text += "\n" + format_bench(enc)
+        text = format_bench(enc)
         report["encoder"] = enc
     return _report(text, report, args.json)
 

@@ -131,6 +131,11 @@ def engine_updates(base: Settings, want: EngineConfig) -> dict[str, Any]:
     return updates
 
 
+def single_batch_window(settings: Settings) -> float:
+    """The batch window with ``eval_kafka_single_batch``: half the output timeout."""
+    return settings.eval_kafka_output_timeout_s / 2
+
+
 def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> Settings:
     """The worker's settings for ``run``: its engine configuration, model files, a fresh store
     under ``run_dir`` and topics and a consumer group of its own.
@@ -155,10 +160,7 @@ def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> Settings:
     # of exactly the run's events yields the burst whole; a long window keeps a tick from
     # splitting it (half the output timeout: a burst that somehow falls short is still taken).
     single = (
-        {
-            "batch_max_events": max(1, len(run.events)),
-            "batch_within_s": base.eval_kafka_output_timeout_s / 2,
-        }
+        {"batch_max_events": max(1, len(run.events)), "batch_within_s": single_batch_window(base)}
         if base.eval_kafka_single_batch
         else {}
     )
@@ -313,7 +315,7 @@ class KafkaReplay:
             "batch_max_events": "the run's event count"
             if s.eval_kafka_single_batch
             else s.batch_max_events,
-            "batch_within_s": s.eval_kafka_output_timeout_s / 2
+            "batch_within_s": single_batch_window(s)
             if s.eval_kafka_single_batch
             else s.batch_within_s,
             "warm_catalog": "written into the store before the worker starts (eval's vectors)",
