@@ -188,6 +188,40 @@ def test_mmr_fixed_slots_come_first() -> None:
     assert mmr(rel, vectors, 1, 0.7, fixed=2) == [0]
 
 
+def _mmr_by_definition(
+    rel: np.ndarray, vectors: np.ndarray, k: int, lam: float, fixed: int
+) -> list[int]:
+    """The greedy loop one candidate at a time: what the buffered one must match. Without
+    fixed rows the similarity penalty starts from 0 (negative similarities earn nothing)."""
+    picked = list(range(min(fixed, len(rel), k)))
+    floor = [0.0] if not picked else []
+    while len(picked) < min(k, len(rel)):
+        best, best_gain = -1, -np.inf
+        for i in range(len(rel)):
+            if i in picked:
+                continue
+            sim = max([*floor, *(float(vectors[i] @ vectors[j]) for j in picked)])
+            gain = lam * float(rel[i]) - (1.0 - lam) * sim
+            if gain > best_gain + 1e-9:
+                best, best_gain = i, gain
+        picked.append(best)
+    return picked
+
+
+@unit
+@pytest.mark.parametrize("seed", range(20))
+def test_mmr_matches_the_greedy_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    vectors = _rng_unit_rows(n, 8, seed=seed)
+    rel = rng.random(n).astype(np.float32)
+    for lam in (0.3, 0.8):
+        for fixed in (0, 2):
+            assert mmr(rel, vectors, 10, lam, fixed=fixed) == _mmr_by_definition(
+                rel, vectors, 10, lam, fixed
+            )
+
+
 @unit
 def test_mmr_edge_cases() -> None:
     vectors = _rng_unit_rows(3, 4, seed=3)
