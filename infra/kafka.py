@@ -106,6 +106,24 @@ def ensure_topics(settings: Settings, bootstrap: str, *, timeout_s: float = 15.0
     return {name: existing[name] for name in wanted}
 
 
+def delete_topics(
+    settings: Settings, bootstrap: str, names: list[str], *, timeout_s: float = 15.0
+) -> list[str]:
+    """Delete ``names``; returns one line per topic that could not be deleted (none: all gone)."""
+    if not names:
+        return []
+    admin, errors = _admin(settings, bootstrap)
+    failed: list[str] = []
+    futures = admin.delete_topics(names, operation_timeout=timeout_s, request_timeout=timeout_s)
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            log.info("deleted topic %s", name)
+        except KafkaException as exc:
+            failed.append(f"topic {name}: {exc.args[0]}{errors.cause()}")
+    return failed
+
+
 def list_topics(settings: Settings, bootstrap: str, *, timeout_s: float = 15.0) -> dict[str, int]:
     """Topic → partition count for every topic on the cluster."""
     admin, errors = _admin(settings, bootstrap)

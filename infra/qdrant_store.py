@@ -60,6 +60,11 @@ class QdrantStore:
         self._observe = observe
         self._dims: dict[str, int] = {}
 
+    def drop_collection(self, name: str) -> bool:
+        """Delete collection ``name`` (scratch runs clean up after themselves); False: absent."""
+        self._dims.pop(name, None)
+        return bool(self._call("drop_collection", lambda: self._client.delete_collection(name)))
+
     # -- protocol -----------------------------------------------------------------------
     def ensure_collection(self, name: str, dim: int) -> None:
         def run() -> None:

@@ -28,7 +28,7 @@ from infra.settings import Settings
 from ranking.datasets import load_movielens_100k
 from streams.demo import item_payload
 from streams.produce import Publisher
-from streams.stack import LocalStack
+from streams.stack import LocalStack, scratch_settings
 from streams.tail import output_consumer
 from streams.traffic import ShopperTraffic
 
@@ -95,7 +95,9 @@ def run_bench(
     traffic = ShopperTraffic(
         item_ids, users=users, session_mean=session_mean, concurrency=concurrency, seed=seed
     )
-    with LocalStack(settings, log_dir=log_dir) as stack:
+    # on configured servers the run gets topics, a consumer group and collections of its own
+    settings, scratch = scratch_settings(settings, "bench")
+    with LocalStack(settings, log_dir=log_dir, scratch=scratch) as stack:
         assert stack.worker is not None and stack.worker.proc is not None
         worker = psutil.Process(stack.worker.proc.pid)
         broker = psutil.Process(stack.broker.pid) if stack.broker and stack.broker.pid else None
@@ -199,6 +201,8 @@ def run_bench(
         "worker_rss_mb_start": round(rss_start / 2**20, 1),
         "worker_rss_mb_end": round(rss_end / 2**20, 1),
         "dead_letters": metrics.total(worker_metrics, "coldstream_dead_letters_total"),
+        "scratch": list(scratch.topics + scratch.collections),
+        "scratch_left_behind": stack.left_behind,
     }
 
 
@@ -255,5 +259,17 @@ def format_report(report: dict[str, Any]) -> str:
             f" in {report['batch_mean_ms']} ms · worker-side latency mean"
             f" {report['worker_latency_mean_ms']} ms (topic arrival → emit)",
             f"dead letters               {report['dead_letters']:.0f}",
+            *_scratch_lines(report),
         ]
     )
+
+
+def _scratch_lines(report: dict[str, Any]) -> list[str]:
+    if not report.get("scratch"):
+        return []
+    left = report.get("scratch_left_behind") or []
+    return [
+        f"run's own names            {', '.join(report['scratch'])}"
+        + ("" if left else " (dropped after the run)"),
+        *(f"left behind                {line}" for line in left),
+    ]

@@ -23,7 +23,7 @@ from infra.settings import Settings
 from ranking.datasets import Dataset, ItemRecord, load_movielens_100k
 from streams.produce import Publisher
 from streams.schemas import Recommendation
-from streams.stack import LocalStack
+from streams.stack import LocalStack, scratch_settings
 from streams.tail import output_consumer
 
 
@@ -82,10 +82,14 @@ def run_demo(
     events = replay_events(dataset, users, max_events, seed)
     workdir = Path(tempfile.mkdtemp(prefix="coldstream-demo-"))
     settings = settings.model_copy(update={"data_dir": workdir / "data"})
+    # on configured servers: topics, a consumer group and collections of the demo's own
+    settings, scratch = scratch_settings(settings, "demo")
     say(f"coldstream demo: {len(dataset.items)} movies, {len(events)} events from {users} users")
     say(f"work dir {workdir} (removed at the end)")
+    if scratch:
+        say(f"on the configured servers under the demo's own names: {scratch.describe()}")
     try:
-        with LocalStack(settings, log_dir=workdir) as stack:
+        with LocalStack(settings, log_dir=workdir, scratch=scratch) as stack:
             assert stack.worker is not None
             say(f"broker {stack.bootstrap}; worker metrics {stack.worker.metrics_url}")
             publisher = Publisher(settings, stack.bootstrap)
@@ -96,6 +100,8 @@ def run_demo(
                 stack, "coldstream_items_indexed_total", len(dataset.items), "items indexed"
             )
             result = _replay(stack, settings, publisher, events, rate)
+        for line in stack.left_behind:
+            say(f"left behind on the servers: {line}")
         _summary(result, dataset)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -43,7 +43,6 @@ import dataclasses
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +61,7 @@ from ranking.store import StoredPoint
 from ranking.trending import merged_scores
 from streams.produce import Publisher
 from streams.schemas import InvalidPayload, Recommendation
-from streams.stack import LocalStack, WorkerProcess, settings_env
+from streams.stack import LocalStack, Scratch, WorkerProcess, scratch_settings, settings_env
 from streams.tail import output_consumer
 from streams.worker import engine_config, open_store
 
@@ -153,7 +152,6 @@ def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> Settings:
                 f"{run.tag}: the eval's blend {run.scorer.version} is not the worker's fallback "
                 f"(COLDSTREAM_POPULARITY_WEIGHT/POPULARITY_HALF_COUNT = {fallback})"
             )
-    name = f"coldstream-eval-{uuid.uuid4().hex[:8]}"
     model_dir = run_dir / "model"
     # Faust's take_events yields when its buffer holds batch_max_events, or at a tick every
     # batch_within_s counted from the agent's start, whatever is buffered then. A batch size
@@ -175,14 +173,11 @@ def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> Settings:
             "ranker_enabled": ranked,
             "ranker_path": str(model_dir / "ranker.safetensors"),
             "covisit_path": str(model_dir / "covisit.safetensors"),
-            # topics and group of its own: on a shared cluster no other worker reads them
-            "topic_events": f"{name}-events",
-            "topic_items": f"{name}-items",
-            "topic_recommendations": f"{name}-recommendations",
-            "topic_dead_letter": f"{name}-dead-letter",
-            "kafka_consumer_group": name,
         }
     )
+    # on a configured cluster: topics and a group of its own, which no other worker reads and
+    # the stack drops when it closes; the embedded broker is a fresh one per run anyway
+    settings, _ = scratch_settings(settings, "eval")
     child = Settings.model_validate(
         {k.removeprefix("COLDSTREAM_").lower(): v for k, v in settings_env(settings).items()}
     )
@@ -343,7 +338,13 @@ class KafkaReplay:
             f"the broker and a worker ({len(cold)} new items, {len(run.events)} events from "
             f"{len(expected)} users to send)"
         )
-        with LocalStack(settings, log_dir=run_dir) as stack:
+        # on a configured cluster worker_settings gave the run topics of its own: dropped at the end
+        scratch = (
+            None
+            if settings.embedded_kafka
+            else Scratch(run.tag, topics=tuple(settings.topic_partitions()))
+        )
+        with LocalStack(settings, log_dir=run_dir, scratch=scratch) as stack:
             worker = stack.worker
             assert worker is not None
             consumer = output_consumer(settings, stack.bootstrap, settings.topic_recommendations)

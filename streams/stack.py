@@ -8,18 +8,23 @@ Prometheus endpoint, as an operator would.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from infra import metrics
 from infra.broker import EmbeddedBroker, free_port
-from infra.kafka import ensure_topics
+from infra.kafka import delete_topics, ensure_topics
 from infra.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class WorkerProcess:
@@ -121,11 +126,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class LocalStack:
-    """Broker + topics + one worker; everything started here is stopped on exit."""
+    """Broker + topics + one worker; everything started here is stopped on exit.
 
-    def __init__(self, settings: Settings, *, log_dir: Path | None = None) -> None:
+    ``scratch`` (from :func:`scratch_settings`) names the run's own topics and collections on
+    configured servers, dropped on exit; what could not be dropped is in ``left_behind``.
+    """
+
+    def __init__(
+        self, settings: Settings, *, log_dir: Path | None = None, scratch: Scratch | None = None
+    ) -> None:
         self.settings = settings
         self.log_dir = log_dir
+        self.scratch = scratch
+        self.left_behind: list[str] = []
         self.broker: EmbeddedBroker | None = None
         self.worker: WorkerProcess | None = None
         self.bootstrap = settings.kafka_bootstrap
@@ -153,6 +166,9 @@ class LocalStack:
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
+        if self.scratch:
+            scratch, self.scratch = self.scratch, None
+            self.left_behind = drop_scratch(self.settings, self.bootstrap, scratch)
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
@@ -164,3 +180,78 @@ class LocalStack:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Topics and collections a bench or demo run made for itself on configured servers."""
+
+    run: str = ""
+    topics: tuple[str, ...] = ()
+    collections: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.topics or self.collections)
+
+    def describe(self) -> str:
+        return ", ".join([*self.topics, *self.collections])
+
+
+def scratch_settings(settings: Settings, tag: str) -> tuple[Settings, Scratch]:
+    """``settings`` with names of the run's own wherever a server is configured.
+
+    The bench and the demo publish a synthetic catalog and shoppers and run a worker of their
+    own. Against a configured Kafka cluster that worker would join the production consumer
+    group (taking partitions from the real workers) and the catalog would land in the real
+    ``items`` topic; against a Qdrant server, in the real collections. So each such run gets
+    topics, a consumer group and collections suffixed with ``<tag>-<random hex>``, dropped when
+    it ends (:func:`drop_scratch`). The embedded stack is a fresh broker and a temporary data
+    directory already, and keeps the configured names.
+    """
+    run = f"{tag}-{secrets.token_hex(4)}"
+    update: dict[str, str] = {}
+    topics: tuple[str, ...] = ()
+    collections: tuple[str, ...] = ()
+    if not settings.embedded_kafka:
+        topic_fields = ("topic_events", "topic_items", "topic_recommendations", "topic_dead_letter")
+        update |= {f: f"{getattr(settings, f)}.{run}" for f in topic_fields}
+        update["kafka_consumer_group"] = f"{settings.kafka_consumer_group}.{run}"
+        topics = tuple(update[f] for f in topic_fields)
+    if not settings.embedded_qdrant:
+        store_fields = ("items_collection", "users_collection", "state_collection")
+        suffix = run.replace("-", "_")
+        update |= {f: f"{getattr(settings, f)}_{suffix}" for f in store_fields}
+        collections = tuple(update[f] for f in store_fields)
+    return settings.model_copy(update=update), Scratch(run, topics, collections)
+
+
+def drop_scratch(settings: Settings, bootstrap: str, scratch: Scratch) -> list[str]:
+    """Delete a run's scratch topics and collections; one line per one left behind.
+
+    Best effort: the run's figures are already measured, so a failure here is reported (and
+    logged with the names to delete by hand) instead of raised.
+    """
+    failed: list[str] = []
+    if scratch.topics:
+        try:
+            failed += delete_topics(settings, bootstrap, list(scratch.topics))
+        except Exception as exc:  # the cluster went away meanwhile
+            failed += [f"topics {', '.join(scratch.topics)}: {exc}"]
+    if scratch.collections:
+        from infra.qdrant_store import QdrantStore
+
+        try:
+            store = QdrantStore(
+                url=settings.qdrant_url,
+                api_key=settings.qdrant_api_key.get_secret_value() or None,
+            )
+            try:
+                for name in scratch.collections:
+                    store.drop_collection(name)
+            finally:
+                store.close()
+        except Exception as exc:
+            failed += [f"collections {', '.join(scratch.collections)}: {exc}"]
+    for line in failed:
+        log.warning("scratch run %s left behind %s", scratch.run, line)
+    return failed

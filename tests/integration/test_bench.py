@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
+from infra.broker import EmbeddedBroker
+from infra.kafka import client_config, ensure_topics, list_topics
 from infra.settings import Settings, get_settings
 from streams.bench import format_report, run_bench
 from streams.broker_bench import format_broker_report, run_broker_bench
@@ -33,6 +36,33 @@ def test_bench_short_open_loop_run(tmp_path: Path) -> None:
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
     assert report["dead_letters"] == 0
     assert "events sent / applied" in format_report(report)
+
+
+def test_bench_on_a_configured_cluster_keeps_off_its_topics(tmp_path: Path) -> None:
+    """Against a configured cluster the bench publishes, consumes and groups under names of its
+    own, and deletes its topics afterwards: the production topics stay empty."""
+    with EmbeddedBroker() as broker:  # stands in for a production cluster
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            kafka_bootstrap=broker.bootstrap,
+            kafka_fetch_max_wait_ms=10,  # Tansu holds a fetch for the whole wait
+            kafka_session_timeout_s=6.0,
+        )
+        production = ensure_topics(settings, broker.bootstrap)
+        report = run_bench(settings, duration_s=4.0, rate=50.0, users=20, log_dir=tmp_path)
+        assert report["events_applied"] == report["events_sent"] > 0
+        assert report["recommendations"] > 0
+        assert len(report["scratch"]) == 4 and report["scratch_left_behind"] == []
+        assert "dropped after the run" in format_report(report)
+        assert list_topics(settings, broker.bootstrap) == production
+        consumer = Consumer(client_config(settings, broker.bootstrap, **{"group.id": "check"}))
+        try:
+            for topic, partitions in production.items():
+                for p in range(partitions):
+                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    assert high == 0, f"{topic}[{p}] got {high} records"
+        finally:
+            consumer.close()
 
 
 def test_broker_bench_round_trips_every_record() -> None:

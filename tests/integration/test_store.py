@@ -179,3 +179,12 @@ def test_ensure_collection_with_other_dim_raises(store: QdrantStore) -> None:
 def test_needs_url_or_path() -> None:
     with pytest.raises(ValueError):
         QdrantStore()
+
+
+def test_drop_collection_removes_it_and_reports_an_absent_one(store: QdrantStore) -> None:
+    store.ensure_collection("scratch_bench_1", 4)
+    store.upsert("scratch_bench_1", [StoredPoint("a", np.ones(4, np.float32) / 2.0, {})])
+    assert store.drop_collection("scratch_bench_1") is True
+    assert store.drop_collection("scratch_bench_1") is False
+    store.ensure_collection("scratch_bench_1", 4)  # a fresh, empty one can be made again
+    assert store.count("scratch_bench_1") == 0
