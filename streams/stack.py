@@ -184,7 +184,7 @@ class LocalStack:
 
 @dataclass(frozen=True)
 class Scratch:
-    """Topics and collections a bench or demo run made for itself on configured servers."""
+    """Topics and collections a bench, demo or eval run made for itself on configured servers."""
 
     run: str = ""
     topics: tuple[str, ...] = ()
