@@ -18,7 +18,7 @@ import numpy as np
 
 from ranking.candidates import PoolTable
 from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel, ItemIds, RowCache
-from ranking.diversity import mmr
+from ranking.diversity import covisit_tail, head_then_tail, mmr
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import Candidates, Scorer, score_all
@@ -67,6 +67,11 @@ class EngineConfig:
     covisit_max_pairs: int = 200_000  # online pairs kept per partition
     covisit_row_cap: int = 16  # online neighbours kept per item (bounds per-user scoring work)
     popular_top_n: int = 25
+    # the list after its head (tail_head_frac of it, rounded) is ordered by (1 − w)·the scorer's
+    # relevance + w·co-visitation (ranking.diversity.head_then_tail); w = tail_covisit_weight,
+    # 0 = the scorer's order throughout
+    tail_covisit_weight: float = 0.0
+    tail_head_frac: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -427,9 +432,18 @@ class BehaviorEngine:
         assert profile.vector is not None
         vectors = cands.vectors
         k = min(cfg.recs_count, len(cands.ids))
-        # MMR over a pool a few times the list size: diversity needs alternatives, not all 100
-        pool = [int(i) for i in np.argsort(-scores, kind="stable")][: 4 * k]
-        picks = [pool[i] for i in mmr(scores[pool], vectors[pool], k, cfg.mmr_lambda)]
+        head = math.floor(cfg.tail_head_frac * k + 0.5)
+        tail = (
+            covisit_tail(scores, cands.covisit, cfg.tail_covisit_weight)
+            if cfg.tail_covisit_weight > 0 and 0 < head < k and cands.covisit is not None
+            else None
+        )
+        if tail is not None:
+            picks = head_then_tail(scores, tail, vectors, k, head, cfg.mmr_lambda)
+        else:
+            # MMR over a pool a few times the list size: diversity needs alternatives, not all
+            pool = [int(i) for i in np.argsort(-scores, kind="stable")][: 4 * k]
+            picks = [pool[i] for i in mmr(scores[pool], vectors[pool], k, cfg.mmr_lambda)]
         slots = cfg.cold_item_slots
         key = self._cold_key(profile, cands, scores, known_items, picks, recent)
         if cfg.cold_slots_follow_content:

@@ -87,6 +87,8 @@ _SAME: dict[str, str] = {
     "covisit_max_pairs": "covisit_max_pairs",
     "covisit_row_cap": "covisit_row_cap",
     "popular_top_n": "popular_top_n",
+    "tail_covisit_weight": "tail_covisit_weight",
+    "tail_head_frac": "tail_head_frac",
 }
 _HOURS: dict[str, str] = {
     "cold_item_max_age_s": "cold_item_max_age_hours",

@@ -73,6 +73,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         cold_rank_by=settings.cold_rank_by,
         cold_prior_weight=settings.cold_prior_weight,
         new_top_n=settings.new_items_top_n,
+        tail_covisit_weight=settings.tail_covisit_weight,
+        tail_head_frac=settings.tail_head_frac,
     )
 
 

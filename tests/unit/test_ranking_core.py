@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from infra.qdrant_store import QdrantStore
 from infra.settings import Settings
-from ranking.diversity import mmr
+from ranking.diversity import covisit_tail, head_then_tail, mmr
 from ranking.engine import (
     BatchOutcome,
     BehaviorEngine,
@@ -191,10 +191,10 @@ def test_mmr_fixed_slots_come_first() -> None:
 def _mmr_by_definition(
     rel: np.ndarray, vectors: np.ndarray, k: int, lam: float, fixed: int
 ) -> list[int]:
-    """The greedy loop one candidate at a time: what the buffered one must match. Without
-    fixed rows the similarity penalty starts from 0 (negative similarities earn nothing)."""
+    """The greedy loop one candidate at a time: what the buffered one must match. The
+    similarity penalty is never below 0 (negative similarities earn nothing)."""
     picked = list(range(min(fixed, len(rel), k)))
-    floor = [0.0] if not picked else []
+    floor = [0.0]
     while len(picked) < min(k, len(rel)):
         best, best_gain = -1, -np.inf
         for i in range(len(rel)):
@@ -220,6 +220,40 @@ def test_mmr_matches_the_greedy_definition(seed: int) -> None:
             assert mmr(rel, vectors, 10, lam, fixed=fixed) == _mmr_by_definition(
                 rel, vectors, 10, lam, fixed
             )
+
+
+@unit
+def test_head_then_tail_keeps_the_head_and_orders_the_tail_by_its_own_score() -> None:
+    rel = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], dtype=np.float32)
+    tail = np.array([0.0, 1.0, 0.0, 0.2, 0.9, 0.5])  # would put row 1 first over the whole list
+    vectors = _rng_unit_rows(6, 8, seed=5)
+    assert head_then_tail(rel, tail, vectors, 5, 2, 1.0) == [0, 1, 4, 5, 3]
+    assert head_then_tail(rel, tail, vectors, 5, 0, 1.0) == [1, 4, 5, 3, 0]
+    assert head_then_tail(rel, tail, vectors, 5, 5, 1.0) == [0, 1, 2, 3, 4]
+
+
+@unit
+@pytest.mark.parametrize("seed", range(10))
+def test_head_then_tail_with_one_score_is_plain_mmr(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rel = rng.random(90)
+    vectors = _rng_unit_rows(90, 8, seed=seed)
+    pool = [int(i) for i in np.argsort(-rel, kind="stable")][:40]
+    plain = [pool[i] for i in mmr(rel[pool], vectors[pool], 10, 0.7)]
+    assert head_then_tail(rel, rel, vectors, 10, 4, 0.7) == plain
+
+
+@unit
+def test_covisit_tail_blends_on_the_list_scale() -> None:
+    rel = np.array([2.0, 1.0, 0.0])
+    assert covisit_tail(rel, np.zeros(3), 0.3) is None  # no evidence: the scorer's order
+    assert covisit_tail(rel, np.array([-1.0, 0.0, 0.0]), 0.3) is None
+    blended = covisit_tail(rel, np.array([0.0, 0.0, 5.0]), 0.3)
+    assert blended is not None
+    np.testing.assert_allclose(blended, [0.7, 0.35, 0.3])
+    only_rel = covisit_tail(rel, np.array([0.0, 0.0, 5.0]), 0.0)
+    assert only_rel is not None
+    np.testing.assert_allclose(only_rel, [1.0, 0.5, 0.0])
 
 
 @unit
