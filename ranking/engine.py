@@ -71,7 +71,7 @@ class EngineConfig:
     # relevance + w·co-visitation (ranking.diversity.head_then_tail); w = tail_covisit_weight,
     # 0 = the scorer's order throughout
     tail_covisit_weight: float = 0.0
-    tail_head_frac: float = 0.5
+    tail_head_frac: float = 0.75
 
 
 @dataclass(frozen=True)
