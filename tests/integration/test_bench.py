@@ -82,6 +82,9 @@ def test_engine_bench_times_every_batch_through_the_pipeline(tmp_path: Path) -> 
     assert 1 < report["users_per_batch_mean"] <= 30
     ms = report["batch_ms"]
     assert 0 < ms["p50"] <= ms["max"]
+    # with 4 batches each tenth is one batch: the drift figures are real batch times
+    assert 0 < report["batch_ms_p50_first_tenth"] <= ms["max"]
+    assert 0 < report["batch_ms_p50_last_tenth"] <= ms["max"]
     assert report["store_ms_per_batch"]["search"] > 0  # the worker's own store histogram moved
     assert report["ranker"].startswith("blend")
     assert "events/s" in format_engine_report(report)
