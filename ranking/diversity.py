@@ -82,12 +82,14 @@ def head_then_tail(
     head_rel = np.asarray(head_rel)
     tail_rel = np.asarray(tail_rel)
     by_head = np.argsort(-head_rel, kind="stable")[: pool_factor * k]
-    first = [int(by_head[i]) for i in mmr(head_rel[by_head], vectors[by_head], min(head, k), lam)]
-    taken = set(first)
-    by_tail = [int(i) for i in np.argsort(-tail_rel, kind="stable") if int(i) not in taken]
-    order = first + by_tail[: max(pool_factor * k - len(first), 0)]
+    first = by_head[mmr(head_rel[by_head], vectors[by_head], min(head, k), lam)]
+    by_tail = np.argsort(-tail_rel, kind="stable")
+    rest = np.ones(len(tail_rel), dtype=bool)
+    rest[first] = False
+    by_tail = by_tail[rest[by_tail]][: max(pool_factor * k - len(first), 0)]
+    order = np.concatenate([first, by_tail])
     picks = mmr(tail_rel[order], vectors[order], k, lam, fixed=len(first))
-    return [order[i] for i in picks]
+    return [int(order[i]) for i in picks]
 
 
 def _unit_range(values: np.ndarray) -> np.ndarray:
