@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from ranking.scoring import unit_range
+
 
 def mmr(
     relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float, *, fixed: int = 0
@@ -57,7 +59,8 @@ def covisit_tail(relevance: np.ndarray, covisit: np.ndarray, weight: float) -> n
     co = np.log1p(10.0 * np.maximum(np.asarray(covisit, dtype=np.float64), 0.0))
     if not len(co) or float(co.max()) <= 0.0:
         return None
-    return (1.0 - weight) * _unit_range(relevance) + weight * _unit_range(co)
+    rel = unit_range(np.asarray(relevance, dtype=np.float64))
+    return (1.0 - weight) * rel + weight * unit_range(co)
 
 
 def head_then_tail(
@@ -90,10 +93,3 @@ def head_then_tail(
     order = np.concatenate([first, by_tail])
     picks = mmr(tail_rel[order], vectors[order], k, lam, fixed=len(first))
     return [int(order[i]) for i in picks]
-
-
-def _unit_range(values: np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1] (all equal: zeros)."""
-    arr = np.asarray(values, dtype=np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ranking.features import FEATURES, feature_matrix
-from ranking.scoring import Candidates, ItemPrior
+from ranking.scoring import Candidates, ItemPrior, unit_range
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +230,7 @@ def _mean_relevance(logits: Sequence[np.ndarray]) -> np.ndarray:
 
 def relevance(logits: np.ndarray) -> np.ndarray:
     """Logits → [0, 1] for one list, best = 1: a cosine-like scale for MMR's trade-off."""
-    if len(logits) == 0:
-        return logits.astype(np.float32)
-    lo, hi = float(logits.min()), float(logits.max())
-    span = hi - lo if hi > lo else 1.0
-    return ((logits - lo) / span).astype(np.float32)
+    return unit_range(logits).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------- files

@@ -101,3 +101,13 @@ class BlendScorer:
         prior = pop / (pop + self.half_count)
         w = self.popularity_weight
         return ((1.0 - w) * cands.cosine + w * prior).astype(np.float32)
+
+
+def unit_range(values: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] for one list, best = 1, in the values' own dtype (all equal: zeros)."""
+    arr = np.asarray(values)
+    if len(arr) == 0:
+        return arr.copy()
+    lo, hi = float(arr.min()), float(arr.max())
+    span = hi - lo if hi > lo else 1.0
+    return (arr - lo) / span

@@ -242,12 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--duration", type=float, default=60.0, help="seconds of sending")
     bench.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
-    bench.add_argument("--users", type=int, default=2000, help="synthetic users")
-    bench.add_argument(
-        "--session-mean", type=float, default=5.0, help="events per session (1 = worst case)"
-    )
-    bench.add_argument("--concurrency", type=int, default=50, help="sessions at a time")
-    bench.add_argument("--seed", type=int, default=0)
+    _traffic_args(bench)
     bench.add_argument("--with-encoder", action="store_true", help="also run `bench encoder`")
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bsub = bench.add_subparsers(dest="bench", required=False, metavar="BENCH")
@@ -270,10 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=200, help="events per batch")
     p.add_argument("--batches", type=int, default=100, help="batches timed")
     p.add_argument("--warmup", type=int, default=20, help="batches run first, not timed")
-    p.add_argument("--users", type=int, default=2000, help="synthetic users")
-    p.add_argument("--session-mean", type=float, default=5.0, help="events per session")
-    p.add_argument("--concurrency", type=int, default=50, help="sessions at a time")
-    p.add_argument("--seed", type=int, default=0)
+    _traffic_args(p)
     p.add_argument("--json", help="also write the figures to this JSON file")
     p = bsub.add_parser("broker", help="the Kafka broker alone: fixed-rate produce + consume")
     p.set_defaults(handler=_cmd_bench_broker)
@@ -283,6 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the figures to this JSON file")
     eval_cli.add_commands(sub)  # eval, train (issue 5)
     return parser
+
+
+def _traffic_args(parser: argparse.ArgumentParser) -> None:
+    """The options of the shoppers model (streams.traffic) that `bench` and `bench engine` share."""
+    parser.add_argument("--users", type=int, default=2000, help="synthetic users")
+    parser.add_argument(
+        "--session-mean", type=float, default=5.0, help="events per session (1 = worst case)"
+    )
+    parser.add_argument("--concurrency", type=int, default=50, help="sessions at a time")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:

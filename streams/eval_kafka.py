@@ -137,9 +137,10 @@ def single_batch_window(settings: Settings) -> float:
     return settings.eval_kafka_output_timeout_s / 2
 
 
-def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> Settings:
+def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> tuple[Settings, Scratch]:
     """The worker's settings for ``run``: its engine configuration, model files, a fresh store
-    under ``run_dir`` and topics and a consumer group of its own.
+    under ``run_dir``, and on a configured cluster topics and a consumer group of its own (the
+    returned :class:`Scratch`, dropped when the run's stack closes).
 
     Checked the way the child will see them: parsed back from the ``COLDSTREAM_*`` variables it
     gets, the engine configuration must equal the run's (its users collection aside).
@@ -179,7 +180,7 @@ def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> Settings:
     )
     # on a configured cluster: topics and a group of its own, which no other worker reads and
     # the stack drops when it closes; the embedded broker is a fresh one per run anyway
-    settings, _ = scratch_settings(settings, "eval")
+    settings, scratch = scratch_settings(settings, "eval")
     child = Settings.model_validate(
         {k.removeprefix("COLDSTREAM_").lower(): v for k, v in settings_env(settings).items()}
     )
@@ -191,7 +192,7 @@ def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> Settings:
             if getattr(got, f.name) != getattr(run.engine, f.name)
         ]
         raise ViaKafkaError(f"{run.tag}: the worker would parse another engine: {diff}")
-    return settings
+    return settings, scratch
 
 
 # ------------------------------------------------------------------- the worker's starting state
@@ -330,7 +331,7 @@ class KafkaReplay:
 
     def _run(self, run: StreamRun, run_dir: Path) -> StreamResult:
         t0 = time.perf_counter()
-        settings = worker_settings(self.settings, run, run_dir)
+        settings, scratch = worker_settings(self.settings, run, run_dir)
         save_models(settings, run)
         warm = seed_store(settings, run)
         cold = [item for item in run.catalog if item.item_id in run.cold_items]
@@ -339,12 +340,6 @@ class KafkaReplay:
             f"{run.tag} via kafka: {warm} items and the trending counts in the store; starting "
             f"the broker and a worker ({len(cold)} new items, {len(run.events)} events from "
             f"{len(expected)} users to send)"
-        )
-        # on a configured cluster worker_settings gave the run topics of its own: dropped at the end
-        scratch = (
-            None
-            if settings.embedded_kafka
-            else Scratch(run.tag, topics=tuple(settings.topic_partitions()))
         )
         with LocalStack(settings, log_dir=run_dir, scratch=scratch) as stack:
             worker = stack.worker

@@ -61,16 +61,19 @@ def test_the_evals_engine_knobs_reach_the_worker(tmp_path: Path) -> None:
         "cold_prior_weight": 0.25,
         "cold_item_max_age_hours": 2.0,
     }
-    settings = worker_settings(base, _run(base, want), tmp_path / "run")
+    settings, scratch = worker_settings(base, _run(base, want), tmp_path / "run")
     assert settings.recs_count == 20 and settings.cold_rank_by == "prior"
     assert settings.store_optimize_on_start is False and settings.ranker_enabled is False
     assert settings.data_dir == tmp_path / "run" / "data"
     # a fresh embedded broker per run keeps the configured names; a cluster gets the run's own
-    assert settings.topic_events == base.topic_events
+    assert settings.topic_events == base.topic_events and not scratch
     cluster = base.model_copy(update={"kafka_bootstrap": "kafka-1:9092"})
-    on_cluster = worker_settings(cluster, _run(cluster, want), tmp_path / "run")
+    on_cluster, on_cluster_scratch = worker_settings(cluster, _run(cluster, want), tmp_path / "run")
     assert on_cluster.topic_events != base.topic_events
     assert on_cluster.kafka_consumer_group.startswith(f"{base.kafka_consumer_group}.eval-")
+    assert set(on_cluster_scratch.topics) == set(
+        on_cluster.topic_partitions()
+    )  # dropped at the end
 
 
 def test_a_knob_without_a_setting_is_refused(tmp_path: Path) -> None:
