@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         "products per user, where waking BLAS threads costs more than the product",
     )
 
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "uvloop",
+        description="the worker's asyncio event loop (Faust's and its consumer thread's); "
+        "uvloop is libuv's, with less Python per callback",
+    )
+
     gc_freeze_at_start: bool = Field(
         True,
         description="freeze the objects allocated at start-up (models, libraries) so Python's "

@@ -16,7 +16,7 @@ from infra.broker import kafka_bootstrap
 from infra.edge_store import EdgeStore
 from infra.kafka import ensure_topics
 from infra.qdrant_store import QdrantStore
-from infra.runtime import configure_gc
+from infra.runtime import configure_gc, use_event_loop
 from infra.settings import Settings
 from ranking.covisit import CovisitModel
 from ranking.engine import BehaviorEngine, EngineConfig
@@ -173,6 +173,7 @@ def worker_app(
 def run_worker(settings: Settings) -> None:
     """``coldstream worker``: run until SIGTERM/SIGINT (embedded broker when none is configured)."""
     logging.basicConfig(level=settings.log_level)
+    use_event_loop(settings.event_loop)
     with kafka_bootstrap(
         settings.kafka_bootstrap,
         port=settings.embedded_broker_port,

@@ -1,8 +1,12 @@
+import asyncio
 import gc
+
+import pytest
+import uvloop
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from infra.runtime import configure_gc, limit_blas_threads
+from infra.runtime import configure_gc, limit_blas_threads, use_event_loop
 
 
 def test_blas_pool_is_capped() -> None:
@@ -25,3 +29,25 @@ def test_startup_objects_leave_the_collectors_reach() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+def test_event_loop_setting_picks_the_loop_faust_will_create() -> None:
+    policy = asyncio.get_event_loop_policy()
+    try:
+        use_event_loop("uvloop")
+        loop = asyncio.new_event_loop()  # what Faust's worker and its consumer thread call
+        try:
+            assert isinstance(loop, uvloop.Loop)
+        finally:
+            loop.close()
+        asyncio.set_event_loop_policy(None)
+        use_event_loop("asyncio")  # leaves the default policy alone
+        loop = asyncio.new_event_loop()
+        try:
+            assert not isinstance(loop, uvloop.Loop)
+        finally:
+            loop.close()
+        with pytest.raises(ValueError, match="unknown event loop"):
+            use_event_loop("trio")
+    finally:
+        asyncio.set_event_loop_policy(policy)
