@@ -3,7 +3,6 @@ import gc
 
 import pytest
 import uvloop
-
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from infra.runtime import configure_gc, limit_blas_threads, use_event_loop
