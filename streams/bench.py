@@ -65,7 +65,7 @@ class _Collector:
             consumer.close()
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
+def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None, "p99": None, "max": None}
     arr = np.asarray(values)
@@ -182,10 +182,10 @@ def run_bench(
         "recommendations": collector.received,
         "recommendations_per_s": round(collector.received / total_s, 1),
         "drain_s_after_send": round(drained_at - start - send_seconds, 2),
-        "latency_ms": _percentiles(collector.latencies_ms),
+        "latency_ms": percentiles(collector.latencies_ms),
         "latency_samples": len(collector.latencies_ms),
-        "latency_ms_first_tenth": _percentiles(early),
-        "latency_ms_last_tenth": _percentiles(late_lat),
+        "latency_ms_first_tenth": percentiles(early),
+        "latency_ms_last_tenth": percentiles(late_lat),
         "backlog_first_half_max": max(half, default=0),
         "backlog_second_half_max": max(late, default=0),
         "backlog_series": backlog,

@@ -3,9 +3,10 @@
 Separates the broker's limits from coldstream's: one confluent-kafka producer sends fixed-size
 behavior events to ``<events topic>-broker-bench`` (a topic and group of their own) at ``rate``
 records/s and one consumer reads them back. Every ``interval_s`` it records what was sent and
-consumed and, for the embedded broker, that process's CPU and RSS. On this machine it showed
-the embedded Tansu broker's CPU climbing with its retained log until consumption stopped
-(README, "Soak").
+consumed, the produce→consume latency of its records and, for the embedded broker, that
+process's CPU and RSS. On this machine it showed the embedded Tansu broker's CPU climbing with its
+retained log until consumption stopped (README, "Soak"), and it gives the end-to-end bench's
+floor: an event and its recommendation cross the broker twice.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from infra.broker import EmbeddedBroker
 from infra.kafka import client_config, list_topics
 from infra.settings import Settings
-from streams.bench import cpu_seconds
+from streams.bench import cpu_seconds, percentiles
 
 
 def run_broker_bench(
@@ -38,6 +39,7 @@ def run_broker_bench(
         topic = _bench_topic(settings, bootstrap)
         proc = psutil.Process(broker.pid) if broker and broker.pid else None
         consumed = [0]
+        latencies_ms: list[float] = []  # appended by the reader thread only
         stop = threading.Event()
 
         group = f"{settings.kafka_consumer_group}-broker-bench-{uuid.uuid4().hex[:8]}"
@@ -58,8 +60,11 @@ def run_broker_bench(
             consumer.subscribe([topic])
             try:
                 while not stop.is_set():
-                    for msg in consumer.consume(500, 0.1):
+                    # a short timeout: consume() holds a partial batch for its whole timeout,
+                    # which would count as broker latency
+                    for msg in consumer.consume(500, 0.005):
                         if msg.error() is None:
+                            latencies_ms.append(1000.0 * (time.time() - _sent_at(msg.value())))
                             consumed[0] += 1
             finally:
                 consumer.close()
@@ -67,30 +72,31 @@ def run_broker_bench(
         reader = threading.Thread(target=consume, name="broker-bench-reader", daemon=True)
         reader.start()
         producer = Producer(client_config(settings, bootstrap, **{"linger.ms": 5}))
-        value = json.dumps(
-            {"event_id": str(uuid.uuid4()), "user_id": "bench-0", "type": "click",
-             "item_id": "i1", "ts": 0}
-        ).encode()  # fmt: skip
         time.sleep(2 * settings.effective_session_timeout_s)  # let the reader join its group
-        series: list[dict[str, float]] = []
+        series: list[dict[str, float | None]] = []
+        seen_latencies = 0
         sent = 0
         start = last = time.time()
         cpu_last = cpu_seconds(proc)
         while (now := time.time()) - start < duration_s:
             due = int((now - start) * rate)
             while sent < due:
-                producer.produce(topic, value, key=str(sent % 2000).encode())
+                producer.produce(topic, _event(sent), key=str(sent % 2000).encode())
                 sent += 1
             producer.poll(0)
             time.sleep(0.002)
             if now - last >= interval_s:
                 cpu = cpu_seconds(proc)
+                window = latencies_ms[seen_latencies:]
+                seen_latencies += len(window)
                 series.append(
                     {
                         "t_s": round(now - start, 1),
                         "sent": sent,
                         "consumed": consumed[0],
                         "lag": sent - consumed[0],
+                        "latency_ms_p50": percentiles(window)["p50"],
+                        "latency_ms_p99": percentiles(window)["p99"],
                         "broker_cpu_percent": round(100.0 * (cpu - cpu_last) / (now - last), 1),
                         "broker_rss_mb": round(proc.memory_info().rss / 2**20, 1) if proc else 0.0,
                     }
@@ -108,11 +114,24 @@ def run_broker_bench(
             "duration_s": duration_s,
             "sent": sent,
             "consumed": consumed[0],
+            "latency_ms": percentiles(latencies_ms),
             "series": series,
         }
     finally:
         if broker is not None:
             broker.stop()
+
+
+def _event(n: int) -> bytes:
+    """A behavior event the size of the bench's, stamped with its send time (``ts``, ms)."""
+    return json.dumps(
+        {"event_id": str(uuid.uuid4()), "user_id": f"bench-{n % 2000}", "type": "click",
+         "item_id": f"i{n % 1682}", "ts": round(time.time() * 1000.0, 3)}
+    ).encode()  # fmt: skip
+
+
+def _sent_at(value: bytes | None) -> float:
+    return float(json.loads(value or b"{}").get("ts", 0.0)) / 1000.0
 
 
 def _bench_topic(settings: Settings, bootstrap: str) -> str:
@@ -134,11 +153,22 @@ def format_broker_report(report: dict[str, Any]) -> str:
     lines = [
         f"coldstream bench broker — {report['broker']}, {report['rate_per_s']:g} records/s "
         f"for {report['duration_s']:g} s: sent {report['sent']}, consumed {report['consumed']}",
-        "    t s       sent   consumed      lag  broker CPU %  broker RSS MB",
+        "    t s       sent   consumed      lag  latency p50/p99 ms  broker CPU %  broker RSS MB",
     ]
     for row in report["series"]:
         lines.append(
             f"{row['t_s']:7.0f} {row['sent']:10.0f} {row['consumed']:10.0f} {row['lag']:8.0f}"
+            f" {_ms(row['latency_ms_p50']):>8}/{_ms(row['latency_ms_p99']):<9}"
             f" {row['broker_cpu_percent']:13.1f} {row['broker_rss_mb']:14.1f}"
         )
+    lat = report["latency_ms"]
+    lines.append(
+        f"produce → consume latency ms: p50 {_ms(lat['p50'])} · p95 {_ms(lat['p95'])} · "
+        f"p99 {_ms(lat['p99'])} · max {_ms(lat['max'])} (one hop; the end-to-end bench crosses "
+        "the broker twice)"
+    )
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

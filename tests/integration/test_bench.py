@@ -70,7 +70,12 @@ def test_broker_bench_round_trips_every_record() -> None:
     assert report["sent"] >= 250
     assert report["consumed"] == report["sent"]  # flushed and read back before returning
     assert report["series"] and all(row["broker_cpu_percent"] >= 0 for row in report["series"])
+    # every record's own send time → its consumption: positive, and far below the run's length
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 3000
+    assert any(row["latency_ms_p50"] is not None for row in report["series"])
     assert "broker CPU" in format_broker_report(report)
+    assert "produce → consume latency ms: p50" in format_broker_report(report)
 
 
 def test_engine_bench_times_every_batch_through_the_pipeline(tmp_path: Path) -> None:
