@@ -125,9 +125,16 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(
         0.005,
         gt=0,
-        description="Faust's take() waits this long after every batch before taking the next: "
-        "each event waits for it, and under load the backlog fills batches anyway "
-        "(`coldstream bench --rate 100`: p99 71 ms at 0.02, 29 ms at 0.005)",
+        description="the longest a batch waits for more events; with batch_close_when_drained "
+        "it closes earlier, as soon as no event is waiting (otherwise Faust's take() waits "
+        "this long after every batch: `coldstream bench --rate 100`: p99 71 ms at 0.02, "
+        "29 ms at 0.005)",
+    )
+    batch_close_when_drained: bool = Field(
+        True,
+        description="close a behavior batch as soon as the agent's queue is empty "
+        "(streams.batching): no idle wait at light load, batches up to batch_max_events "
+        "under a backlog; false = Faust's take_events",
     )
     item_batch_max: int = Field(256, ge=1)
     item_batch_within_s: float = Field(0.05, gt=0)

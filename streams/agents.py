@@ -52,7 +52,8 @@ async def send_outputs(out: Outputs, topics: Topics) -> None:
 async def finish_batch(work: Awaitable[None]) -> None:
     """Run one batch's processing to its end even if the agent is cancelled meanwhile.
 
-    Faust's ``take_events`` acks a batch in a ``finally`` around its ``yield``. On a stop it
+    Faust's ``take_events`` (and ``streams.batching.DrainingStream.take_ready``, built on it)
+    acks a batch in a ``finally`` around its ``yield``. On a stop it
     yields what it still buffers as one last batch, and ``App.stop`` then cancels the agent's
     task (once, and waits for it): cancelled mid-batch, the batch was acked without being
     applied, the final commit moved past it and the member taking the partition over never saw
@@ -112,9 +113,10 @@ async def guarded(
 
 def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings: Settings) -> None:
     async def _batches(
-        stream: faust.StreamT, max_: int, within: float
+        stream: faust.StreamT, max_: int, within: float, drained: bool
     ) -> AsyncIterator[list[Record]]:
-        async for events in cast(Any, stream).take_events(max_, within=within):
+        take = cast(Any, stream).take_ready if drained else cast(Any, stream).take_events
+        async for events in take(max_, within=within):
             yield [to_record(e) for e in events]
 
     async def run_agent(
@@ -123,6 +125,7 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
         max_: int,
         within: float,
         handle: Callable[[Sequence[Record]], Awaitable[Outputs]],
+        drained: bool = False,
     ) -> None:
         await pipeline.start()
 
@@ -133,7 +136,7 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
             metrics.BATCH_SIZE.labels(agent=name).observe(len(records))
             metrics.BATCH_SECONDS.labels(agent=name).observe(time.perf_counter() - start)
 
-        async for records in _batches(stream, max_, within):
+        async for records in _batches(stream, max_, within, drained):
             await finish_batch(process(records))
 
     @app.agent(topics.items, name="items")
@@ -149,7 +152,12 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
     @app.agent(topics.events, name="events")
     async def behavior_agent(stream: faust.StreamT) -> None:
         await run_agent(
-            "events", stream, settings.batch_max_events, settings.batch_within_s, pipeline.on_events
+            "events",
+            stream,
+            settings.batch_max_events,
+            settings.batch_within_s,
+            pipeline.on_events,
+            drained=settings.batch_close_when_drained,
         )
 
     @app.timer(settings.trending_persist_every_s)

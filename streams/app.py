@@ -13,6 +13,7 @@ import faust
 from faust.types import TopicT
 
 from infra.settings import Settings
+from streams.batching import DrainingStream
 from streams.transport import transport_with_fetch_wait
 
 
@@ -66,11 +67,12 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Topics]:
         value_serializer="raw",
         producer_linger=0.001,
         # A revocation (and a stop) waits until every event the agents took, the batch
-        # take_events still buffers included, is applied and acked: a batch that read profiles
+        # take_ready still buffers included, is applied and acked: a batch that read profiles
         # before the new owner wrote them would put older copies back over its updates (README,
         # "Scale-out"). The broker waits for that up to its rebalance timeout (Faust's
         # broker_rebalance_timeout, 60 s; heartbeats go on meanwhile), then drops the member.
         stream_wait_empty=True,
+        Stream=DrainingStream,  # Faust's stream plus take_ready (streams.batching)
     )
 
     def topic(name: str) -> TopicT:

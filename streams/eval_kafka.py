@@ -160,8 +160,14 @@ def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> tuple[Sett
     # batch_within_s counted from the agent's start, whatever is buffered then. A batch size
     # of exactly the run's events yields the burst whole; a long window keeps a tick from
     # splitting it (half the output timeout: a burst that somehow falls short is still taken).
+    # The worker's default batching closes a batch whenever its queue runs dry, which could
+    # cut the burst where the consumer's fetches do: take_events here.
     single = (
-        {"batch_max_events": max(1, len(run.events)), "batch_within_s": single_batch_window(base)}
+        {
+            "batch_max_events": max(1, len(run.events)),
+            "batch_within_s": single_batch_window(base),
+            "batch_close_when_drained": False,
+        }
         if base.eval_kafka_single_batch
         else {}
     )
