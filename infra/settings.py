@@ -133,8 +133,8 @@ class Settings(BaseSettings):
     batch_close_when_drained: bool = Field(
         True,
         description="close a behavior batch as soon as the agent's queue is empty "
-        "(streams.batching): no idle wait at light load, batches up to batch_max_events "
-        "under a backlog; false = Faust's take_events",
+        "(streams.batching): no idle wait after the waiting events are taken; "
+        "false = Faust's take_events",
     )
     item_batch_max: int = Field(256, ge=1)
     item_batch_within_s: float = Field(0.05, gt=0)

@@ -87,16 +87,17 @@ def run_broker_bench(
             time.sleep(0.002)
             if now - last >= interval_s:
                 cpu = cpu_seconds(proc)
-                window = latencies_ms[seen_latencies:]
-                seen_latencies += len(window)
+                chunk = latencies_ms[seen_latencies:]  # the reader may append meanwhile
+                seen_latencies += len(chunk)
+                window = percentiles(chunk)
                 series.append(
                     {
                         "t_s": round(now - start, 1),
                         "sent": sent,
                         "consumed": consumed[0],
                         "lag": sent - consumed[0],
-                        "latency_ms_p50": percentiles(window)["p50"],
-                        "latency_ms_p99": percentiles(window)["p99"],
+                        "latency_ms_p50": window["p50"],
+                        "latency_ms_p99": window["p99"],
                         "broker_cpu_percent": round(100.0 * (cpu - cpu_last) / (now - last), 1),
                         "broker_rss_mb": round(proc.memory_info().rss / 2**20, 1) if proc else 0.0,
                     }
