@@ -115,8 +115,13 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
     async def _batches(
         stream: faust.StreamT, max_: int, within: float, drained: bool
     ) -> AsyncIterator[list[Record]]:
-        take = cast(Any, stream).take_ready if drained else cast(Any, stream).take_events
-        async for events in take(max_, within=within):
+        if drained:
+            taken = cast(Any, stream).take_ready(
+                max_, within=within, behind_within=settings.batch_behind_within_s or None
+            )
+        else:
+            taken = cast(Any, stream).take_events(max_, within=within)
+        async for events in taken:
             yield [to_record(e) for e in events]
 
     async def run_agent(
