@@ -18,7 +18,7 @@ import numpy as np
 
 from ranking.candidates import PoolTable
 from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel, ItemIds, RowCache
-from ranking.diversity import covisit_tail, head_then_tail, mmr
+from ranking.diversity import covisit_tail, head_then_tail_many, mmr_many
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import Candidates, Scorer, score_all
@@ -382,14 +382,15 @@ class BehaviorEngine:
         scores = score_all(
             self.scorer, users, [c for _, c in pools], [p.categories for p, _ in pools]
         )
-        for (profile, cands), score in zip(pools, scores, strict=True):
+        diversified = self._diversify([c for _, c in pools], scores)
+        for (profile, cands), score, picks in zip(pools, scores, diversified, strict=True):
             recent_vec = recent_vecs[profile.user_id]
             recent = (
                 cands.cosine
                 if recent_vec is None
                 else (cands.vectors @ recent_vec).astype(np.float32)
             )
-            out[profile.user_id] = self._rank(profile, cands, known_items, score, recent)
+            out[profile.user_id] = self._rank(profile, cands, known_items, score, recent, picks)
         for p in profiles:
             if p.vector is None:
                 out[p.user_id] = self._trending_list(p, popularity)
@@ -419,6 +420,52 @@ class BehaviorEngine:
         ]
         return self.store.search(cfg.items_collection, queries)
 
+    def _diversify(
+        self, pools: Sequence[Candidates], scores: Sequence[np.ndarray]
+    ) -> list[list[int]]:
+        """Each pool's list before the new-item slots: MMR over its best rows, with the tail
+        blend (:func:`head_then_tail_many`) where the pool has co-visitation evidence; all
+        lists of the batch in two batched calls."""
+        cfg = self.cfg
+        picks: list[list[int]] = [[] for _ in pools]
+        blended: list[tuple[int, np.ndarray, int, int]] = []  # (pool, tail order, k, head)
+        plain: list[tuple[int, np.ndarray, int]] = []  # (pool, best rows, k)
+        for n, (cands, score) in enumerate(zip(pools, scores, strict=True)):
+            k = min(cfg.recs_count, len(cands.ids))
+            head = math.floor(cfg.tail_head_frac * k + 0.5)
+            tail = (
+                covisit_tail(score, cands.covisit, cfg.tail_covisit_weight)
+                if cfg.tail_covisit_weight > 0 and 0 < head < k and cands.covisit is not None
+                else None
+            )
+            if tail is not None:
+                blended.append((n, tail, k, head))
+            else:
+                # MMR over a pool a few times the list size: diversity needs alternatives
+                plain.append((n, np.argsort(-score, kind="stable")[: 4 * k], k))
+        if blended:
+            lists = head_then_tail_many(
+                [scores[n] for n, _, _, _ in blended],
+                [tail for _, tail, _, _ in blended],
+                [pools[n].vectors for n, _, _, _ in blended],
+                [k for _, _, k, _ in blended],
+                [head for _, _, _, head in blended],
+                cfg.mmr_lambda,
+            )
+            for (n, _, _, _), chosen in zip(blended, lists, strict=True):
+                picks[n] = chosen
+        if plain:
+            lists = mmr_many(
+                [scores[n] for n, _, _ in plain],
+                [pools[n].vectors for n, _, _ in plain],
+                [k for _, _, k in plain],
+                cfg.mmr_lambda,
+                rows=[best for _, best, _ in plain],
+            )
+            for (n, best, _), chosen in zip(plain, lists, strict=True):
+                picks[n] = [int(best[i]) for i in chosen]
+        return picks
+
     def _rank(
         self,
         profile: Profile,
@@ -426,24 +473,14 @@ class BehaviorEngine:
         known_items: Mapping[str, StoredPoint],
         scores: np.ndarray,
         recent: np.ndarray,
+        picks: list[int],
     ) -> list[RecItem]:
-        """``recent``: each candidate's cosine with the user's recent items (see _recent_cosine)."""
+        """``recent``: each candidate's cosine with the user's recent items (see
+        _recent_cosine); ``picks``: the pool's diversified list (:meth:`_diversify`)."""
         cfg = self.cfg
         assert profile.vector is not None
         vectors = cands.vectors
         k = min(cfg.recs_count, len(cands.ids))
-        head = math.floor(cfg.tail_head_frac * k + 0.5)
-        tail = (
-            covisit_tail(scores, cands.covisit, cfg.tail_covisit_weight)
-            if cfg.tail_covisit_weight > 0 and 0 < head < k and cands.covisit is not None
-            else None
-        )
-        if tail is not None:
-            picks = head_then_tail(scores, tail, vectors, k, head, cfg.mmr_lambda)
-        else:
-            # MMR over a pool a few times the list size: diversity needs alternatives, not all
-            pool = [int(i) for i in np.argsort(-scores, kind="stable")][: 4 * k]
-            picks = [pool[i] for i in mmr(scores[pool], vectors[pool], k, cfg.mmr_lambda)]
         slots = cfg.cold_item_slots
         key = self._cold_key(profile, cands, scores, known_items, picks, recent)
         if cfg.cold_slots_follow_content:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from infra.qdrant_store import QdrantStore
 from infra.settings import Settings
-from ranking.diversity import covisit_tail, head_then_tail, mmr
+from ranking.diversity import covisit_tail, head_then_tail, head_then_tail_many, mmr, mmr_many
 from ranking.engine import (
     BatchOutcome,
     BehaviorEngine,
@@ -254,6 +254,56 @@ def test_covisit_tail_blends_on_the_list_scale() -> None:
     only_rel = covisit_tail(rel, np.array([0.0, 0.0, 5.0]), 0.0)
     assert only_rel is not None
     np.testing.assert_allclose(only_rel, [1.0, 0.5, 0.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 30), min_size=1, max_size=6),
+    k=st.integers(0, 12),
+    lam=st.sampled_from([0.0, 0.3, 0.8, 1.0]),
+    fixed=st.integers(0, 4),
+    seed=st.integers(0, 1000),
+)
+@unit
+def test_mmr_many_picks_what_each_list_picks_alone(
+    sizes: list[int], k: int, lam: float, fixed: int, seed: int
+) -> None:
+    """The batched loop pads lists to the longest: padding must never change a list's picks."""
+    rng = np.random.default_rng(seed)
+    rels = [rng.random(n).astype(np.float32) for n in sizes]
+    vecs = [_rng_unit_rows(n, 6, seed + i) if n else np.zeros((0, 6)) for i, n in enumerate(sizes)]
+    fixeds = [min(fixed, n) for n in sizes]
+    together = mmr_many(rels, vecs, [k] * len(sizes), lam, fixed=fixeds)
+    alone = [
+        _mmr_by_definition(r, v, k, lam, f) if lam < 1.0 else mmr(r, v, k, lam, fixed=f)
+        for r, v, f in zip(rels, vecs, fixeds, strict=True)
+    ]
+    assert together == alone
+    # a selection of rows is the same as the selected pool passed in
+    rows = [rng.permutation(n)[: max(n // 2, 0)] for n in sizes]
+    selected = mmr_many(rels, vecs, [k] * len(sizes), lam, rows=rows)
+    assert selected == mmr_many(
+        [r[i] for r, i in zip(rels, rows, strict=True)],
+        [v[i] for v, i in zip(vecs, rows, strict=True)],
+        [k] * len(sizes),
+        lam,
+    )
+
+
+@unit
+@pytest.mark.parametrize("seed", range(5))
+def test_head_then_tail_many_is_each_list_alone(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sizes = [90, 12, 0, 45]
+    rels = [rng.random(n) for n in sizes]
+    tails = [rng.random(n) for n in sizes]
+    vecs = [_rng_unit_rows(n, 8, seed + n) if n else np.zeros((0, 8)) for n in sizes]
+    together = head_then_tail_many(rels, tails, vecs, [10] * 4, [7, 7, 7, 3], 0.7)
+    alone = [
+        head_then_tail(r, t, v, 10, h, 0.7)
+        for r, t, v, h in zip(rels, tails, vecs, [7, 7, 7, 3], strict=True)
+    ]
+    assert together == alone
 
 
 @unit
