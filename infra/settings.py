@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int | None = Field(
         None, ge=1, description="consumer fetch long-poll; default 10 ms embedded, 500 otherwise"
     )
+    kafka_consumer_inline_delivery: bool = Field(
+        True,
+        description="hand fetched messages to the agents without scheduling tasks when the "
+        "hand-over does not wait (streams.transport); false = Faust's own path",
+    )
     kafka_consumer_group: str = "coldstream"
     embedded_broker_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
     embedded_broker_start_timeout_s: float = 20.0

@@ -85,6 +85,8 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Topics]:
         dead_letter=topic(settings.topic_dead_letter),
     )
     fetch_wait = settings.effective_fetch_max_wait_ms
-    transport_cls = transport_with_fetch_wait(fetch_wait)
+    transport_cls = transport_with_fetch_wait(
+        fetch_wait, inline_delivery=settings.kafka_consumer_inline_delivery
+    )
     app._new_transport = lambda: transport_cls(app.conf.broker_consumer, app)  # type: ignore[method-assign]
     return app, topics
