@@ -11,10 +11,15 @@ message to the agents' queues with ``wait_first(deliver(message), suspend_flow.w
 ``Service.wait_first``), which makes four tasks per message (the delivery, the flow-suspended,
 stopped and crashed waits) and cancels three. The delivery almost never waits: it only puts the
 event in a queue with room. :class:`FirstStepInline` runs the delivery's first step inline; when
-it finishes there (the common case) nothing is scheduled at all, and when it would wait (a full
+it finishes there (the common case) no task is made, and when it would wait (a full
 queue, flow suspended by a rebalance, a full producer buffer) the rest of it runs under mode's
-``wait_first`` exactly as before. Measured on the Faust path alone (40,000 queued events drained
-by an agent that does nothing): 67–70 → 38–44 µs of worker CPU per event.
+``wait_first`` exactly as before. An inline hand-over still gives the event loop one turn, as
+awaiting the tasks did: Faust's consumer loop yields only every 100 messages, and without that
+turn the agent's stream saw none of them until the hundredth (under a backlog, batches closed by
+their window at ~120 events of a full queue). Measured on the Faust path alone (40,000 queued
+events drained by an agent that does nothing): 80–84 → 47–48 µs of worker CPU per event, in
+batches of ~485 events instead of ~265; with an agent that spends 150 ms per batch, 55 against
+67–89 µs per event, batches of ~480 either way.
 ``COLDSTREAM_KAFKA_CONSUMER_INLINE_DELIVERY=false`` turns it off.
 """
 
@@ -58,6 +63,10 @@ class FirstStepInline(Service):
             waiting = first.send(None)
         except StopIteration as done:
             _close(rest)
+            # one turn of the loop, as awaiting the tasks gave: without it the caller's loop
+            # hands over up to 100 messages before the stream takes any (Faust's consumer
+            # yields every 100), and a batch's window closed with ~120 events of a full queue
+            await asyncio.sleep(0)
             if self._stopped.is_set() or self._crashed.is_set():
                 return WaitResults([], [], True)
             return WaitResults([first], [done.value], False)

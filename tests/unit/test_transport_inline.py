@@ -143,3 +143,30 @@ def test_a_stopped_service_reports_stopped() -> None:
 
     inline, plain = _both(scenario)
     assert inline == plain == (True, ["ran"])
+
+
+def test_other_tasks_run_between_inline_deliveries() -> None:
+    """Faust's consumer hands over messages in a loop that yields only every 100: an inline
+    delivery must still give the loop a turn, or the agent's stream sees none of them until
+    the hundredth (batches closed by their window at ~120 events of a full queue)."""
+
+    async def scenario(service: Service) -> list[str]:
+        order: list[str] = []
+
+        async def deliver(i: int) -> None:
+            order.append(f"delivered {i}")
+
+        async def stream() -> None:
+            for _ in range(3):
+                order.append("stream ran")
+                await asyncio.sleep(0)
+
+        other = asyncio.ensure_future(stream())
+        for i in range(3):
+            await service.wait_first(deliver(i), Event().wait())
+        await other
+        return order
+
+    inline, plain = _both(scenario)
+    for order in (inline, plain):
+        assert order.index("stream ran") < order.index("delivered 1")
