@@ -192,7 +192,6 @@ def head_then_tail_many(
         rows=by_heads,
     )
     orders: list[np.ndarray] = []
-    firsts: list[np.ndarray] = []
     for tail_rel, by_head, at, k in zip(tail_rels, by_heads, firsts_at, ks, strict=True):
         first = by_head[np.asarray(at, dtype=np.intp)]
         by_tail = np.argsort(-tail_rel, kind="stable")
@@ -200,6 +199,6 @@ def head_then_tail_many(
         rest[first] = False
         by_tail = by_tail[rest[by_tail]][: max(pool_factor * k - len(first), 0)]
         orders.append(np.concatenate([first, by_tail]))
-        firsts.append(first)
-    picks = mmr_many(tail_rels, vectors, ks, lam, fixed=[len(f) for f in firsts], rows=orders)
+    # the head's picks open each tail order: fixed, counted as already picked
+    picks = mmr_many(tail_rels, vectors, ks, lam, fixed=[len(a) for a in firsts_at], rows=orders)
     return [[int(o[i]) for i in p] for o, p in zip(orders, picks, strict=True)]
