@@ -85,6 +85,46 @@ def test_online_counter_prunes_to_max_pairs() -> None:
     assert "q9" in c.pairs["p9"]  # the strongest survive
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from("abcdefgh"), max_size=6),
+            st.sampled_from("abcdefgh"),
+            st.sampled_from([1.0, 2.0, 0.5]),
+        ),
+        max_size=40,
+    )
+)
+def test_online_counter_matches_plain_counting_with_row_cap(
+    adds: list[tuple[list[str], str, float]],
+) -> None:
+    """The counter against a plain re-count: both directions of each pair, and a row past
+    twice its cap cut to its ``row_cap`` strongest (ties: the first counted stay)."""
+    cap = 2
+    c = CovisitCounter(row_cap=cap)
+    pairs: dict[str, dict[str, float]] = {}
+    counts: dict[str, float] = {}
+    for recent, item, w in adds:
+        c.add(recent, item, w)
+        counts[item] = counts.get(item, 0.0) + w
+        for other in recent:
+            if other == item:
+                continue
+            for x, y in ((other, item), (item, other)):
+                row = pairs.setdefault(x, {})
+                row[y] = row.get(y, 0.0) + w
+                if len(row) > 2 * cap:
+                    top = sorted(row.items(), key=lambda kv: -kv[1])[:cap]
+                    pairs[x] = dict(top)
+    assert c.counts == counts
+    assert {k: list(r.items()) for k, r in c.pairs.items()} == {
+        k: list(r.items()) for k, r in pairs.items()
+    }
+    assert c._n_pairs == sum(len(r) for r in pairs.values())
+    assert c.dirty == set(c.ids.get(k) for k in pairs)
+
+
 def test_index_merges_snapshot_and_deltas() -> None:
     base = CovisitModel.build([["a", "b"], ["a", "b"], ["a", "c"]], window=1, neighbors=10)
     delta = CovisitCounter()
