@@ -144,8 +144,9 @@ class Settings(BaseSettings):
     batch_behind_within_s: float = Field(
         0.02,
         ge=0,
-        description="with batch_close_when_drained: while the partition has more records on "
-        "the broker than the agent has taken, a batch keeps filling for up to this long: "
+        description="with batch_close_when_drained: while events wait in the agent's queue or "
+        "the partition has more records on the broker than the agent has taken, a batch keeps "
+        "filling for up to this long: "
         "bigger batches when behind (`coldstream bench --rate 2000`: ~1,800 events/s in "
         "batches of ~330 against ~1,590 in ~240 at 0); 0 = close when drained regardless",
     )
