@@ -89,6 +89,7 @@ def open_store(settings: Settings) -> VectorStore:
             settings.edge_path,
             observe=observe,
             exclude_after_max=settings.store_exclude_after_max,
+            exclude_slack=settings.store_exclude_slack,
         )
         if (
             settings.store_optimize_on_start

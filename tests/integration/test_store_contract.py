@@ -138,6 +138,31 @@ def test_exclusions_still_give_the_next_nearest_up_to_the_limit(store: VectorSto
     assert [h.id for h in hits] == nearest[3:7]
 
 
+@pytest.mark.parametrize("slack", [0, 1, 2, 64])
+def test_edge_capped_over_fetch_asks_short_queries_again(tmp_path: Path, slack: int) -> None:
+    """The Edge store over-fetches at most ``exclude_slack`` hits for excluded ids; a query
+    whose excluded ids hold more of its nearest is asked again in full, so every query of a
+    batch still gets the next nearest up to its limit."""
+    s = EdgeStore(tmp_path / "store", exclude_slack=slack)
+    try:
+        s.ensure_collection("items", DIM)
+        points = _items()
+        s.upsert("items", points)
+        queries, expected = [], []
+        for seed, n_excluded in [(7, 3), (8, 0), (9, 1), (10, 6), (11, 2)]:
+            query = _unit(seed)
+            order = sorted(points, key=lambda p: -float(np.dot(p.vector, query)))  # type: ignore[arg-type]
+            nearest = [p.id for p in order]
+            # nearest excluded ones, plus far ones and unknown ids that cost no place
+            excluded = nearest[:n_excluded] + nearest[-2:] + ["never-stored"]
+            queries.append(Query(query, limit=4, exclude_ids=excluded))
+            expected.append(nearest[n_excluded : n_excluded + 4])
+        got = s.search("items", queries)
+        assert [[h.id for h in hits] for hits in got] == expected
+    finally:
+        s.close()
+
+
 def test_where_active_filter(store: VectorStore) -> None:
     store.upsert("items", _items())
     (active,) = store.search("items", [Query(_unit(0), limit=20, where={"active": True})])
