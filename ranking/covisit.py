@@ -278,7 +278,7 @@ class CovisitCounter:
     def add(self, recent: Sequence[str], item: str, weight: float = 1.0) -> None:
         """``item`` was just visited after ``recent`` (the window of items before it).
 
-        The pair loop is written out (no helper call per pair): ~40 pair updates per event
+        The pair loop is inline (no method call per pair): ~40 pair updates per event
         make it the hottest Python loop of a warm batch.
         """
         intern = self.ids.id
@@ -293,31 +293,19 @@ class CovisitCounter:
             if other == item:
                 continue
             a = intern(other)  # never b: ids are one per item
-            dirty.add(a)
-            row = pairs.get(a)
-            if row is None:
-                row = pairs[a] = {}
-            old = row.get(b)
-            if old is None:
-                row[b] = weight
-                added += 1
-                if len(row) > cap:
-                    added -= self._trim(a)
-            else:
-                row[b] = old + weight
-            # and the pair the other way
-            dirty.add(b)
-            row = pairs.get(b)
-            if row is None:
-                row = pairs[b] = {}
-            old = row.get(a)
-            if old is None:
-                row[a] = weight
-                added += 1
-                if len(row) > cap:
-                    added -= self._trim(b)
-            else:
-                row[a] = old + weight
+            for x, y in ((a, b), (b, a)):  # the pair both ways
+                dirty.add(x)
+                row = pairs.get(x)
+                if row is None:
+                    row = pairs[x] = {}
+                old = row.get(y)
+                if old is None:
+                    row[y] = weight
+                    added += 1
+                    if len(row) > cap:
+                        added -= self._trim(x)
+                else:
+                    row[y] = old + weight
         self._n_pairs += added
         if self._n_pairs > self.max_pairs * 1.2:
             self._prune()
