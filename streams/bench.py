@@ -77,6 +77,25 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     }
 
 
+def backlog_growth(series: list[tuple[float, float]], duration_s: float) -> float | None:
+    """How fast the backlog grows once the run has warmed up: the least-squares slope (events
+    per second) of its samples from a third of ``duration_s`` on; None with fewer than 3.
+
+    The issue's "no growing backlog" read directly: the applied rate alone mixes the backlog's
+    growth with the drain after the last send (a backlog of 4,000 events growing by 30/s still
+    reads as ~1,940 applied per second at 2,000/s over 60 s).
+    """
+    late = [(t, b) for t, b in series if t >= duration_s / 3]
+    if len(late) < 3:
+        return None
+    t = np.array([p[0] for p in late], dtype=np.float64)
+    b = np.array([p[1] for p in late], dtype=np.float64)
+    if np.ptp(t) == 0:
+        return None
+    slope = float(np.polyfit(t, b, 1)[0])
+    return round(slope, 1)
+
+
 def run_bench(
     settings: Settings,
     *,
@@ -189,6 +208,7 @@ def run_bench(
         "backlog_first_half_max": max(half, default=0),
         "backlog_second_half_max": max(late, default=0),
         "backlog_series": backlog,
+        "backlog_growth_per_s": backlog_growth(backlog, duration_s),
         "worker_cpu_percent": round(100.0 * cpu_s / total_s, 1),
         "broker_cpu_percent": (
             round(100.0 * (broker_cpu_end - broker_cpu_start) / total_s, 1) if broker else None
@@ -252,6 +272,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"backlog max (events)       first half {report['backlog_first_half_max']:.0f}"
             f" · second half {report['backlog_second_half_max']:.0f}"
             f" · drained {report['drain_s_after_send']} s after the last send",
+            f"backlog growth             {_growth(report)}",
             f"worker                     CPU {report['worker_cpu_percent']}% · RSS"
             f" {report['worker_rss_mb_start']} → {report['worker_rss_mb_end']} MB"
             f" · broker CPU {report['broker_cpu_percent']}%",
@@ -273,3 +294,11 @@ def _scratch_lines(report: dict[str, Any]) -> list[str]:
         + ("" if left else " (dropped after the run)"),
         *(f"left behind                {line}" for line in left),
     ]
+
+
+def _growth(report: dict[str, Any]) -> str:
+    growth = report.get("backlog_growth_per_s")
+    if growth is None:
+        return "too few samples (runs shorter than ~5 s)"
+    since = report["duration_s"] / 3
+    return f"{growth:+.1f} events/s from {since:.0f} s on (least squares; ~0 = keeping up)"
