@@ -18,7 +18,7 @@ from ranking.covisit import CovisitIndex
 from ranking.profile import Profile
 from ranking.scoring import Candidates
 from ranking.store import Hit, StoredPoint
-from ranking.trending import Popularity
+from ranking.trending import Popularity, popularity_of
 
 if TYPE_CHECKING:
     from ranking.engine import EngineConfig
@@ -114,8 +114,7 @@ class PoolTable:
             if n
             else np.zeros((0, self.dim), np.float32)
         )
-        pop_get = self.popularity.get
-        self.pops = np.fromiter((pop_get(i, 0.0) for i in self.ids), np.float32, n)
+        self.pops = popularity_of(self.popularity, self.ids)
         self.gids = self.index.ids.lookup(self.ids)
         self.counts = self.index.counts_of(self.gids)
         self.created = np.asarray(self._created, dtype=np.float64)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any, Protocol
+
+import numpy as np
 
 
 class TrendingCounter:
@@ -117,6 +120,16 @@ class MergedTrending:
                 found = True
         return total if found else default
 
+    def get_many(self, items: Sequence[str]) -> np.ndarray:
+        """:meth:`get` of each item (0 when no partition counts it), as float32: one C-level
+        pass per partition instead of a Python call per item (a batch's pool table reads a few
+        hundred to a few thousand). The same sums, added in the same order."""
+        totals = np.zeros(len(items), np.float64)
+        for scores, factor in self._parts:
+            values = np.fromiter(map(scores.get, items, repeat(0.0)), np.float64, len(items))
+            totals += values * factor
+        return totals.astype(np.float32)
+
     def top(self, n: int, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
         """The ``n`` most popular items not in ``exclude``, with their scores (whole merge,
         once per view: every trending-only list of a batch reads the same one)."""
@@ -130,3 +143,10 @@ def top_items(scores: Mapping[str, float], n: int, exclude: Iterable[str] = ()) 
     excluded = set(exclude)
     ranked = heapq.nlargest(n + len(excluded), scores.items(), key=lambda kv: kv[1])
     return [item for item, _ in ranked if item not in excluded][:n]
+
+
+def popularity_of(popularity: Popularity, items: Sequence[str]) -> np.ndarray:
+    """Each item's popularity as float32 (0 for an unknown item), for any :class:`Popularity`."""
+    if isinstance(popularity, MergedTrending):
+        return popularity.get_many(items)
+    return np.fromiter(map(popularity.get, items, repeat(0.0)), np.float32, len(items))

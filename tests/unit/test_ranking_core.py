@@ -33,7 +33,13 @@ from ranking.profile import Profile, ProfileConfig
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import BlendScorer, Candidates, ItemPrior
 from ranking.store import StoredPoint
-from ranking.trending import MergedTrending, TrendingCounter, merged_scores, top_items
+from ranking.trending import (
+    MergedTrending,
+    TrendingCounter,
+    merged_scores,
+    popularity_of,
+    top_items,
+)
 
 # Markers per test: the engine tests open a real local Qdrant store (``store`` fixture), which
 # the project counts as integration; everything else here is a pure unit test.
@@ -127,6 +133,42 @@ def test_merged_trending_reads_what_a_full_merge_gives() -> None:
     assert [i for i, _ in view.top(5, exclude=["b", "c"])] == ["a"]
     assert MergedTrending([]).get("a", 0.0) == 0.0 and MergedTrending([]).top(3) == []
     assert merged_scores([], at_ts=None) == {}
+
+
+@unit
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from("abcdef"),
+                st.floats(0.0, 100.0),
+                st.floats(0.01, 10.0),
+            ),
+            max_size=8,
+        ),
+        max_size=4,
+    )
+)
+def test_popularity_of_many_items_is_each_items_own_read(
+    partitions: list[list[tuple[str, float, float]]],
+) -> None:
+    """``popularity_of`` (one pass per partition) gives exactly what ``get`` gives item by item,
+    for a merged view and for a plain dict."""
+    counters = []
+    for adds in partitions:
+        c = TrendingCounter(half_life_s=30.0)
+        for item, ts, weight in sorted(adds, key=lambda a: a[1]):
+            c.add(item, ts, weight)
+        counters.append(c)
+    view = MergedTrending(counters)
+    items = [*"abcdefg", "a"]
+    expected = np.array([view.get(i, 0.0) for i in items], np.float32)
+    np.testing.assert_array_equal(popularity_of(view, items), expected)
+    plain = {"a": 1.5, "c": 0.25}
+    np.testing.assert_array_equal(
+        popularity_of(plain, items), np.array([plain.get(i, 0.0) for i in items], np.float32)
+    )
 
 
 @unit
