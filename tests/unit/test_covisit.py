@@ -85,17 +85,16 @@ def test_online_counter_prunes_to_max_pairs() -> None:
     assert "q9" in c.pairs["p9"]  # the strongest survive
 
 
+def _visits(
+    window: int, weights: st.SearchStrategy[float], max_size: int
+) -> st.SearchStrategy[list[tuple[list[str], str, float]]]:
+    """Visits as ``CovisitCounter.add`` takes them: (window of recent items, item, weight)."""
+    items = st.sampled_from("abcdefgh")
+    return st.lists(st.tuples(st.lists(items, max_size=window), items, weights), max_size=max_size)
+
+
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.lists(st.sampled_from("abcdefgh"), max_size=6),
-            st.sampled_from("abcdefgh"),
-            st.sampled_from([1.0, 2.0, 0.5]),
-        ),
-        max_size=40,
-    )
-)
+@given(_visits(6, st.sampled_from([1.0, 2.0, 0.5]), 40))  # few weights: ties at the trim
 def test_online_counter_matches_plain_counting_with_row_cap(
     adds: list[tuple[list[str], str, float]],
 ) -> None:
@@ -214,16 +213,7 @@ def test_counter_payload_round_trip_keeps_names() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.lists(st.sampled_from("abcdefgh"), max_size=4),
-            st.sampled_from("abcdefgh"),
-            st.floats(0.1, 5.0),
-        ),
-        max_size=30,
-    )
-)
+@given(_visits(4, st.floats(0.1, 5.0), 30))
 def test_counter_payload_round_trips_any_counts(adds: list[tuple[list[str], str, float]]) -> None:
     ids = ItemIds()
     ids.id("unrelated")  # interned ids need not start at 0 nor be dense in a counter
