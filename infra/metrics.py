@@ -51,7 +51,8 @@ BATCH_SIZE = Histogram(
 )
 BATCH_SECONDS = Histogram(
     "coldstream_batch_duration_seconds",
-    "Wall time to process one stream batch, by agent",
+    "Wall time to process one stream batch and send its outputs, by agent (behavior "
+    "batches: the broker's acks of those outputs are awaited beside the next batch)",
     ["agent"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,

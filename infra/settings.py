@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         "bigger batches when behind (`coldstream bench --rate 2000`: ~1,800 events/s in "
         "batches of ~330 against ~1,590 in ~240 at 0); 0 = close when drained regardless",
     )
+    output_acks_in_flight: int = Field(
+        4,
+        ge=0,
+        description="with batch_close_when_drained: behavior batches whose outputs may still "
+        "wait for the broker's acks while the next batch runs; their input events are acked "
+        "only once every output is (streams.agents.DeferredAcks); 0 = wait before the next batch",
+    )
     item_batch_max: int = Field(256, ge=1)
     item_batch_within_s: float = Field(0.05, gt=0)
 

@@ -42,13 +42,20 @@ class DrainingStream(faust.Stream):
 
     @_tracks_buffer_agen
     async def take_ready(
-        self, max_: int, within: Seconds, behind_within: Seconds | None = None
+        self,
+        max_: int,
+        within: Seconds,
+        behind_within: Seconds | None = None,
+        *,
+        ack: bool = True,
     ) -> AsyncGenerator[Sequence[EventT], None]:
         """Faust's ``take_events``, closing a batch early when the agent's queue runs dry.
 
         With ``behind_within``, an event whose partition has more records on the broker
         (the consumer's cached highwater, no I/O) does not close the batch: the worker is
         behind, so the batch keeps filling, for up to ``behind_within`` or ``max_`` events.
+        With ``ack`` false the caller acks each event (:meth:`faust.Stream.ack`) once it is
+        done with it, which may be after the next batch was taken.
         """
         buffer: list[Any] = []
         events: list[EventT] = []
@@ -104,8 +111,9 @@ class DrainingStream(faust.Stream):
                         yield list(events)
                     finally:
                         buffer.clear()
-                        for event in events:
-                            await self.ack(event)
+                        if ack:
+                            for event in events:
+                                await self.ack(event)
                         events.clear()
                         notify(buffer_consuming)
                         buffer_full.clear()

@@ -1,0 +1,103 @@
+"""Input events are acked only after their batch's outputs are on the broker (streams.agents)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from streams.agents import DeferredAcks
+
+pytestmark = pytest.mark.unit
+
+
+class _Acks:
+    """Records acks in order, as ``faust.Stream.ack`` would mark them."""
+
+    def __init__(self) -> None:
+        self.acked: list[Any] = []
+
+    async def __call__(self, event: Any) -> bool:
+        self.acked.append(event)
+        return True
+
+
+async def _when(gate: asyncio.Future[None]) -> None:
+    await gate
+
+
+def test_events_are_acked_after_their_outputs_not_before() -> None:
+    async def main() -> None:
+        record = _Acks()
+        acks = DeferredAcks(record, in_flight=2)
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await acks.after(_when(gate), ["a", "b"])  # returns while the outputs still wait
+        await asyncio.sleep(0.01)
+        assert record.acked == []
+        gate.set_result(None)
+        await asyncio.sleep(0.01)
+        assert record.acked == ["a", "b"]
+
+    asyncio.run(main())
+
+
+def test_at_most_in_flight_batches_wait() -> None:
+    async def main() -> None:
+        record = _Acks()
+        acks = DeferredAcks(record, in_flight=1)
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[None] = loop.create_future()
+        second: asyncio.Future[None] = loop.create_future()
+        await acks.after(_when(first), ["a"])
+        blocked = asyncio.ensure_future(acks.after(_when(second), ["b"]))
+        await asyncio.sleep(0.01)
+        assert not blocked.done()  # two batches would wait: the second waits for the first
+        first.set_result(None)
+        await asyncio.wait_for(blocked, 1.0)
+        assert record.acked == ["a"]
+        assert len(acks) == 1
+        second.set_result(None)
+        await acks.drain()
+        assert record.acked == ["a", "b"]
+        assert len(acks) == 0
+
+    asyncio.run(main())
+
+
+def test_no_batch_in_flight_waits_for_each_batch() -> None:
+    async def main() -> None:
+        record = _Acks()
+        acks = DeferredAcks(record, in_flight=0)
+
+        async def slow() -> None:
+            await asyncio.sleep(0.02)
+
+        await acks.after(slow(), ["a"])
+        assert record.acked == ["a"]
+
+    asyncio.run(main())
+
+
+def test_a_failed_delivery_acks_nothing_and_fails_the_next_batch() -> None:
+    async def main() -> None:
+        record = _Acks()
+        acks = DeferredAcks(record, in_flight=4)
+
+        async def lost() -> None:
+            raise ConnectionError("broker gone")
+
+        await acks.after(lost(), ["a"])
+        await asyncio.sleep(0.01)
+        assert record.acked == []
+        with pytest.raises(ConnectionError, match="broker gone"):
+            await acks.after(asyncio.sleep(0), ["b"])
+        await acks.drain()  # the batch after still gets its ack once delivered
+        assert record.acked == ["b"]
+
+    asyncio.run(main())
+
+
+def test_negative_in_flight_is_refused() -> None:
+    with pytest.raises(ValueError, match="in_flight"):
+        DeferredAcks(_Acks(), in_flight=-1)
