@@ -162,7 +162,8 @@ class Settings(BaseSettings):
         ge=0,
         description="with batch_close_when_drained: behavior batches whose outputs may still "
         "wait for the broker's acks while the next batch runs; their input events are acked "
-        "only once every output is (streams.agents.DeferredAcks); 0 = wait before the next batch",
+        "only once every output is (streams.agents.DeferredAcks); a batch taken while more "
+        "events waited always waits for its acks; 0 = every batch waits before the next",
     )
     item_batch_max: int = Field(256, ge=1)
     item_batch_within_s: float = Field(0.05, gt=0)

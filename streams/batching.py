@@ -40,6 +40,10 @@ from mode.utils.futures import notify
 class DrainingStream(faust.Stream):
     """The app's stream class (``faust.App(Stream=...)``): Faust's, plus :meth:`take_ready`."""
 
+    #: whether the batch :meth:`take_ready` last handed over closed because nothing else was
+    #: waiting (the worker keeps up), rather than at ``max_`` or its time bound (behind)
+    batch_drained: bool = False
+
     @_tracks_buffer_agen
     async def take_ready(
         self,
@@ -64,6 +68,7 @@ class DrainingStream(faust.Stream):
         timeout = want_seconds(within) if within else None
         behind_timeout = want_seconds(behind_within) if behind_within else None
         behind = False  # the last event added had more records behind it on the broker
+        drained = False  # the batch closed because nothing else was waiting
         stream_enable_acks: bool = self.enable_acks
         buffer_consuming: asyncio.Future[None] | None = None
         channel_it = aiter(self.channel)
@@ -72,7 +77,7 @@ class DrainingStream(faust.Stream):
         async def add_to_buffer(value: Any) -> Any:
             try:
                 # set while a batch is out: nothing joins the buffer until it is acked
-                nonlocal buffer_consuming, behind
+                nonlocal buffer_consuming, behind, drained
                 if buffer_consuming is not None:
                     try:
                         await buffer_consuming
@@ -83,6 +88,7 @@ class DrainingStream(faust.Stream):
                 if event is None:
                     raise RuntimeError("Take buffer found current_event is None")
                 events.append(event)
+                drained = False  # as of the last event added
                 if len(buffer) >= max_:
                     buffer_full.set()
                     buffer_consumed.clear()
@@ -90,6 +96,7 @@ class DrainingStream(faust.Stream):
                 elif queue.empty():
                     behind = behind_timeout is not None and self._more_on_broker(event)
                     if not behind:
+                        drained = True
                         buffer_full.set()  # nothing else is waiting: hand the batch over now
             except CancelledError:  # pragma: no cover
                 raise
@@ -108,6 +115,7 @@ class DrainingStream(faust.Stream):
                 if buffer:
                     buffer_consuming = self.loop.create_future()
                     try:
+                        self.batch_drained = drained
                         yield list(events)
                     finally:
                         buffer.clear()
@@ -115,6 +123,7 @@ class DrainingStream(faust.Stream):
                             for event in events:
                                 await self.ack(event)
                         events.clear()
+                        drained = False
                         notify(buffer_consuming)
                         buffer_full.clear()
                         buffer_consumed.set()

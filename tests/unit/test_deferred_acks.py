@@ -79,6 +79,25 @@ def test_no_batch_in_flight_waits_for_each_batch() -> None:
     asyncio.run(main())
 
 
+def test_a_batch_taken_while_behind_waits_for_its_acks_and_the_earlier_ones() -> None:
+    async def main() -> None:
+        record = _Acks()
+        acks = DeferredAcks(record, in_flight=4)
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[None] = loop.create_future()
+        await acks.after(_when(first), ["a"])  # keeping up: returns at once
+        loop.call_later(0.02, first.set_result, None)
+
+        async def slow() -> None:
+            await asyncio.sleep(0.02)
+
+        await acks.after(slow(), ["b"], wait=True)
+        assert record.acked == ["a", "b"]
+        assert len(acks) == 0
+
+    asyncio.run(main())
+
+
 def test_a_failed_delivery_acks_nothing_and_fails_the_next_batch() -> None:
     async def main() -> None:
         record = _Acks()
