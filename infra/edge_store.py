@@ -33,7 +33,7 @@ import pydantic_core
 import qdrant_edge as qe
 
 from infra.qdrant_store import parse_vector, point_uuid, vector_list
-from ranking.store import Hit, Query, StoredPoint, StoreUnavailable
+from ranking.store import Hit, Query, StoredPoint, StoreUnavailable, payload_copy
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ class EdgeStore:
             if cached is None or (with_vectors and cached[0] is None):
                 missing.append(sid)
             else:
-                out[sid] = StoredPoint(sid, cached[0] if with_vectors else None, dict(cached[1]))
+                vector = cached[0] if with_vectors else None
+                out[sid] = StoredPoint(sid, vector, payload_copy(cached[1]))
         if missing:
 
             def read() -> Any:
@@ -575,9 +576,9 @@ class _PointCache:
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._points: dict[str, tuple[np.ndarray | None, Mapping[str, Any]]] = {}
+        self._points: dict[str, tuple[np.ndarray | None, MappingProxyType[str, Any]]] = {}
 
-    def get(self, sid: str) -> tuple[np.ndarray | None, Mapping[str, Any]] | None:
+    def get(self, sid: str) -> tuple[np.ndarray | None, MappingProxyType[str, Any]] | None:
         return self._points.get(sid)
 
     def put(self, sid: str, vector: np.ndarray | None, payload: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from ranking.diversity import covisit_tail, head_then_tail_many, mmr_many
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import Candidates, Scorer, score_all
-from ranking.store import Hit, Query, StoredPoint, VectorStore
+from ranking.store import Hit, Query, StoredPoint, VectorStore, payload_copy
 from ranking.trending import MergedTrending, TrendingCounter
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ class BehaviorEngine:
             known_items = {
                 **known_items,
                 **{
-                    h.id: StoredPoint(h.id, h.vector, dict(h.payload))
+                    h.id: StoredPoint(h.id, h.vector, payload_copy(h.payload))
                     for hs in new_hits
                     for h in hs
                 },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -29,6 +30,15 @@ class Hit(NamedTuple):
     score: float
     payload: Mapping[str, Any]
     vector: np.ndarray | None = None
+
+
+def payload_copy(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A mutable copy of a hit's payload: a store may hand out read-only views of its cache
+    (:class:`types.MappingProxyType`), whose ``copy()`` is its dict's, ~8x cheaper than
+    ``dict(view)``."""
+    if isinstance(payload, (dict, MappingProxyType)):
+        return payload.copy()
+    return dict(payload)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from ranking.covisit import CovisitIndex, CovisitModel
 from ranking.engine import EngineConfig
 from ranking.profile import Profile, ProfileConfig
 from ranking.scoring import Candidates
-from ranking.store import Hit, StoredPoint
+from ranking.store import Hit, StoredPoint, payload_copy
 
 DIM = 8
 NOW = 1_000_000.0
@@ -106,3 +109,29 @@ def test_batch_table_pools_equal_one_user_pools() -> None:
     assert not pool_a.vectors[2].any()  # a's vector-less hit; b's channel i2 has the vector
     assert pool_b.vectors[3] == pytest.approx(_unit(2))
     assert table.pool(c, hits["c"], extras["c"], NOW, CFG) is None
+
+
+class _Payload(Mapping[str, object]):
+    """A read-only mapping that is neither a dict nor a proxy (a third-party store's)."""
+
+    def __init__(self, data: dict[str, object]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> object:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@pytest.mark.parametrize("wrap", [dict, MappingProxyType, _Payload])
+def test_payload_copy_is_an_equal_dict_of_its_own(wrap: Callable[[dict[str, object]], Any]) -> None:
+    source: dict[str, object] = {"category": "Drama", "active": True, "tags": ["a"]}
+    view = wrap(source)
+    copied = payload_copy(view)
+    assert type(copied) is dict and copied == source
+    copied["active"] = False
+    assert source["active"] is True and view["active"] is True
