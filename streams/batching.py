@@ -7,9 +7,10 @@ waiting have been taken, and each event pays it.
 
 :meth:`DrainingStream.take_ready` is the same generator with one more way to close a batch:
 when the event just added emptied the agent's queue, nothing else is waiting, so the batch is
-handed over at once; ``within`` remains the bound while events keep trickling in. Acks, the stop
-behaviour (the last buffered events are yielded as a final batch) and the stream's bookkeeping
-are Faust's. Measured with ``coldstream bench`` in interleaved pairs (README, "Performance"):
+handed over at once; ``within`` remains the bound while events keep trickling in. Acks (unless
+the caller takes them over: ``ack=False``, streams.agents.DeferredAcks), the stop behaviour (the
+last buffered events are yielded as a final batch) and the stream's bookkeeping are Faust's.
+Measured with ``coldstream bench`` in interleaved pairs (README, "Performance"):
 lower latency at 500 events/s in 4 of 4 pairs (median) and 3-6% more events applied at 2,000/s
 in 3 of 3. Under a backlog the queue empties at the end of each chunk Faust's consumer
 delivers, so an empty queue alone would close batches of only what arrived during the previous
@@ -76,7 +77,7 @@ class DrainingStream(faust.Stream):
 
         async def add_to_buffer(value: Any) -> Any:
             try:
-                # set while a batch is out: nothing joins the buffer until it is acked
+                # set while a batch is out: nothing joins the buffer until it is handed back
                 nonlocal buffer_consuming, behind, drained
                 if buffer_consuming is not None:
                     try:
