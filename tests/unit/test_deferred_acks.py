@@ -27,6 +27,11 @@ async def _when(gate: asyncio.Future[None]) -> None:
     await gate
 
 
+async def _slow() -> None:
+    """A delivery that takes a while."""
+    await asyncio.sleep(0.02)
+
+
 def test_events_are_acked_after_their_outputs_not_before() -> None:
     async def main() -> None:
         record = _Acks()
@@ -70,10 +75,7 @@ def test_no_batch_in_flight_waits_for_each_batch() -> None:
         record = _Acks()
         acks = DeferredAcks(record, in_flight=0)
 
-        async def slow() -> None:
-            await asyncio.sleep(0.02)
-
-        await acks.after(slow(), ["a"])
+        await acks.after(_slow(), ["a"])
         assert record.acked == ["a"]
 
     asyncio.run(main())
@@ -88,10 +90,7 @@ def test_a_batch_taken_while_behind_waits_for_its_acks_and_the_earlier_ones() ->
         await acks.after(_when(first), ["a"])  # keeping up: returns at once
         loop.call_later(0.02, first.set_result, None)
 
-        async def slow() -> None:
-            await asyncio.sleep(0.02)
-
-        await acks.after(slow(), ["b"], wait=True)
+        await acks.after(_slow(), ["b"], wait=True)
         assert record.acked == ["a", "b"]
         assert len(acks) == 0
 
