@@ -120,6 +120,12 @@ DEPENDENCY_UP = Gauge(
     ["dependency"],
     registry=REGISTRY,
 )
+OUTPUTS_AWAITING_ACKS = Gauge(
+    "coldstream_output_batches_awaiting_acks",
+    "Behavior batches applied and sent whose outputs the broker has not acknowledged yet "
+    "(their input events are acked, and so committable, only once it has)",
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "coldstream_consumer_lag",
     "Records behind the log end, by topic and partition",

@@ -104,7 +104,11 @@ class DeferredAcks(Generic[E]):
             await self._waiting.popleft()
 
     async def _ack_when(self, delivered: Awaitable[None], events: Sequence[E]) -> None:
-        await delivered
+        metrics.OUTPUTS_AWAITING_ACKS.inc()
+        try:
+            await delivered
+        finally:
+            metrics.OUTPUTS_AWAITING_ACKS.dec()
         for event in events:
             await self._ack(event)
 

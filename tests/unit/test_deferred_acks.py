@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from infra import metrics
 from streams.agents import DeferredAcks
 
 pytestmark = pytest.mark.unit
@@ -27,6 +28,13 @@ async def _when(gate: asyncio.Future[None]) -> None:
     await gate
 
 
+def _awaiting() -> float:
+    """The gauge of batches whose outputs await the broker's acks."""
+    value = metrics.REGISTRY.get_sample_value("coldstream_output_batches_awaiting_acks")
+    assert value is not None
+    return value
+
+
 async def _slow() -> None:
     """A delivery that takes a while."""
     await asyncio.sleep(0.02)
@@ -37,12 +45,15 @@ def test_events_are_acked_after_their_outputs_not_before() -> None:
         record = _Acks()
         acks = DeferredAcks(record, in_flight=2)
         gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before = _awaiting()
         await acks.after(_when(gate), ["a", "b"])  # returns while the outputs still wait
         await asyncio.sleep(0.01)
         assert record.acked == []
+        assert _awaiting() == before + 1
         gate.set_result(None)
         await asyncio.sleep(0.01)
         assert record.acked == ["a", "b"]
+        assert _awaiting() == before
 
     asyncio.run(main())
 
@@ -101,6 +112,7 @@ def test_a_failed_delivery_acks_nothing_and_fails_the_next_batch() -> None:
     async def main() -> None:
         record = _Acks()
         acks = DeferredAcks(record, in_flight=4)
+        before = _awaiting()
 
         async def lost() -> None:
             raise ConnectionError("broker gone")
@@ -112,6 +124,7 @@ def test_a_failed_delivery_acks_nothing_and_fails_the_next_batch() -> None:
             await acks.after(asyncio.sleep(0), ["b"])
         await acks.drain()  # the batch after still gets its ack once delivered
         assert record.acked == ["b"]
+        assert _awaiting() == before
 
     asyncio.run(main())
 
