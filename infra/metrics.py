@@ -51,8 +51,8 @@ BATCH_SIZE = Histogram(
 )
 BATCH_SECONDS = Histogram(
     "coldstream_batch_duration_seconds",
-    "Wall time to process one stream batch and send its outputs, by agent (behavior "
-    "batches: the broker's acks of those outputs are awaited beside the next batch)",
+    "Wall time to process one stream batch and hand its outputs to the producer, by agent "
+    "(the broker's acks of those outputs are not included)",
     ["agent"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,

@@ -215,18 +215,18 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
             records = [to_record(e) for e in events]
             out = await guarded(records, handle, pipeline)
             delivered = await send_outputs(out, topics)
-            if acks is None:
-                await delivered
             metrics.BATCH_SIZE.labels(agent=name).observe(len(records))
             metrics.BATCH_SECONDS.labels(agent=name).observe(time.perf_counter() - start)
-            if acks is not None:
+            if acks is None:
+                await delivered  # Faust acks the batch when the next one is asked for
+            else:
                 await acks.after(delivered, events, wait=not keeping_up)
 
         try:
             async for events, keeping_up in _batches(stream, max_, within, drained):
                 await finish_batch(process(events, keeping_up))
         finally:
-            if acks is not None and len(acks):  # a stop: what was delivered gets acked
+            if acks is not None:  # a stop: what was delivered gets acked
                 await finish_batch(acks.drain())
 
     @app.agent(topics.items, name="items")

@@ -124,7 +124,6 @@ class DrainingStream(faust.Stream):
                             for event in events:
                                 await self.ack(event)
                         events.clear()
-                        drained = False
                         notify(buffer_consuming)
                         buffer_full.clear()
                         buffer_consumed.set()
