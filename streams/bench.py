@@ -132,6 +132,9 @@ def run_bench(
         rss_start = worker.memory_info().rss
         cpu_start = worker.cpu_times()
         broker_cpu_start = cpu_seconds(broker)
+        client = psutil.Process()  # this process: the load generator and the reader
+        client_cpu_start = cpu_seconds(client)
+        machine_start = psutil.cpu_times()
         backlog: list[tuple[float, float]] = []
         sent = 0
         start = time.time()
@@ -169,6 +172,10 @@ def run_bench(
         reader.join(10)
         cpu_end = worker.cpu_times()
         broker_cpu_end = cpu_seconds(broker)
+        client_cpu_end = cpu_seconds(client)
+        machine_end = psutil.cpu_times()
+        machine_busy_s = busy_seconds(machine_start, machine_end)
+        machine_steal_s = busy_seconds(machine_start, machine_end, ("steal",))
         rss_end = worker.memory_info().rss
         worker_metrics = stack.worker.metrics()
     cpu_s = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
@@ -213,6 +220,14 @@ def run_bench(
         "broker_cpu_percent": (
             round(100.0 * (broker_cpu_end - broker_cpu_start) / total_s, 1) if broker else None
         ),
+        # the same machine runs the load: at 2,000 events/s the generator, the reader and the
+        # broker took ~55% of the 2 cores beside the worker's ~91% (README, "Performance")
+        "client_cpu_percent": round(100.0 * (client_cpu_end - client_cpu_start) / total_s, 1),
+        "machine_cpu_percent": round(100.0 * machine_busy_s / total_s, 1),
+        "machine_cores": psutil.cpu_count() or 1,
+        # a virtual machine's cores taken by its host meanwhile (runs are comparable only
+        # when this is low)
+        "machine_steal_percent": round(100.0 * machine_steal_s / total_s, 1),
         "batch_mean_events": _mean(worker_metrics, "coldstream_batch_size", "events"),
         "batch_mean_ms": _ms(_mean(worker_metrics, "coldstream_batch_duration_seconds", "events")),
         "worker_latency_mean_ms": _ms(
@@ -235,6 +250,19 @@ def cpu_seconds(proc: psutil.Process | None) -> float:
     except psutil.Error:
         return 0.0
     return float(times.user + times.system)
+
+
+_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")  # user includes guest time
+
+
+def busy_seconds(start: Any, end: Any, fields: tuple[str, ...] = _BUSY_FIELDS) -> float:
+    """CPU seconds all cores spent in ``fields`` between two ``psutil.cpu_times()`` (default:
+    busy, so idle, I/O wait and time stolen by the hypervisor are left out)."""
+
+    def total(times: Any) -> float:
+        return sum(float(getattr(times, name, 0.0)) for name in fields)
+
+    return max(total(end) - total(start), 0.0)
 
 
 def _mean(samples: dict[str, float], name: str, agent: str | None = None) -> float | None:
@@ -276,6 +304,10 @@ def format_report(report: dict[str, Any]) -> str:
             f"worker                     CPU {report['worker_cpu_percent']}% · RSS"
             f" {report['worker_rss_mb_start']} → {report['worker_rss_mb_end']} MB"
             f" · broker CPU {report['broker_cpu_percent']}%",
+            f"machine                    CPU {report['machine_cpu_percent']}% of"
+            f" {100 * report['machine_cores']}% · this client (load + reader)"
+            f" {report['client_cpu_percent']}% · stolen by the host"
+            f" {report['machine_steal_percent']}%",
             f"behavior batches           mean {report['batch_mean_events']} events"
             f" in {report['batch_mean_ms']} ms · worker-side latency mean"
             f" {report['worker_latency_mean_ms']} ms (topic arrival → emit)",

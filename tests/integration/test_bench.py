@@ -35,7 +35,13 @@ def test_bench_short_open_loop_run(tmp_path: Path) -> None:
     assert report["latency_samples"] > 0
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
     assert report["dead_letters"] == 0
+    # the machine's busy time holds the worker's and this client's (both measured over the run)
+    cores = 100 * report["machine_cores"]
+    assert 0 < report["client_cpu_percent"] < report["machine_cpu_percent"] <= cores + 5
+    assert report["worker_cpu_percent"] < report["machine_cpu_percent"] + 5
+    assert 0 <= report["machine_steal_percent"] <= cores
     assert "events sent / applied" in format_report(report)
+    assert "this client (load + reader)" in format_report(report)
     assert "backlog growth" in format_report(report)  # a 4 s run has too few samples for it
 
 
