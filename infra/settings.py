@@ -344,6 +344,16 @@ class Settings(BaseSettings):
     new_items_top_n: int = Field(
         25, ge=0, description="new-item recall channel size (needs a trained ranker's prior)"
     )
+    cold_exposure_max_share: float = Field(
+        1.0,
+        gt=0,
+        description="a new item fills a new-item slot in at most this share of the last "
+        "cold_exposure_window lists, then the next new item in the user's order does "
+        "(ranking.exposure); 1 = no cap",
+    )
+    cold_exposure_window: int = Field(
+        100, ge=1, description="lists the new-item exposure cap counts over"
+    )
 
     # === `coldstream eval --via-kafka` (streams/eval_kafka.py) ==================================
     eval_kafka_ready_timeout_s: float = Field(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from ranking.candidates import PoolTable
 from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel, ItemIds, RowCache
 from ranking.diversity import covisit_tail, head_then_tail_many, mmr_many
+from ranking.exposure import NewItemExposure
 from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import Candidates, Scorer, score_all
@@ -72,6 +73,10 @@ class EngineConfig:
     # 0 = the scorer's order throughout
     tail_covisit_weight: float = 0.0
     tail_head_frac: float = 0.75
+    # a new item fills a new-item slot in at most this share of the last cold_exposure_window
+    # lists (ranking.exposure); 1 = no cap
+    cold_exposure_max_share: float = 1.0
+    cold_exposure_window: int = 100
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ class BehaviorEngine:
         self.item_ids = ItemIds()  # shared by the online counters and every index
         self._covisit_rows = RowCache()
         self._dirty: set[int] = set()
+        self.exposure = NewItemExposure(cfg.cold_exposure_max_share, cfg.cold_exposure_window)
 
     # -- hot swaps (a timer in the worker calls these; one attribute write each) -------------
     def swap_scorer(self, scorer: Scorer) -> None:
@@ -487,7 +493,8 @@ class BehaviorEngine:
             # counted on content (the scorer's own top k holds what it already picked)
             count_key = key if cfg.cold_rank_by in ("content", "recent") else recent
             slots = _cold_slots(cands, k, slots, cfg.cold_slots_content_frac, count_key)
-        picks = _guarantee_cold(picks, cands, slots, key)
+        picks = _guarantee_cold(picks, cands, slots, key, self.exposure.capped)
+        self.exposure.record(cands.ids[i] for i in picks if cands.is_cold[i])
         anchors = self._anchors(profile, known_items)
         nearest = nearest_anchors(vectors[picks], anchors)
         out: list[RecItem] = []
@@ -698,9 +705,14 @@ def _cold_slots(
 
 
 def _guarantee_cold(
-    picks: list[int], cands: Candidates, slots: int, order: np.ndarray | None = None
+    picks: list[int],
+    cands: Candidates,
+    slots: int,
+    order: np.ndarray | None = None,
+    capped: Callable[[str], bool] | None = None,
 ) -> list[int]:
-    """Make at least ``slots`` of the list cold items, the best by ``order`` (default: cosine).
+    """Make at least ``slots`` of the list cold items, the best by ``order`` (default: cosine)
+    that are not ``capped`` (ranking.exposure: shown in their share of the recent lists).
 
     A popularity prior ranks never-interacted items last; measured on MovieLens that drove
     new-item recall to 0. Cold items replace the tail of the list, so the head keeps its order.
@@ -712,6 +724,8 @@ def _guarantee_cold(
     key = cands.cosine if order is None else order
     by_content = np.argsort(-np.asarray(key), kind="stable")
     extra = [int(i) for i in by_content if cands.is_cold[i] and int(i) not in chosen]
+    if capped is not None:  # capped items last: the slots stay filled when all are capped
+        extra.sort(key=lambda i: capped(cands.ids[i]))  # stable: each group keeps its order
     extra = extra[: slots - have]
     if not extra:
         return picks

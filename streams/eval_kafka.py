@@ -89,6 +89,8 @@ _SAME: dict[str, str] = {
     "popular_top_n": "popular_top_n",
     "tail_covisit_weight": "tail_covisit_weight",
     "tail_head_frac": "tail_head_frac",
+    "cold_exposure_max_share": "cold_exposure_max_share",
+    "cold_exposure_window": "cold_exposure_window",
 }
 _HOURS: dict[str, str] = {
     "cold_item_max_age_s": "cold_item_max_age_hours",

@@ -75,6 +75,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         new_top_n=settings.new_items_top_n,
         tail_covisit_weight=settings.tail_covisit_weight,
         tail_head_frac=settings.tail_head_frac,
+        cold_exposure_max_share=settings.cold_exposure_max_share,
+        cold_exposure_window=settings.cold_exposure_window,
     )
 
 

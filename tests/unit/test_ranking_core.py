@@ -8,6 +8,7 @@ geometry. No encoder, no broker.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -474,6 +475,30 @@ def test_guarantee_cold_never_lengthens_the_list() -> None:
 
 
 @unit
+def test_guarantee_cold_skips_capped_new_items_for_the_next_in_order() -> None:
+    #            0     1     2     3      4      5
+    cands = _cands([0.9, 0.8, 0.7, 0.6, 0.5, 0.3], [0, 0, 0, 1, 1, 1])
+    capped = {"c3"}.__contains__  # the best new item had its share of the recent lists
+    assert _guarantee_cold([0, 1, 2], cands, 1, capped=capped) == [0, 1, 4]
+    assert _guarantee_cold([0, 1, 2], cands, 2, capped=capped) == [0, 4, 5]
+
+
+@unit
+def test_guarantee_cold_falls_back_to_capped_items_rather_than_leave_a_slot_empty() -> None:
+    cands = _cands([0.9, 0.8, 0.7, 0.6, 0.5], [0, 0, 0, 1, 1])
+    capped = {"c3", "c4"}.__contains__
+    assert _guarantee_cold([0, 1, 2], cands, 1, capped=capped) == [0, 1, 3]
+    only_one = {"c3"}.__contains__
+    assert _guarantee_cold([0, 1, 2], cands, 2, capped=only_one) == [0, 4, 3]
+
+
+@unit
+def test_guarantee_cold_keeps_a_capped_item_the_ranker_picked_itself() -> None:
+    cands = _cands([0.9, 0.8, 0.7, 0.6, 0.5], [0, 0, 0, 1, 1])
+    assert _guarantee_cold([0, 3, 1], cands, 1, capped={"c3"}.__contains__) == [0, 3, 1]
+
+
+@unit
 def test_guarantee_cold_follows_a_given_order() -> None:
     #            0     1     2     3      4      5
     cands = _cands([0.9, 0.8, 0.7, 0.6, 0.5, 0.3], [0, 0, 0, 0, 1, 1])
@@ -753,6 +778,29 @@ def test_cold_items_get_their_slots(store: QdrantStore) -> None:
     assert len(cold) >= 2
     assert "a5" in cold  # the best cold item by content
     assert "a0" not in recs
+
+
+@integration
+def test_the_exposure_cap_spreads_new_item_slots_over_new_items(store: QdrantStore) -> None:
+    # at most 1 of any 2 lists may get a given new item through the slot
+    engine = engine_for(
+        store,
+        recs_count=4,
+        cold_item_slots=1,
+        cold_exposure_max_share=0.5,
+        cold_exposure_window=2,
+    )
+    _crowd(engine)
+    out = run(engine, [ev(f"u{n}", "view", "a0") for n in range(4)])
+    new = {"a5", "b0", "b1"}  # never visited before the batch
+    shown = [[i for i in recs_of(out.recommendations, f"u{n}") if i in new] for n in range(4)]
+    assert all(len(items) == 1 for items in shown)  # the slot stays filled
+    # uncapped, a5 (the best new item by content) takes every slot; capped, no new item
+    # fills two lists in a row (the crowd's lists before count too)
+    slot = [items[0] for items in shown]
+    assert "a5" in slot and len(set(slot)) >= 2
+    assert all(a != b for a, b in itertools.pairwise(slot))
+    assert sum(engine.exposure.shown(i) for i in new) == 2  # the window: the last 2 lists
 
 
 @integration
