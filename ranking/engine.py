@@ -494,7 +494,8 @@ class BehaviorEngine:
             count_key = key if cfg.cold_rank_by in ("content", "recent") else recent
             slots = _cold_slots(cands, k, slots, cfg.cold_slots_content_frac, count_key)
         picks = _guarantee_cold(picks, cands, slots, key, self.exposure.capped)
-        self.exposure.record(cands.ids[i] for i in picks if cands.is_cold[i])
+        if self.exposure.enabled:
+            self.exposure.record(cands.ids[i] for i in picks if cands.is_cold[i])
         anchors = self._anchors(profile, known_items)
         nearest = nearest_anchors(vectors[picks], anchors)
         out: list[RecItem] = []

@@ -7,6 +7,9 @@ new item in 76–99% of the lists and 2–14 distinct new items in all (content-
 15–47%, 37–67 distinct). That is a bet on one item, and it leaves every other new item without
 the impressions that would teach the system about it. A cap on each item's share of the recent
 lists hands a slot to the next new item in the user's order once an item has had its share.
+
+The counts are the engine's (one worker's lists), kept in memory only: a soft rule that a
+restart or a rebalance resets, which costs at most one window of uneven exposure.
 """
 
 from __future__ import annotations
