@@ -160,10 +160,14 @@ class BehaviorEngine:
         scorer: Scorer,
         *,
         covisit: CovisitModel | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.cfg = cfg
         self.scorer = scorer
+        # "now" for item ages and the new-item window: the wall clock in the stream; a replay
+        # pins it, so its lists do not depend on how long the run has taken
+        self.clock = clock
         self.trending: dict[int, TrendingCounter] = {}
         self.covisit_base = covisit
         self.covisit: dict[int, CovisitCounter] = {}
@@ -349,7 +353,7 @@ class BehaviorEngine:
         ]
         results = self.store.search(cfg.items_collection, queries) if queries else []
         out: dict[str, list[RecItem]] = {}
-        now = time.time()
+        now = self.clock()
         channels = channels or {}
         # the mean of each user's recent items: the new-item query and the slot order share it
         recent_vecs = {p.user_id: self._recent_vector(p, known_items) for p in with_vec}

@@ -392,7 +392,11 @@ def evaluate_seed(
             users = f"users-{tag}"
             store.ensure_collection(users, dim)
             engine = BehaviorEngine(
-                store, dataclasses.replace(ecfg, users_collection=users), scorer, covisit=covisit
+                store,
+                dataclasses.replace(ecfg, users_collection=users),
+                scorer,
+                covisit=covisit,
+                clock=lambda: arrival,  # the replay happens as the new items arrive
             )
             warm_trending(engine, trend_log)
             t0 = time.perf_counter()

@@ -812,6 +812,18 @@ def test_without_cold_slots_popular_items_win(store: QdrantStore) -> None:
 
 
 @integration
+def test_the_engine_reads_item_ages_from_its_clock(store: QdrantStore) -> None:
+    created = time.time()
+    for hours_later, is_new in ((1.0, True), (100.0, False)):  # the new-item window is 72 h
+        engine = engine_for(store, recs_count=4, cold_item_slots=2)
+        engine.clock = lambda h=hours_later: created + h * HOUR
+        _crowd(engine)
+        store.set_payload("items", ["a4"], {"created_at": created})
+        recs = recs_of(run(engine, [ev("u1", "view", "a0")]).recommendations, "u1")
+        assert ("a4" in recs) is is_new  # popular a4 gets a new-item slot only while new
+
+
+@integration
 def test_new_items_count_as_cold_even_when_popular(store: QdrantStore) -> None:
     engine = engine_for(store, recs_count=4, cold_item_slots=2)
     _crowd(engine)
