@@ -497,9 +497,11 @@ class BehaviorEngine:
             # counted on content (the scorer's own top k holds what it already picked)
             count_key = key if cfg.cold_rank_by in ("content", "recent") else recent
             slots = _cold_slots(cands, k, slots, cfg.cold_slots_content_frac, count_key)
-        picks = _guarantee_cold(picks, cands, slots, key, self.exposure.capped)
         if self.exposure.enabled:
+            picks = _guarantee_cold(picks, cands, slots, key, self.exposure.capped)
             self.exposure.record(cands.ids[i] for i in picks if cands.is_cold[i])
+        else:  # no per-candidate cap lookups on the hot path
+            picks = _guarantee_cold(picks, cands, slots, key)
         anchors = self._anchors(profile, known_items)
         nearest = nearest_anchors(vectors[picks], anchors)
         out: list[RecItem] = []

@@ -3,10 +3,11 @@
 A list's new-item slots go to the best new items by the slot order (``EngineConfig.
 cold_rank_by``). With an order led by the item prior (popularity predicted from content), that
 is the same item for almost every user: the validation-chosen policies on MovieLens showed one
-new item in 76–99% of the lists and 2–14 distinct new items in all (content-only: the top one in
-15–47%, 37–67 distinct). That is a bet on one item, and it leaves every other new item without
-the impressions that would teach the system about it. A cap on each item's share of the recent
-lists hands a slot to the next new item in the user's order once an item has had its share.
+new item in 76–99% of the lists and 2–15 distinct new items in all (content-only: the top one in
+15–47%, 37–67 distinct; README, "Cold-start evaluation"). That is a bet on one item, and it
+leaves every other new item without the impressions that would teach the system about it. A cap
+on each item's share of the recent lists hands a slot to the next new item in the user's order
+once an item has had its share.
 
 The counts are the engine's (one worker's lists), kept in memory only: a soft rule that a
 restart or a rebalance resets, which costs at most one window of uneven exposure.
