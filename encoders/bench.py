@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from encoders.batcher import MicroBatcher
-from encoders.config import EncoderConfig
+from encoders.config import GPU_BATCH, EncoderConfig
 from encoders.model import (
     TextEncoder,
     check_texts,
@@ -28,6 +28,7 @@ from encoders.model import (
     load_encoder,
     pick_device,
     pick_dtype,
+    reduced_dtype,
 )
 
 T = TypeVar("T")
@@ -36,7 +37,6 @@ TARGET_VS_NAIVE = 8.0
 TARGET_VS_ONE_AT_A_TIME = 2.5
 TARGET_CPU_PER_S = 300.0
 TARGET_GPU_PER_S = 10_000.0
-GPU_BATCH = 256
 _WARMUP_TEXTS = 8
 
 
@@ -98,12 +98,12 @@ def _time_micro_batched(
     async def main() -> tuple[float, tuple[np.ndarray, int]]:
         batcher = MicroBatcher(
             encoder,
-            max_batch=config.batch_size,
+            max_batch=encoder.batch_size,
             max_wait_ms=config.max_wait_ms,
             queue_size=config.queue_size,
         )
         async with batcher:
-            await asyncio.gather(*(batcher.encode([t]) for t in texts[: config.batch_size]))
+            await asyncio.gather(*(batcher.encode([t]) for t in texts[: encoder.batch_size]))
             before = batcher.batches
             start = time.perf_counter()
             rows = await asyncio.gather(*(batcher.encode([t]) for t in texts))
@@ -159,16 +159,16 @@ def _jobs(
             encoder,
             "batched",
             all_texts,
-            config.batch_size,
+            encoder.batch_size,
             False,
-            functools.partial(batched, config.batch_size),
+            functools.partial(batched, encoder.batch_size),
         ),
     ]
-    if encoder.device == "cuda" and config.batch_size != GPU_BATCH:
+    if encoder.device == "cuda" and encoder.batch_size != GPU_BATCH:
         big = functools.partial(batched, GPU_BATCH)
         jobs.append(_Job(encoder, "batched", all_texts, GPU_BATCH, False, big))
     micro = functools.partial(_time_micro_batched, encoder, all_texts, config)
-    jobs.append(_Job(encoder, "micro_batched", all_texts, config.batch_size, False, micro))
+    jobs.append(_Job(encoder, "micro_batched", all_texts, encoder.batch_size, False, micro))
     return jobs
 
 
@@ -229,12 +229,14 @@ def run_encoder_bench(
     encoder: TextEncoder | None = None
     for device in devices:
         wanted = pick_dtype(device, config.dtype)
-        dtypes = ["float32"] if wanted == torch.float32 else ["float32", dtype_name(wanted)]
+        # float32 is every ratio's baseline; auto also times the device's reduced precision, so
+        # the report shows whether the automatic choice is the faster one on this machine.
+        other = reduced_dtype(device) if config.dtype == "auto" else wanted
+        dtypes = ["float32"] + ([dtype_name(other)] if other not in (None, torch.float32) else [])
+        optimized_by_device[device] = dtype_name(wanted)
         for dtype in dtypes:
             say(f"loading {device}/{dtype}")
             encoder = load_encoder(dataclasses.replace(config, device=device, dtype=dtype))
-            # The load may fall back to float32 when reduced precision fails its check.
-            optimized_by_device[device] = encoder.dtype
             groups.append(_jobs(encoder, all_texts, sample, config))
 
     for round_ in range(repeats):
@@ -263,11 +265,13 @@ def run_encoder_bench(
     assert encoder is not None
     lengths = [len(ids) for ids in encoder.token_ids(all_texts)]
 
-    def find(device: str, dtype: str, mode: str) -> dict[str, Any]:
+    def find(device: str, dtype: str, mode: str, batch: int | None = None) -> dict[str, Any]:
         for row in results:
-            if (row["device"], row["dtype"], row["mode"]) == (device, dtype, mode):
+            if (row["device"], row["dtype"], row["mode"]) == (device, dtype, mode) and (
+                batch is None or row["batch_size"] == batch
+            ):
                 return row
-        raise KeyError((device, dtype, mode))
+        raise KeyError((device, dtype, mode, batch))
 
     ratios = []
     for device, dtype in optimized_by_device.items():
@@ -276,11 +280,9 @@ def run_encoder_bench(
         single = find(device, dtype, "one_at_a_time")
         single_padded = find(device, dtype, "one_at_a_time_padded")
         target_per_s = TARGET_GPU_PER_S if device == "cuda" else TARGET_CPU_PER_S
-        best = max(
-            row["per_s"]
-            for row in results
-            if row["device"] == device and row["dtype"] == dtype and row["texts"] > 0
-        )
+        # DESIGN's GPU target is stated for one batched call at batch 256; the CPU target for
+        # the streaming path. The report names the row it judged.
+        judged = find(device, dtype, "batched", GPU_BATCH) if device == "cuda" else optimized
         vs_naive = optimized["per_s"] / naive["per_s"]
         vs_single = optimized["per_s"] / single["per_s"]
         ratios.append(
@@ -289,6 +291,8 @@ def run_encoder_bench(
                 "optimized": f"{dtype} micro_batched",
                 "optimized_per_s": optimized["per_s"],
                 "naive_per_s": naive["per_s"],
+                "throughput_judged": f"{dtype} {judged['mode']} batch {judged['batch_size']}",
+                "throughput_judged_per_s": judged["per_s"],
                 "optimized_vs_naive": round(vs_naive, 2),
                 "optimized_vs_one_at_a_time": round(vs_single, 2),
                 "optimized_vs_one_at_a_time_padded": round(
@@ -302,7 +306,7 @@ def run_encoder_bench(
                 "met": {
                     "optimized_vs_naive": vs_naive >= TARGET_VS_NAIVE,
                     "optimized_vs_one_at_a_time": vs_single >= TARGET_VS_ONE_AT_A_TIME,
-                    "per_s": (best if device == "cuda" else optimized["per_s"]) >= target_per_s,
+                    "per_s": judged["per_s"] >= target_per_s,
                 },
             }
         )
@@ -311,7 +315,7 @@ def run_encoder_bench(
         "model": encoder.name,
         "dim": encoder.dim,
         "max_length": encoder.max_length,
-        "batch_size": config.batch_size,
+        "batch_size": config.batch_size or "by device",
         "max_wait_ms": config.max_wait_ms,
         "texts": len(all_texts),
         "naive_sample": len(sample),
@@ -370,6 +374,7 @@ def format_bench(report: dict[str, Any]) -> str:
             f"[target {t['optimized_vs_one_at_a_time']}x: "
             f"{'met' if met['optimized_vs_one_at_a_time'] else 'MISSED'}]"
             f" (vs padded one-at-a-time {r['optimized_vs_one_at_a_time_padded']:.2f}x); "
-            f"throughput target {t['per_s']:.0f}/s: {'met' if met['per_s'] else 'MISSED'}"
+            f"throughput target {t['per_s']:.0f}/s ({r['throughput_judged']}: "
+            f"{r['throughput_judged_per_s']:.1f}/s): {'met' if met['per_s'] else 'MISSED'}"
         )
     return "\n".join(lines)

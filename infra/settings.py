@@ -103,7 +103,9 @@ class Settings(BaseSettings):
     encoder_device: Literal["auto", "cpu", "cuda"] = "auto"
     encoder_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     encoder_max_length: int = Field(128, ge=8, le=512)
-    encoder_batch_size: int = Field(64, ge=1)
+    encoder_batch_size: int = Field(
+        0, ge=0, description="texts per forward pass; 0 = by device: 64 on CPU, 256 on CUDA"
+    )
     encoder_max_wait_ms: float = Field(2.0, ge=0)
     encoder_queue_size: int = Field(4096, ge=1)
     encoder_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")

@@ -6,10 +6,11 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PACKAGES=(streams encoders ranking infra)
 echo "== ruff"
-.venv/bin/ruff check "${PACKAGES[@]}" tests
-.venv/bin/ruff format --check "${PACKAGES[@]}" tests
+.venv/bin/ruff check "${PACKAGES[@]}" tests scripts
+.venv/bin/ruff format --check "${PACKAGES[@]}" tests scripts
 echo "== mypy"
 .venv/bin/mypy
+.venv/bin/mypy scripts/gpu_encoder_check.py
 echo "== pytest"
 if [ "$#" -gt 0 ]; then
     .venv/bin/pytest "$@"

@@ -119,7 +119,7 @@ def build_pipeline(
 
     batcher = MicroBatcher(
         encoder,
-        max_batch=settings.encoder_batch_size,
+        max_batch=encoder.batch_size,
         max_wait_ms=settings.encoder_max_wait_ms,
         queue_size=settings.encoder_queue_size,
         on_batch=on_batch,

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from encoders.config import MODEL_PATH_SETTING, EncoderConfig
+from encoders.config import (
+    CPU_BATCH,
+    GPU_BATCH,
+    MODEL_PATH_SETTING,
+    EncoderConfig,
+    batch_size_for,
+)
 from encoders.model import (
     EncoderLoadError,
     check_texts,
@@ -73,7 +79,14 @@ def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="COLDSTREAM_ENCODER_DTYPE"):
         EncoderConfig(dtype="int8")
     with pytest.raises(ValueError):
-        EncoderConfig(batch_size=0)
+        EncoderConfig(batch_size=-1)
+
+
+def test_batch_size_zero_means_by_device() -> None:
+    assert batch_size_for(EncoderConfig(), "cpu") == CPU_BATCH == 64
+    assert batch_size_for(EncoderConfig(), "cuda") == GPU_BATCH == 256
+    assert batch_size_for(EncoderConfig(batch_size=32), "cuda") == 32
+    assert batch_size_for(EncoderConfig(batch_size=512), "cpu") == 512
 
 
 def test_split_sorted_is_even_and_complete() -> None:
