@@ -35,6 +35,7 @@ class EncoderConfig:
     max_wait_ms: float = 2.0  # batcher wait for more callers
     queue_size: int = 4096  # batcher bound (texts)
     threads: int = 0  # torch intra-op threads, 0 = leave default
+    cudnn_attention: bool = False  # CUDA: let attention use cuDNN (plans per input shape)
 
     def __post_init__(self) -> None:
         # Fail at construction, not at the first forward pass deep inside a stream worker.

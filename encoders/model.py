@@ -147,17 +147,20 @@ def reduced_dtype(device: str) -> torch.dtype | None:
 
 
 def pick_dtype(device: str, requested: str) -> torch.dtype:
-    """Fastest precision that keeps embeddings equal to fp32's for ranking purposes.
-
-    On CUDA that is float32: a MiniLM pass is bound by kernel launches, not arithmetic, and on an
-    H200 the streaming path ran 1.5-2.7x faster in float32 than in bfloat16 on short item texts
-    (README, Performance). A larger encoder may differ; ``coldstream bench encoder`` times both.
-    """
+    """Fastest precision that keeps embeddings equal to fp32's for ranking purposes."""
     if requested != "auto":
         return _DTYPES[requested]
-    if device == "cuda":
-        return torch.float32
     return reduced_dtype(device) or torch.float32
+
+
+def configure_cuda_attention(config: EncoderConfig) -> None:
+    """Whether attention may use cuDNN's kernel (process-wide: torch has one switch).
+
+    cuDNN builds an execution plan for every new input shape, ~60 ms each on an H200, and the
+    micro-batcher makes a new (texts, tokens) shape at almost every pass: with it, bf16 streamed
+    1.9-5.1x slower than without (README, Performance). The other fused kernels need no plan.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(config.cudnn_attention)
 
 
 def split_sorted(order: list[int], max_size: int) -> list[list[int]]:
@@ -353,6 +356,8 @@ def load_encoder(config: EncoderConfig) -> TextEncoder:
 
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
+    if device == "cuda":
+        configure_cuda_attention(config)
     max_length = min(config.max_length, int(getattr(hf_config, "max_position_embeddings", 512)))
     model = _load_model(path, where).to(device)
     encoder = TextEncoder(

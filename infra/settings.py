@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     encoder_max_wait_ms: float = Field(2.0, ge=0)
     encoder_queue_size: int = Field(4096, ge=1)
     encoder_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")
+    encoder_cudnn_attention: bool = Field(
+        False,
+        description="CUDA: let attention use cuDNN, which builds a plan per new input shape "
+        "(~60 ms each on an H200; the micro-batcher's passes vary in shape)",
+    )
 
     numpy_blas_threads: int = Field(
         1,

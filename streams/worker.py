@@ -41,6 +41,7 @@ def encoder_config(settings: Settings) -> EncoderConfig:
         max_wait_ms=settings.encoder_max_wait_ms,
         queue_size=settings.encoder_queue_size,
         threads=settings.encoder_threads,
+        cudnn_attention=settings.encoder_cudnn_attention,
     )
 
 

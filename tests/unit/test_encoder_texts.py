@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from encoders.config import (
     CPU_BATCH,
@@ -17,6 +18,7 @@ from encoders.config import (
 from encoders.model import (
     EncoderLoadError,
     check_texts,
+    configure_cuda_attention,
     cpu_bf16_supported,
     load_encoder,
     resolve_model_path,
@@ -134,3 +136,23 @@ def test_default_model_resolves_to_the_package() -> None:
 
 def test_cpu_bf16_probe_is_a_bool() -> None:
     assert isinstance(cpu_bf16_supported(), bool)
+
+
+def test_cuda_attention_switch_follows_the_setting() -> None:
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        configure_cuda_attention(EncoderConfig())
+        assert not torch.backends.cuda.cudnn_sdp_enabled()  # off unless asked for
+        configure_cuda_attention(EncoderConfig(cudnn_attention=True))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_worker_passes_the_encoder_settings_through() -> None:
+    from infra.settings import Settings
+    from streams.worker import encoder_config
+
+    config = encoder_config(Settings(encoder_cudnn_attention=True, encoder_batch_size=0))
+    assert config.cudnn_attention is True
+    assert config.batch_size == 0  # by device, resolved when the model loads
