@@ -14,13 +14,13 @@ DEVICE_SETTING = "COLDSTREAM_ENCODER_DEVICE"
 DTYPE_SETTING = "COLDSTREAM_ENCODER_DTYPE"
 
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 #: Texts per forward pass when ``batch_size`` is 0 ("by device"). On CPU a pass over 64 short
 #: texts already keeps the cores busy; on a GPU a pass is launch-bound, so bigger passes come nearly
 #: free: on an H200, 256 per pass gave 1.2-1.6x the streaming throughput of 64 (README).
 CPU_BATCH = 64
 GPU_BATCH = 256
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
