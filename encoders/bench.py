@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import platform
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -23,12 +22,12 @@ from encoders.config import GPU_BATCH, EncoderConfig
 from encoders.model import (
     TextEncoder,
     check_texts,
-    cpu_bf16_supported,
     dtype_name,
     load_encoder,
     pick_device,
     pick_dtype,
     reduced_dtype,
+    runtime_environment,
 )
 
 T = TypeVar("T")
@@ -322,14 +321,7 @@ def run_encoder_bench(
         "repeats": repeats,
         "tokens_mean": round(float(np.mean(lengths)), 1),
         "tokens_max": int(max(lengths)),
-        "environment": {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_bf16": cpu_bf16_supported(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        "environment": runtime_environment(),
         "results": results,
         "agreement": cosines,
         "ratios": ratios,

@@ -190,6 +190,9 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
             "seed and k; cold recall > 0 and >= content-only"
         )
     print(f"({result['seconds']:.0f}s)")
+    from encoders.model import runtime_environment
+
+    result["environment"] = {**runtime_environment(), "encoder": encoder.describe()}
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}")

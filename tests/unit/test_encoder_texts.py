@@ -20,8 +20,10 @@ from encoders.model import (
     check_texts,
     configure_cuda_attention,
     cpu_bf16_supported,
+    cpu_model,
     load_encoder,
     resolve_model_path,
+    runtime_environment,
     split_sorted,
 )
 from encoders.texts import item_text, user_text
@@ -156,3 +158,11 @@ def test_worker_passes_the_encoder_settings_through() -> None:
     config = encoder_config(Settings(encoder_cudnn_attention=True, encoder_batch_size=0))
     assert config.cudnn_attention is True
     assert config.batch_size == 0  # by device, resolved when the model loads
+
+
+def test_runtime_environment_names_the_host() -> None:
+    env = runtime_environment()
+    assert env["cpu"] and env["cpu"] == cpu_model()
+    assert env["cores"] >= 1
+    assert env["torch"] == torch.__version__
+    assert set(env) >= {"transformers", "numpy", "cpu_capability", "cpu_bf16", "cuda"}
