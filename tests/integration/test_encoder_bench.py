@@ -31,12 +31,14 @@ def test_bench_report_is_json_and_complete() -> None:
     for ratio in report["ratios"]:
         dtype = ratio["optimized"].split()[0]
         assert (dtype, "micro_batched") in modes
+        assert (dtype, "micro_batched_by_32") in modes
         assert ratio["optimized_vs_naive"] > 0
         if ratio["device"] == "cpu":  # the CPU target is judged on the streaming path
             assert ratio["throughput_judged"] == f"{dtype} micro_batched batch 8"
     for check in report["agreement"]:
         assert check["alone_vs_batched_min_cosine"] >= 0.999
         assert check.get("vs_float32_min_cosine", 1.0) >= 0.999
+        assert check["micro_by_batch_vs_batched_min_cosine"] >= 0.999
     table = format_bench(report)
     assert "one_at_a_time_padded" in table
     assert "vs naive" in table
