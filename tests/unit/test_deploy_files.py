@@ -4,12 +4,13 @@ Always: the compose file parses as YAML (pyyaml) and has the five services; Kafk
 mode; every ``COLDSTREAM_*`` variable given to the worker is a field of
 :class:`infra.settings.Settings` and its value validates; Prometheus scrapes the worker's metrics
 port with the shipped job settings; every file the services mount exists; the Dockerfile installs
-torch 2.13.0 CPU and enters through the ``coldstream`` CLI.
+torch 2.13.0 CPU and enters through the ``coldstream`` CLI; the GPU override builds on the CUDA
+torch through the Dockerfile's own build argument, reserves an NVIDIA device and asks for CUDA.
 
 Only where a working Docker Compose client is present (``docker compose version`` succeeds):
-``docker compose config -q`` must accept the file as well. No Docker engine is needed for that.
-Without the client (as on the development machines) that one test is reported as skipped, with
-the reason; the YAML checks above still run.
+``docker compose config -q`` must accept the file, and the file with the GPU override, as well.
+No Docker engine is needed for that. Without the client (as on the development machines) that
+one test is reported as skipped, with the reason; the YAML checks above still run.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "infra" / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
+COMPOSE_GPU = DEPLOY / "docker-compose.gpu.yml"
 SHIPPED_PROMETHEUS = ROOT / "infra" / "prometheus" / "prometheus.yml"
 PREFIX = "COLDSTREAM_"
 
 
-def compose() -> dict[str, Any]:
-    loaded = yaml.safe_load(COMPOSE.read_text())
+def compose(path: Path = COMPOSE) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text())
     assert isinstance(loaded, dict)
     return loaded
 
@@ -160,6 +162,30 @@ def test_dockerfile_builds_the_worker_image() -> None:
         assert (ROOT / copied).exists(), f"Dockerfile copies missing {copied}"
 
 
+def test_gpu_override_builds_cuda_torch_and_reserves_a_gpu() -> None:
+    base = compose()["services"]["worker"]
+    gpu = compose(COMPOSE_GPU)["services"]["worker"]
+    assert set(compose(COMPOSE_GPU)["services"]) == {"worker"}, (
+        "the override touches the worker only"
+    )
+    dockerfile = (DEPLOY / base["build"]["context"] / base["build"]["dockerfile"]).read_text()
+    args = gpu["build"]["args"]
+    for name in args:
+        assert re.search(rf"^ARG {name}=", dockerfile, re.M), f"Dockerfile has no ARG {name}"
+        assert f"${{{name}}}" in dockerfile, f"Dockerfile never uses {name}"
+    assert args["TORCH_INDEX_URL"] == "https://pypi.org/simple"  # PyPI's torch is the CUDA build
+    assert gpu["image"] != base["image"], "a CUDA image must not overwrite the CPU one's tag"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # Compose merges environment maps: the override's settings on top of the base ones validate.
+    merged = {**env_of(base), **env_of(gpu)}
+    ours = {
+        k[len(PREFIX) :].lower(): interpolate(v) for k, v in merged.items() if k.startswith(PREFIX)
+    }
+    settings = Settings.model_validate(ours)
+    assert settings.encoder_device == "cuda"
+
+
 def _compose_client() -> list[str] | None:
     docker = shutil.which("docker")
     if docker is None:
@@ -178,7 +204,9 @@ def test_docker_compose_config_accepts_the_file_where_the_client_exists() -> Non
     if client is None:
         # Reported as a skip (with -ra), not a pass: the YAML checks above are what ran.
         pytest.skip("no working `docker compose` client: compose file checked as YAML only")
-    result = subprocess.run(
-        [*client, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    for files in ([COMPOSE], [COMPOSE, COMPOSE_GPU]):
+        flags = [arg for f in files for arg in ("-f", str(f))]
+        result = subprocess.run(
+            [*client, *flags, "config", "-q"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
