@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +46,21 @@ def test_bench_report_is_json_and_complete() -> None:
     assert "one_at_a_time_padded" in table
     assert "vs naive" in table
     assert messages
+
+
+def test_gpu_check_script_runs_on_cpu(tmp_path: Path) -> None:
+    """scripts/gpu_encoder_check.py on tiny input: it must still work when the next GPU is lent."""
+    texts = [item_text(f"Movie {i} (199{i % 10})", "Drama", ["Drama", "War"]) for i in range(20)]
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_encoder_check.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--texts", str(tmp_path / "texts.json"), "--out",
+         str(tmp_path), "--device", "cpu", "--scale", "1", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_encoder_check.json").read_text())
+    assert set(report["bench"]) == {"short", "long"}
+    assert report["bench"]["long"]["tokens_mean"] > report["bench"]["short"]["tokens_mean"]
+    assert any(key.startswith("short texts, callers of 32, float32") for key in report["stream"])
+    assert all(rate > 0 for rates in report["stream"].values() for rate in rates)
