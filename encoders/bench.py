@@ -91,7 +91,7 @@ def _time_batched(encoder: TextEncoder, texts: list[str], batch: int) -> tuple[f
     return time.perf_counter() - start, vectors
 
 
-def _time_micro_batched(
+def time_micro_batched(
     encoder: TextEncoder, texts: list[str], config: EncoderConfig, per_caller: int = 1
 ) -> tuple[float, tuple[np.ndarray, int]]:
     """Concurrent callers of ``per_caller`` texts each through one batcher.
@@ -174,7 +174,7 @@ def _jobs(
     if encoder.device == "cuda" and encoder.batch_size != GPU_BATCH:
         big = functools.partial(batched, GPU_BATCH)
         jobs.append(_Job(encoder, "batched", all_texts, GPU_BATCH, False, big))
-    micro = functools.partial(_time_micro_batched, encoder, all_texts, config)
+    micro = functools.partial(time_micro_batched, encoder, all_texts, config)
     jobs.append(_Job(encoder, "micro_batched", all_texts, encoder.batch_size, False, micro))
     by_batch = functools.partial(micro, STREAM_CALLER_TEXTS)
     jobs.append(_Job(encoder, STREAM_MODE, all_texts, encoder.batch_size, False, by_batch))

@@ -15,7 +15,6 @@ that ``coldstream bench encoder --texts 0`` encodes. ``--model`` defaults to the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import statistics
@@ -26,11 +25,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from encoders.batcher import MicroBatcher
-from encoders.bench import format_bench, run_encoder_bench
+from encoders.bench import (
+    STREAM_CALLER_TEXTS,
+    format_bench,
+    run_encoder_bench,
+    time_micro_batched,
+)
 from encoders.config import EncoderConfig
 from encoders.model import (
-    TextEncoder,
     dtype_name,
     load_encoder,
     pick_device,
@@ -42,17 +44,6 @@ LONG_TEXT_PARTS = 14  # real texts joined into one: ~128 tokens, the default max
 
 def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-async def _stream_rate(encoder: TextEncoder, texts: list[str], per_caller: int) -> float:
-    async with MicroBatcher(
-        encoder, max_batch=encoder.batch_size, max_wait_ms=2.0, queue_size=4096
-    ) as batcher:
-        parts = [texts[i : i + per_caller] for i in range(0, len(texts), per_caller)]
-        await asyncio.gather(*(batcher.encode(p) for p in parts[:8]))  # warm-up
-        start = time.perf_counter()
-        await asyncio.gather(*(batcher.encode(p) for p in parts))
-        return len(texts) / (time.perf_counter() - start)
 
 
 def main() -> int:
@@ -89,12 +80,11 @@ def main() -> int:
     for round_ in range(args.rounds):
         order = encoders if round_ % 2 == 0 else encoders[::-1]  # cancel drift between dtypes
         for name, items in sets.items():
-            for per_caller in (1, 32):
+            for per_caller in (1, STREAM_CALLER_TEXTS):
                 for encoder in order:
                     key = f"{name} texts, callers of {per_caller}, {encoder.dtype}"
-                    rates.setdefault(key, []).append(
-                        asyncio.run(_stream_rate(encoder, items, per_caller))
-                    )
+                    seconds, _ = time_micro_batched(encoder, items, config, per_caller)
+                    rates.setdefault(key, []).append(len(items) / seconds)
     for key, values in rates.items():
         _say(f"stream {key}: median {statistics.median(values):.0f}/s {[round(v) for v in values]}")
     report["stream"] = rates
