@@ -75,6 +75,7 @@ class EdgeStore:
         cache_size: int = 50_000,
         exclude_after_max: int = 64,
         exclude_slack: int = 8,
+        tie_slack: int = 4,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -104,6 +105,7 @@ class EdgeStore:
         self._cache_size = cache_size
         self._exclude_after_max = exclude_after_max
         self._exclude_slack = exclude_slack
+        self._tie_slack = tie_slack
         self._caches: dict[str, _PointCache] = {}
         # point id → string id (a hash of it, the same in every collection of one scheme):
         # grows with the number of distinct points ever returned by a search, at most the catalog
@@ -219,9 +221,14 @@ class EdgeStore:
             for q, late in zip(queries, after, strict=True)
         ]
         pid = self._point_id(collection)
+        # equal scores (items with the same vector: a catalog listing one product twice) come
+        # back in no fixed order, so which twin made the cut changed from run to run. A few
+        # hits past the cut, ordered by (score, point id), fix it while a tie has at most
+        # ``tie_slack`` more members than fit
+        ties = self._tie_slack
         requests = [
             qe.QueryRequest(
-                limit=q.limit + more,
+                limit=q.limit + more + ties,
                 query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist()),
                 filter=_filter(q, pid if not late else None),
                 with_payload=False,
@@ -236,7 +243,7 @@ class EdgeStore:
         )
         # read each ``.id`` once: even an integer id is a conversion in the binding
         found: list[list[tuple[Any, float]]] = [
-            [(sp.id, sp.score) for sp in resp] for resp in responses
+            sorted(((sp.id, sp.score) for sp in resp), key=_by_score_then_id) for resp in responses
         ]
         names = self._names
         unknown = [pid for rows in found for pid, _ in rows if pid not in names]
@@ -287,7 +294,11 @@ class EdgeStore:
                 if fields is not None:
                     payload = {k: payload[k] for k in fields if k in payload}
                 hits.append(make((sid, float(score), payload, vector if with_vectors else None)))
-            if len(hits) < q.limit and more < len(q.exclude_ids) and len(rows) == q.limit + more:
+            if (
+                len(hits) < q.limit
+                and more < len(q.exclude_ids)
+                and len(rows) == q.limit + more + ties
+            ):
                 short.append(n)  # the store had more, and the capped over-fetch was used up
             results.append(hits)
         return results, short
@@ -452,6 +463,10 @@ class EdgeStore:
         finally:
             if self._observe is not None:
                 self._observe(operation, time.perf_counter() - start)
+
+
+def _by_score_then_id(row: tuple[Any, float]) -> tuple[float, Any]:
+    return -row[1], row[0]
 
 
 def _stored_dim(shard_path: Path) -> int:

@@ -170,6 +170,7 @@ def _cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
             concurrency=args.concurrency,
             seed=args.seed,
             progress=_progress,
+            lists_path=Path(args.lists) if args.lists else None,
         )
     return _report(format_engine_report(report), report, args.json)
 
@@ -267,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20, help="batches run first, not timed")
     _traffic_args(p)
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument(
+        "--lists",
+        help="write the timed batches' lists to this JSONL file (user, items), to diff two runs",
+    )
     p = bsub.add_parser("broker", help="the Kafka broker alone: fixed-rate produce + consume")
     p.set_defaults(handler=_cmd_bench_broker)
     p.add_argument("--rate", type=float, default=500.0, help="records/s")

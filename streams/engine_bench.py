@@ -11,11 +11,14 @@ the ranker. Settings as for the worker (a trained ranker through ``COLDSTREAM_RA
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import sys
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ from streams.traffic import ShopperTraffic
 from streams.worker import build_pipeline, open_store
 
 _STORE_OPS = ("search", "retrieve", "upsert")
+BENCH_EPOCH_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z: the catalog's creation time
 
 
 def _store_seconds() -> dict[str, float]:
@@ -55,6 +59,7 @@ def run_engine_bench(
     seed: int = 0,
     partitions: int = 4,
     progress: Callable[[str], None] | None = None,
+    lists_path: Path | None = None,
 ) -> dict[str, Any]:
     """Index the MovieLens catalog, then time ``batches`` batches of ``batch`` events.
 
@@ -77,6 +82,7 @@ def run_engine_bench(
             },
             partitions=partitions,
             progress=progress or (lambda _msg: None),
+            lists_path=lists_path,
         )
     )
 
@@ -90,6 +96,7 @@ async def _run(
     traffic_kw: dict[str, Any],
     partitions: int,
     progress: Callable[[str], None],
+    lists_path: Path | None,
 ) -> dict[str, Any]:
     dataset = load_movielens_100k()
     store = open_store(settings)
@@ -98,7 +105,10 @@ async def _run(
         await pipeline.start()
         await pipeline.on_partitions_assigned(list(range(partitions)))
         progress(f"indexing {len(dataset.items)} items")
-        now = time.time()
+        # simulated time from a fixed epoch: item ages, the new-item window and trending decay
+        # then do not depend on when the bench runs, so two runs make the same lists
+        now = BENCH_EPOCH_S
+        pipeline.engine.clock = lambda: ts_ms / 1000.0
         records = [
             Record(
                 settings.topic_items,
@@ -144,14 +154,25 @@ async def _run(
             await pipeline.on_events(next_batch())
         times: list[float] = []
         users_per_batch: list[int] = []
+        digest = hashlib.sha256()
+        cpu_s = 0.0  # the process's CPU time inside the timed calls (all its threads)
         store_before = _store_seconds()
-        with tqdm(total=batches, desc="bench engine", unit="batch", file=sys.stderr) as bar:
+        with (
+            tqdm(total=batches, desc="bench engine", unit="batch", file=sys.stderr) as bar,
+            open(lists_path, "wb") if lists_path else contextlib.nullcontext() as lists,
+        ):
             for _ in range(batches):
                 records_in = next_batch()
-                began = time.perf_counter()
+                began, cpu_began = time.perf_counter(), time.process_time()
                 out = await pipeline.on_events(records_in)
                 times.append(time.perf_counter() - began)
+                cpu_s += time.process_time() - cpu_began
                 users_per_batch.append(len(out.recommendations))
+                for _key, value in out.recommendations:
+                    fingerprint = _list_fingerprint(value)
+                    digest.update(fingerprint)
+                    if lists is not None:
+                        lists.write(fingerprint + b"\n")
                 bar.update(1)
         store_after = _store_seconds()
     finally:
@@ -176,11 +197,23 @@ async def _run(
         "batch_ms_p50_first_tenth": round(float(np.median(ms[: max(1, batches // 10)])), 2),
         "batch_ms_p50_last_tenth": round(float(np.median(ms[-max(1, batches // 10) :])), 2),
         "events_per_s": round(batch * batches / total_s, 1),
+        # steadier than wall time on a shared host: CPU is not counted while descheduled
+        "cpu_ms_per_batch": round(1000.0 * cpu_s / batches, 2),
         "store_ms_per_batch": {
             op: round(1000.0 * (store_after[op] - store_before[op]) / batches, 2)
             for op in _STORE_OPS
         },
+        # the timed batches' lists (users, items, scores, sources, reasons): equal digests
+        # mean a speed change left every list as it was (same settings, same seed)
+        "lists_digest": digest.hexdigest()[:16],
     }
+
+
+def _list_fingerprint(value: bytes) -> bytes:
+    """What a recommendation record recommends, without its clock fields (generated_at,
+    latency_ms), as canonical JSON bytes."""
+    rec = json.loads(value)
+    return json.dumps([rec["user_id"], rec["items"]], sort_keys=True).encode()
 
 
 def _partition(user_id: str, partitions: int) -> int:
@@ -202,6 +235,9 @@ def format_engine_report(report: dict[str, Any]) -> str:
             f"batch ms drift (p50)       first tenth {report['batch_ms_p50_first_tenth']}"
             f" · last tenth {report['batch_ms_p50_last_tenth']}",
             f"throughput                 {report['events_per_s']} events/s (one thread of work)",
+            f"process CPU per batch      {report['cpu_ms_per_batch']} ms (all threads, inside"
+            " the timed calls)",
+            f"lists digest               {report['lists_digest']}  (equal = the same lists)",
             f"store ms per batch         search {store['search']} · retrieve {store['retrieve']}"
             f" · upsert {store['upsert']}  (the rest, {ms['mean'] - in_store:.1f} ms: Python"
             " and the ranker)",

@@ -3,6 +3,7 @@ the targets are measured by the benchmark itself, see README "Performance")."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -86,8 +87,14 @@ def test_broker_bench_round_trips_every_record() -> None:
 
 
 def test_engine_bench_times_every_batch_through_the_pipeline(tmp_path: Path) -> None:
+    lists = tmp_path / "lists.jsonl"
     report = run_engine_bench(
-        Settings(data_dir=tmp_path / "data"), batch=30, batches=4, warmup=1, users=40
+        Settings(data_dir=tmp_path / "data"),
+        batch=30,
+        batches=4,
+        warmup=1,
+        users=40,
+        lists_path=lists,
     )
     assert report["batches"] == 4 and report["batch_events"] == 30
     # 40 users in sessions of 5 on average: a batch of 30 events touches several of them
@@ -99,7 +106,26 @@ def test_engine_bench_times_every_batch_through_the_pipeline(tmp_path: Path) -> 
     assert 0 < report["batch_ms_p50_last_tenth"] <= ms["max"]
     assert report["store_ms_per_batch"]["search"] > 0  # the worker's own store histogram moved
     assert report["ranker"].startswith("blend")
+    assert report["cpu_ms_per_batch"] > 0
     assert "events/s" in format_engine_report(report)
+    # --lists: one line per list of the timed batches, and the digest is theirs
+    lines = lists.read_bytes().splitlines()
+    assert len(lines) == round(report["users_per_batch_mean"] * 4)
+    user, items = json.loads(lines[0])
+    assert user.startswith("bench-") and items and {"item_id", "rank", "score"} <= set(items[0])
+    digest = hashlib.sha256(b"".join(lines)).hexdigest()[:16]
+    assert report["lists_digest"] == digest
+
+
+def test_engine_bench_lists_repeat_run_to_run(tmp_path: Path) -> None:
+    """Simulated time from a fixed epoch and tied hits in a fixed order: the same lists."""
+    digests = [
+        run_engine_bench(Settings(data_dir=tmp_path / name), batch=30, batches=3, users=40)[
+            "lists_digest"
+        ]
+        for name in ("a", "b")
+    ]
+    assert digests[0] == digests[1]
 
 
 def test_traffic_model_is_deterministic_per_seed() -> None:
