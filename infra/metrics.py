@@ -36,6 +36,15 @@ EVENTS_SKIPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+EVENTS_HELD = Counter(
+    "coldstream_events_held_total",
+    "Events held back for an item not indexed yet (and their user's later events of the "
+    "batch), by outcome: applied after the wait, or dead-lettered as unknown_item",
+    ["outcome"],
+    registry=REGISTRY,
+)
+for _outcome in ("retried", "dead_letter"):  # both series exist from the start, at 0
+    EVENTS_HELD.labels(outcome=_outcome)
 DEAD_LETTERS = Counter(
     "coldstream_dead_letters_total",
     "Records sent to the dead-letter topic, by source topic and reason",

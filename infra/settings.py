@@ -174,6 +174,15 @@ class Settings(BaseSettings):
     )
     item_batch_max: int = Field(256, ge=1)
     item_batch_within_s: float = Field(0.05, gt=0)
+    unknown_item_wait_s: float = Field(
+        0.25,
+        ge=0,
+        description="an event naming an item the store does not have yet (its item event may "
+        "still be in the items agent: a click on an item published a moment ago) waits up to "
+        "this long for it, checked every item_batch_within_s, with its user's later events of "
+        "the batch; the rest of the batch is applied first, and its lists leave with the "
+        "batch. Still unknown then: dead-lettered as unknown_item. 0 = dead-letter at once",
+    )
 
     # --- Input limits --------------------------------------------------------------------
     max_payload_bytes: int = Field(64 * 1024, ge=256)

@@ -138,6 +138,8 @@ class Prepared:
     # the co-visitation view the channels were read from; ``recommend`` reuses its memoized
     # scores (this batch's own pairs count from the next batch on)
     covisit: CovisitIndex | None = None
+    # with ``hold_unknown``: every event of the users with an event naming an unknown item
+    held: list[Interaction] = field(default_factory=list)
 
     @property
     def users(self) -> list[str]:
@@ -150,6 +152,7 @@ class BatchOutcome:
     rejected: list[Rejected]
     skipped: list[Interaction]
     applied: int
+    held: list[Interaction] = field(default_factory=list)  # see Prepared.held
 
 
 class BehaviorEngine:
@@ -209,7 +212,12 @@ class BehaviorEngine:
         return n
 
     # -- step 1: reads ----------------------------------------------------------------------
-    def prepare(self, events: Sequence[Interaction]) -> Prepared:
+    def prepare(self, events: Sequence[Interaction], *, hold_unknown: bool = False) -> Prepared:
+        """The batch's reads. An event naming an item the store lacks is rejected
+        (``unknown_item``), or with ``hold_unknown`` held back with all of its user's events
+        of the batch (``Prepared.held``): the caller may wait for the item and prepare them
+        again. A user's events stay together and in order, so a held event is never behind an
+        applied offset, and the user still gets one list for the batch."""
         user_ids = list(dict.fromkeys(e.user_id for e in events))
         stored = self.store.retrieve(self.cfg.users_collection, user_ids, with_vectors=True)
         profiles = {
@@ -236,7 +244,16 @@ class BehaviorEngine:
         rejected: list[Rejected] = []
         skipped: list[Interaction] = []
         seen_in_batch: set[str] = set()
+        held: list[Interaction] = []
+        held_users = (
+            {e.user_id for e in events if e.item_id is not None and e.item_id not in items}
+            if hold_unknown
+            else set()
+        )
         for e in events:
+            if e.user_id in held_users:
+                held.append(e)
+                continue
             profile = profiles[e.user_id]
             if e.event_id in seen_in_batch or profile.already_applied(
                 e.event_id, e.partition, e.offset
@@ -249,7 +266,9 @@ class BehaviorEngine:
                 continue
             to_apply.append(e)
         texts = [(e.type, t) for e in to_apply if (t := e.signal_text) is not None]
-        return Prepared(to_apply, rejected, skipped, profiles, items, texts, channels, index)
+        return Prepared(
+            to_apply, rejected, skipped, profiles, items, texts, channels, index, held=held
+        )
 
     def _channels(
         self, events: Sequence[Interaction], profiles: Mapping[str, Profile], index: CovisitIndex
@@ -325,7 +344,7 @@ class BehaviorEngine:
             UserRecs(uid, last_event[uid], prep.profiles[uid].event_count, recs[uid])
             for uid in users
         ]
-        return BatchOutcome(out, prep.rejected, prep.skipped, len(prep.to_apply))
+        return BatchOutcome(out, prep.rejected, prep.skipped, len(prep.to_apply), prep.held)
 
     # -- recall → score → diversify → explain ------------------------------------------------
     def recommend(

@@ -268,11 +268,45 @@ class Pipeline:
         return out
 
     async def _process(self, interactions: list[Interaction]) -> BatchOutcome:
-        prep = await self._run(lambda: self.engine.prepare(interactions))
+        wait_s = self.settings.unknown_item_wait_s
+        first = await self._pass(interactions, hold_unknown=wait_s > 0)
+        if not first.held:
+            return first
+        # a click can overtake its item: the item event may still be in the items agent.
+        # The rest of the batch is applied; the held events wait for their items, then go
+        # through again (now rejected if still unknown)
+        wanted = list(dict.fromkeys(e.item_id for e in first.held if e.item_id is not None))
+        await self._wait_for_items(wanted, wait_s)
+        second = await self._pass(first.held, hold_unknown=False)
+        unknown = sum(1 for r in second.rejected if r.reason == "unknown_item")
+        metrics.EVENTS_HELD.labels(outcome="dead_letter").inc(unknown)
+        metrics.EVENTS_HELD.labels(outcome="retried").inc(len(first.held) - unknown)
+        return BatchOutcome(
+            first.recommendations + second.recommendations,
+            first.rejected + second.rejected,
+            first.skipped + second.skipped,
+            first.applied + second.applied,
+        )
+
+    async def _pass(self, interactions: list[Interaction], *, hold_unknown: bool) -> BatchOutcome:
+        prep = await self._run(lambda: self.engine.prepare(interactions, hold_unknown=hold_unknown))
         vectors: np.ndarray | None = None
         if prep.texts:
             vectors = await self.batcher.encode([user_text(kind, t) for kind, t in prep.texts])
         return await self._run(lambda: self.engine.apply(prep, vectors))
+
+    async def _wait_for_items(self, item_ids: list[str], wait_s: float) -> None:
+        """Return once the store has every one of ``item_ids``, or after ``wait_s``."""
+        name = self.settings.items_collection
+        deadline = time.monotonic() + wait_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(self.settings.item_batch_within_s, remaining))
+            found = await self._run(lambda: self.store.retrieve(name, item_ids, with_vectors=False))
+            if len(found) == len(item_ids):
+                return
 
     def _recommendation(self, recs: UserRecs) -> tuple[bytes, bytes]:
         """The output record; validated against the contract from plain dicts in one call

@@ -619,6 +619,46 @@ def test_prepare_rejects_unknown_items(store: QdrantStore) -> None:
 
 
 @integration
+def test_prepare_holds_the_events_of_a_user_with_an_unknown_item(store: QdrantStore) -> None:
+    """``hold_unknown``: every event of that user in the batch waits, in order; other users'
+    events go ahead, and nothing is rejected."""
+    engine = engine_for(store)
+    events = [
+        ev("u1", "view", "a0"),
+        ev("u1", "click", "fresh"),
+        ev("u2", "view", "a1"),
+        ev("u1", "search", text="later"),
+        ev("u3", "view", "a3"),
+        ev("u1", "view", "a2"),
+        ev("u2", "view", "ghost"),
+    ]
+    prep = engine.prepare(events, hold_unknown=True)
+    assert prep.rejected == []
+    assert [(e.user_id, e.item_id) for e in prep.to_apply] == [("u3", "a3")]
+    assert [(e.user_id, e.item_id, e.text) for e in prep.held] == [
+        ("u1", "a0", None),
+        ("u1", "fresh", None),
+        ("u2", "a1", None),
+        ("u1", None, "later"),
+        ("u1", "a2", None),
+        ("u2", "ghost", None),
+    ]
+    assert prep.texts == []  # the held search is encoded when it is applied
+    out = engine.apply(prep, None)
+    assert out.applied == 1 and out.held == prep.held
+    assert [r.user_id for r in out.recommendations] == ["u3"]
+    # prepared again without holding: the still unknown ones are rejected, the rest applied
+    again = engine.prepare(out.held)
+    assert [r.interaction.item_id for r in again.rejected] == ["fresh", "ghost"]
+    assert [(e.user_id, e.item_id) for e in again.to_apply] == [
+        ("u1", "a0"),
+        ("u2", "a1"),
+        ("u1", None),
+        ("u1", "a2"),
+    ]
+
+
+@integration
 def test_prepare_skips_replays_and_duplicates(store: QdrantStore) -> None:
     engine = engine_for(store)
     first = ev("u1", "view", "a0", event_id="e-1", partition=0, offset=5)

@@ -1,0 +1,145 @@
+"""A click can overtake its item: the event waits for an item the store does not have yet.
+
+The behavior agent's batch code (``Pipeline.on_events``) over a real Qdrant Edge store and the
+real encoder, with the items agent's code (``Pipeline.on_items``) indexing the item meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from encoders.model import load_encoder
+from infra import metrics
+from infra.edge_store import EdgeStore
+from infra.settings import Settings
+from ranking.catalog import CatalogItem, item_points
+from streams.pipeline import Outputs, Pipeline, Record
+from streams.schemas import DeadLetter, Recommendation
+from streams.worker import build_pipeline, encoder_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+WAIT_S = 1.0
+CATALOG = [f"old-{n}" for n in range(8)]
+
+
+@pytest.fixture(scope="module")
+def running(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop]]:
+    root: Path = tmp_path_factory.mktemp("late-items")
+    cfg = Settings(data_dir=root / "data", unknown_item_wait_s=WAIT_S)
+    store = EdgeStore(cfg.edge_path)
+    encoder = load_encoder(encoder_config(cfg))
+    pipeline = build_pipeline(cfg, store, encoder)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(pipeline.start())
+    items = [CatalogItem(i, f"Film {i}", "drama", (), None, None, None, 1.7e9) for i in CATALOG]
+    vectors = encoder.encode([f"a drama film number {n}" for n in range(len(CATALOG))])
+    store.upsert(cfg.items_collection, item_points(items, vectors))
+    yield pipeline, loop
+    loop.run_until_complete(pipeline.stop())
+    loop.close()
+
+
+_offsets = iter(range(1_000_000))
+
+
+def _event(user: str, item_id: str) -> tuple[str, Record]:
+    event_id = str(uuid.uuid4())
+    value = {"event_id": event_id, "user_id": user, "type": "click", "item_id": item_id}
+    value["ts"] = int(time.time() * 1000)  # type: ignore[assignment]
+    record = Record("events", 0, next(_offsets), user.encode(), json.dumps(value).encode(), 1.7e9)
+    return event_id, record
+
+
+def _item(item_id: str) -> Record:
+    value = {"item_id": item_id, "title": f"Film {item_id}", "category": "drama"}
+    return Record("items", 0, next(_offsets), item_id.encode(), json.dumps(value).encode(), 1.7e9)
+
+
+def _triggers(out: Outputs) -> list[str]:
+    return [Recommendation.model_validate_json(v).trigger_event_id for _, v in out.recommendations]
+
+
+def _held(outcome: str) -> float:
+    value = metrics.REGISTRY.get_sample_value("coldstream_events_held_total", {"outcome": outcome})
+    return value or 0.0
+
+
+def test_a_click_on_an_item_still_being_indexed_is_applied(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    pipeline, loop = running
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    _first, before = _event(user, "old-1")
+    click, on_new = _event(user, "brand-new")
+    other, other_user = _event(f"o-{uuid.uuid4().hex[:8]}", "old-2")
+    retried = _held("retried")
+
+    async def publish_item_soon() -> Outputs:
+        await asyncio.sleep(0.1)  # the item agent is a moment behind the events agent
+        return await pipeline.on_items([_item("brand-new")])
+
+    async def both() -> tuple[Outputs, Outputs]:
+        events = asyncio.ensure_future(pipeline.on_events([before, on_new, other_user]))
+        indexed = await publish_item_soon()
+        return await events, indexed
+
+    out, indexed = loop.run_until_complete(both())
+    assert indexed.dead_letters == []
+    assert out.dead_letters == []
+    # the other user's list first; this user's after the wait, one for the batch
+    assert _triggers(out) == [other, click]
+    (last,) = [
+        Recommendation.model_validate_json(v)
+        for _, v in out.recommendations
+        if Recommendation.model_validate_json(v).trigger_event_id == click
+    ]
+    assert last.profile_events == 2 and "brand-new" not in [i.item_id for i in last.items]
+    assert _held("retried") == retried + 2  # the click and the user's event before it
+
+
+def test_an_item_that_never_comes_is_dead_lettered_after_the_wait(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    pipeline, loop = running
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    _ghost_id, ghost = _event(user, "never-published")
+    later, after = _event(user, "old-3")  # held behind the ghost, then applied in order
+    dead = _held("dead_letter")
+    began = time.monotonic()
+    out = loop.run_until_complete(pipeline.on_events([ghost, after]))
+    assert time.monotonic() - began >= WAIT_S
+    (letter,) = [DeadLetter.model_validate_json(v) for _, v in out.dead_letters]
+    assert letter.reason == "unknown_item" and letter.offset == ghost.offset
+    assert _triggers(out) == [later]
+    assert _held("dead_letter") == dead + 1
+
+
+def test_without_a_wait_the_unknown_item_is_dead_lettered_at_once(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    pipeline, loop = running
+    settings = pipeline.settings
+    pipeline.settings = settings.model_copy(update={"unknown_item_wait_s": 0.0})
+    try:
+        user = f"u-{uuid.uuid4().hex[:8]}"
+        _ghost_id, ghost = _event(user, "never-published-either")
+        later, after = _event(user, "old-4")
+        held = _held("retried") + _held("dead_letter")
+        out = loop.run_until_complete(pipeline.on_events([ghost, after]))
+    finally:
+        pipeline.settings = settings
+    assert [DeadLetter.model_validate_json(v).reason for _, v in out.dead_letters] == [
+        "unknown_item"
+    ]
+    assert _triggers(out) == [later]
+    assert _held("retried") + _held("dead_letter") == held
