@@ -108,6 +108,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         partitions_items=1,
         recs_count=5,
         cold_item_slots=1,
+        unknown_item_wait_s=3.0,  # room for the late item below on a busy machine
     )
     with LocalStack(settings, log_dir=root) as running:
         publisher = Publisher(settings, running.bootstrap)
@@ -204,6 +205,25 @@ def test_retired_item_never_recommended_after_retirement(
     for text in ("space travel through a wormhole", "astronauts exploring space"):
         nxt = send(publisher, event("erin", "search", text=text))
         assert target not in [i.item_id for i in reader.rec_for(nxt).items]
+
+
+def test_a_click_that_overtakes_its_item_waits_for_it(
+    stack: LocalStack, publisher: Publisher, reader: Reader
+) -> None:
+    """The click is on the broker before its item is: the worker holds it until the item
+    agent has indexed the item, then applies it instead of dead-lettering it."""
+    assert stack.worker is not None
+    held = metrics.total(stack.worker.metrics(), "coldstream_events_held_total")
+    click = send(publisher, event("gina", "click", item_id="late-film"))
+    time.sleep(0.3)
+    publisher.item(item("late-film", "Late Film", "Drama", "a film published after its click"))
+    publisher.flush()
+    rec = reader.rec_for(click)
+    assert rec.profile_events == 1
+    assert "late-film" not in [i.item_id for i in rec.items]  # seen: the click was applied
+    assert metrics.total(stack.worker.metrics(), "coldstream_events_held_total") >= held + 1
+    reader.poll()
+    assert not [d for d in reader.dead if d.key == "gina"]
 
 
 def test_bad_input_is_dead_lettered_one_for_one_and_the_worker_goes_on(
