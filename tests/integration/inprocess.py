@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import faust
 
-from encoders.model import TextEncoder
+from encoders.model import TextEncoder, load_encoder
+from infra.edge_store import EdgeStore
 from infra.settings import Settings
+from ranking.catalog import CatalogItem, item_points
 from ranking.store import VectorStore
-from streams.worker import worker_app
+from streams.pipeline import Pipeline
+from streams.worker import build_pipeline, encoder_config, worker_app
 
 
 class InProcessWorker:
@@ -109,3 +112,22 @@ def running(*workers: InProcessWorker) -> Iterator[tuple[InProcessWorker, ...]]:
         for worker in started:
             with contextlib.suppress(Exception):
                 worker.stop()
+
+
+@contextlib.contextmanager
+def batch_pipeline(
+    settings: Settings, catalog: Sequence[CatalogItem], texts: Sequence[str]
+) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop]]:
+    """The agents' batch code (``Pipeline``) without Faust, on its own event loop, over a real
+    Qdrant Edge store holding ``catalog`` (encoded from ``texts``) and the packaged encoder."""
+    store = EdgeStore(settings.edge_path)
+    encoder = load_encoder(encoder_config(settings))
+    pipeline = build_pipeline(settings, store, encoder)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(pipeline.start())
+    try:
+        store.upsert(settings.items_collection, item_points(catalog, encoder.encode(texts)))
+        yield pipeline, loop
+    finally:
+        loop.run_until_complete(pipeline.stop())
+        loop.close()

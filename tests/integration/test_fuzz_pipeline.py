@@ -17,14 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encoders.model import load_encoder
 from infra import metrics
-from infra.edge_store import EdgeStore
 from infra.settings import Settings
-from ranking.catalog import CatalogItem, item_points
+from ranking.catalog import CatalogItem
 from streams.pipeline import Pipeline, Record
 from streams.schemas import DeadLetter
-from streams.worker import build_pipeline, encoder_config
+from tests.integration.inprocess import batch_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -36,18 +34,10 @@ def running(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop]]:
     root: Path = tmp_path_factory.mktemp("fuzz")
-    cfg = Settings(data_dir=root / "data")
-    store = EdgeStore(cfg.edge_path)
-    encoder = load_encoder(encoder_config(cfg))
-    pipeline = build_pipeline(cfg, store, encoder)
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(pipeline.start())
     items = [CatalogItem(i, f"Item {i}", "cat", (), None, None, None, 1.7e9) for i in ITEM_IDS]
-    vectors = encoder.encode([f"item {i} about topic {n % 3}" for n, i in enumerate(ITEM_IDS)])
-    store.upsert(cfg.items_collection, item_points(items, vectors))
-    yield pipeline, loop
-    loop.run_until_complete(pipeline.stop())
-    loop.close()
+    texts = [f"item {i} about topic {n % 3}" for n, i in enumerate(ITEM_IDS)]
+    with batch_pipeline(Settings(data_dir=root / "data"), items, texts) as running:
+        yield running
 
 
 def _valid(user: str) -> st.SearchStrategy[dict[str, object]]:

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from encoders.model import load_encoder
 from infra import metrics
-from infra.edge_store import EdgeStore
 from infra.settings import Settings
-from ranking.catalog import CatalogItem, item_points
+from ranking.catalog import CatalogItem
 from streams.pipeline import Outputs, Pipeline, Record
 from streams.schemas import DeadLetter, Recommendation
-from streams.worker import build_pipeline, encoder_config
+from tests.integration.inprocess import batch_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -35,18 +33,11 @@ def running(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop]]:
     root: Path = tmp_path_factory.mktemp("late-items")
-    cfg = Settings(data_dir=root / "data", unknown_item_wait_s=WAIT_S)
-    store = EdgeStore(cfg.edge_path)
-    encoder = load_encoder(encoder_config(cfg))
-    pipeline = build_pipeline(cfg, store, encoder)
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(pipeline.start())
+    settings = Settings(data_dir=root / "data", unknown_item_wait_s=WAIT_S)
     items = [CatalogItem(i, f"Film {i}", "drama", (), None, None, None, 1.7e9) for i in CATALOG]
-    vectors = encoder.encode([f"a drama film number {n}" for n in range(len(CATALOG))])
-    store.upsert(cfg.items_collection, item_points(items, vectors))
-    yield pipeline, loop
-    loop.run_until_complete(pipeline.stop())
-    loop.close()
+    texts = [f"a drama film number {n}" for n in range(len(CATALOG))]
+    with batch_pipeline(settings, items, texts) as running:
+        yield running
 
 
 _offsets = iter(range(1_000_000))
