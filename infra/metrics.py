@@ -38,8 +38,8 @@ EVENTS_SKIPPED = Counter(
 )
 EVENTS_HELD = Counter(
     "coldstream_events_held_total",
-    "Events held back for an item not indexed yet (and their user's later events of the "
-    "batch), by outcome: applied after the wait, or dead-lettered as unknown_item",
+    "Events held back for an item not indexed yet (with all of their user's events of the "
+    "batch), by outcome: through again after the wait, or dead-lettered as unknown_item",
     ["outcome"],
     registry=REGISTRY,
 )
