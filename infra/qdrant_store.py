@@ -47,7 +47,9 @@ class QdrantStore:
         api_key: str | None = None,
         timeout_s: float = 10.0,
         observe: Callable[[str, float], None] | None = None,
+        tie_slack: int = 4,
     ) -> None:
+        self._tie_slack = tie_slack
         if url:
             self._client = QdrantClient(url=url, api_key=api_key or None, timeout=int(timeout_s))
             self.location = url
@@ -132,7 +134,7 @@ class QdrantStore:
             models.QueryRequest(
                 query=q.vector.astype(np.float32).tolist(),
                 filter=_filter(q),
-                limit=q.limit,
+                limit=q.limit + self._tie_slack,  # to order equal scores (as EdgeStore)
                 with_payload=True if q.payload_fields is None else [*q.payload_fields, _ID_KEY],
                 with_vector=q.with_vectors,
             )
@@ -142,9 +144,11 @@ class QdrantStore:
             "search", lambda: self._client.query_batch_points(collection, requests)
         )
         results: list[list[Hit]] = []
-        for resp in responses:
+        for q, resp in zip(queries, responses, strict=True):
+            # equal scores in a fixed order (point id), then the cut: the same twin every time
+            ranked = sorted(resp.points, key=lambda sp: (-sp.score, str(sp.id)))[: q.limit]
             hits = []
-            for sp in resp.points:
+            for sp in ranked:
                 payload = dict(sp.payload or {})
                 sid = str(payload.pop(_ID_KEY, sp.id))
                 vec = parse_vector(sp.vector) if sp.vector is not None else None

@@ -163,33 +163,36 @@ def test_edge_capped_over_fetch_asks_short_queries_again(tmp_path: Path, slack: 
         s.close()
 
 
-def test_edge_orders_tied_hits_by_point_id(tmp_path: Path) -> None:
-    """Items with the same vector tie exactly; which of them makes a query's cut is the one
-    with the lower point id, whatever order they were written in."""
-    s = EdgeStore(tmp_path / "store")
-    try:
-        s.ensure_collection("items", DIM)
-        query = _unit(3)
-        groups: list[tuple[str, str]] = []
-        for g in range(6):
-            # groups ever less similar to the query; each a pair of twins
-            side = _unit(100 + g) - float(np.dot(_unit(100 + g), query)) * query
-            side /= np.linalg.norm(side)
-            angle = 0.2 * (g + 1)  # radians from the query: cosine 0.98, 0.92, …
-            vector = (np.cos(angle) * query + np.sin(angle) * side).astype(np.float32)
-            pair = sorted([f"g{g}-a", f"g{g}-b"], key=point_u64)
-            # half the pairs written lower id first, half the other way round
-            written = pair if g % 2 == 0 else pair[::-1]
-            s.upsert("items", [StoredPoint(i, vector, {"active": True}) for i in written])
-            groups.append((pair[0], pair[1]))
-        for g in range(6):
-            # the cut falls between group g's twins: both of the groups before it, one of it
-            (hits,) = s.search("items", [Query(query, limit=2 * g + 1)])
-            got = [h.id for h in hits]
-            assert got[-1] == groups[g][0], (g, got)
-            assert {h.id for h in hits[:-1]} == {i for pair in groups[:g] for i in pair}
-    finally:
-        s.close()
+def test_tied_hits_are_cut_in_a_fixed_order(opener: Opener, tmp_path: Path) -> None:
+    """Items with the same vector tie exactly; which of them makes a query's cut does not
+    depend on the order they were written in (nor on the run)."""
+    cuts: list[list[str]] = []
+    for run, reverse in enumerate((False, True)):
+        s = opener(tmp_path / f"store-{run}")
+        try:
+            s.ensure_collection("items", DIM)
+            query = _unit(3)
+            for g in range(6):
+                # pairs of twins, each pair further from the query
+                side = _unit(100 + g) - float(np.dot(_unit(100 + g), query)) * query
+                side /= np.linalg.norm(side)
+                angle = 0.2 * (g + 1)  # radians from the query: cosine 0.98, 0.92, …
+                vector = (np.cos(angle) * query + np.sin(angle) * side).astype(np.float32)
+                pair = [f"g{g}-a", f"g{g}-b"]
+                # half the pairs written one way round, half the other; the second store
+                # gets every pair the other way round
+                written = pair[::-1] if (g % 2 == 1) != reverse else pair
+                s.upsert("items", [StoredPoint(i, vector, {"active": True}) for i in written])
+            for g in range(6):
+                # the cut falls between group g's twins: both of each group before it, one of it
+                (hits,) = s.search("items", [Query(query, limit=2 * g + 1)])
+                got = [h.id for h in hits]
+                before = {f"g{n}-{t}" for n in range(g) for t in "ab"}
+                assert set(got[:-1]) == before and got[-1].startswith(f"g{g}-"), (g, got)
+                cuts.append(got[-1:])
+        finally:
+            s.close()
+    assert cuts[:6] == cuts[6:], "the twin that made the cut depended on the write order"
 
 
 def test_where_active_filter(store: VectorStore) -> None:
