@@ -4,7 +4,8 @@ A GPU box often lacks the rest of the stack (broker, Qdrant, Faust, pydantic), s
 imports nothing beyond ``encoders``. It runs ``run_encoder_bench`` (what ``coldstream bench
 encoder`` runs) with the shipped defaults on short and long texts, then times the streaming path
 (MicroBatcher) in float32 and the reduced precision, interleaved, with one caller per text and with
-callers of 32 texts (the shape of a Faust batch of item events).
+callers of 32 texts (the shape of a Faust batch of item events), and the reduced precision with
+cuDNN attention on and off.
 
     python scripts/gpu_encoder_check.py --texts texts.json --out DIR [--model DIR] [--scale 6]
 
@@ -20,6 +21,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ from encoders.bench import (
 )
 from encoders.config import EncoderConfig
 from encoders.model import (
+    TextEncoder,
+    configure_cuda_attention,
     dtype_name,
     load_encoder,
     pick_device,
@@ -88,10 +92,38 @@ def main() -> int:
     for key, values in rates.items():
         _say(f"stream {key}: median {statistics.median(values):.0f}/s {[round(v) for v in values]}")
     report["stream"] = rates
+    if reduced is not None:
+        report["cudnn_attention"] = _cudnn_attention_ab(encoders[-1], sets, config, args.rounds)
     out = Path(args.out) / "gpu_encoder_check.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     _say(f"wrote {out}")
     return 0
+
+
+def _cudnn_attention_ab(
+    encoder: TextEncoder, sets: dict[str, list[str]], config: EncoderConfig, rounds: int
+) -> dict[str, list[float]]:
+    """The streaming path in the reduced precision with cuDNN attention on and off,
+    interleaved; each run on a fresh shuffle, so the batcher meets new (texts, tokens) shapes
+    as a worker does (cuDNN plans per shape). Torch's switch is process-wide; it is left off."""
+    rng = random.Random(1)
+    rates: dict[str, list[float]] = {}
+    for round_ in range(rounds):
+        for on in (False, True) if round_ % 2 == 0 else (True, False):
+            configure_cuda_attention(replace(config, cudnn_attention=on))
+            for name, items in sets.items():
+                for per_caller in (1, STREAM_CALLER_TEXTS):
+                    shuffled = rng.sample(items, len(items))
+                    seconds, _ = time_micro_batched(encoder, shuffled, config, per_caller)
+                    key = (
+                        f"{name} texts, callers of {per_caller}, {encoder.dtype},"
+                        f" cudnn attention {'on' if on else 'off'}"
+                    )
+                    rates.setdefault(key, []).append(len(items) / seconds)
+    configure_cuda_attention(replace(config, cudnn_attention=False))
+    for key, values in rates.items():
+        _say(f"stream {key}: median {statistics.median(values):.0f}/s {[round(v) for v in values]}")
+    return rates
 
 
 if __name__ == "__main__":

@@ -64,3 +64,9 @@ def test_gpu_check_script_runs_on_cpu(tmp_path: Path) -> None:
     assert report["bench"]["long"]["tokens_mean"] > report["bench"]["short"]["tokens_mean"]
     assert any(key.startswith("short texts, callers of 32, float32") for key in report["stream"])
     assert all(rate > 0 for rates in report["stream"].values() for rate in rates)
+    # the reduced precision (bf16 on this CPU kind) is also timed with cuDNN attention on/off
+    reduced = any("float16" in key for key in report["stream"])
+    assert ("cudnn_attention" in report) == reduced
+    ab = report.get("cudnn_attention", {})
+    assert all(rate > 0 for rates in ab.values() for rate in rates)
+    assert not reduced or len(ab) == 8  # 2 text sets x 2 caller sizes x on/off
