@@ -592,12 +592,9 @@ class CovisitIndex:
         if n <= 0 or not len(self._totals):
             return []
         totals = self._totals
-        if n < len(totals):  # every item at least the n-th most visited (ties: see largest)
-            top = np.flatnonzero(totals >= totals[np.argpartition(-totals, n - 1)[n - 1]])
-        else:
-            top = np.arange(len(totals))
+        top = np.argpartition(-totals, n - 1)[:n] if n < len(totals) else np.arange(len(totals))
         top = top[totals[top] > 0]
-        order = top[np.lexsort((top, -totals[top]))][:n]
+        order = top[np.lexsort((top, -totals[top]))]
         names = self.ids.names
         return [names[int(i)] for i in order]
 
@@ -649,15 +646,10 @@ class CovisitIndex:
         return CovisitScores(self.ids, keys[keep], raw[keep] / np.sqrt(totals[keep]))
 
     def top(self, recent: Sequence[str], n: int, exclude: Iterable[str] = ()) -> list[str]:
-        """The ``n`` best co-visited items of ``recent``, none of ``exclude``.
-
-        The excluded ids are dropped in id space before ranking: ranking ``n + len(exclude)``
-        names and filtering them cost a Python step per excluded item, and a warm user
-        excludes up to ``profile_seen_max`` (the same list either way).
-        """
-        excluded = list(exclude)
-        drop = self.ids.lookup(excluded) if excluded else None
-        return self.scores(recent).largest(n, drop=drop)
+        excluded = set(exclude)
+        scored = self.scores(recent)
+        ranked = scored.largest(n + len(excluded))
+        return [i for i in ranked if i not in excluded][:n]
 
 
 # dense window scores while the catalog has at most this many items per neighbour entry
@@ -696,25 +688,15 @@ class CovisitScores:
         out[hit] = self._values[pos[hit]]
         return out
 
-    def largest(self, n: int, drop: np.ndarray | None = None) -> list[str]:
-        """The ``n`` best-scored items, best first (ties: lower id first), leaving out the
-        interned ids in ``drop`` (-1 entries are ignored)."""
-        keys, values = self._keys, self._values
-        if drop is not None and len(drop) and len(keys):
-            keep = ~np.isin(keys, drop)
-            keys, values = keys[keep], values[keep]
+    def largest(self, n: int) -> list[str]:
+        """The ``n`` best-scored items, best first (ties: lower id first)."""
+        values = self._values
         if n <= 0 or not len(values):
             return []
-        if n < len(values):
-            # every item scored at least the n-th best: argpartition alone keeps an arbitrary
-            # few of those tied with it, not the lower ids
-            nth = values[np.argpartition(-values, n - 1)[n - 1]]
-            part = np.flatnonzero(values >= nth)
-        else:
-            part = np.arange(len(values))
-        order = part[np.lexsort((keys[part], -values[part]))][:n]
+        part = np.argpartition(-values, n - 1)[:n] if n < len(values) else np.arange(len(values))
+        order = part[np.lexsort((self._keys[part], -values[part]))]
         names = self._ids.names
-        return [names[int(keys[i])] for i in order]
+        return [names[int(self._keys[i])] for i in order]
 
 
 def _checksum(tensors: Mapping[str, np.ndarray]) -> str:

@@ -261,38 +261,3 @@ def test_dense_and_sparse_window_scores_are_identical(
         assert dense.largest(60) == sparse.largest(60)
         gids = ids.lookup(items)
         np.testing.assert_array_equal(dense.of(gids), sparse.of(gids))
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    n=st.integers(0, 70),
-    excluded=st.lists(st.integers(0, 79), max_size=60),
-)
-def test_top_excludes_in_id_space_exactly_as_ranking_then_filtering(
-    seed: int, n: int, excluded: list[int]
-) -> None:
-    """``top`` drops excluded ids before ranking: the same list as ranking every item and
-    filtering (ties included: scores repeat with these small counts), unknown ids ignored."""
-    rng = random.Random(seed)
-    items = [f"i{k}" for k in range(60)]
-    ids = ItemIds()
-    online = CovisitCounter(ids=ids)
-    for _ in range(120):
-        online.add(rng.sample(items, 4), rng.choice(items))
-    idx = CovisitIndex(None, [online], 0.8, ids)
-    window = rng.sample(items, 6)
-    exclude = [f"i{k}" for k in excluded]  # i60-i79: never interned
-    everything = idx.scores(window).largest(10_000)
-    assert idx.top(window, n, exclude=exclude) == [i for i in everything if i not in exclude][:n]
-
-
-def test_popular_breaks_ties_at_the_cut_by_first_interned() -> None:
-    """Visit counts tie often (small integers): the cut keeps the first interned of them."""
-    ids = ItemIds()
-    online = CovisitCounter(ids=ids)
-    for n in range(40):  # forty items visited once each, then one visited twice
-        online.add([], f"i{n}")
-    online.add([], "i39")
-    idx = CovisitIndex(None, [online], 1.0, ids)
-    assert idx.popular(5) == ["i39", "i0", "i1", "i2", "i3"]
