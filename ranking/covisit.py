@@ -588,7 +588,8 @@ class CovisitIndex:
         return row
 
     def popular(self, n: int) -> list[str]:
-        """The ``n`` most visited items (snapshot plus deltas; ties: first interned first)."""
+        """The ``n`` most visited items (snapshot plus deltas; ties: first interned first, but
+        of the items tied at the ``n``-th place numpy's partition picks which are in)."""
         if n <= 0 or not len(self._totals):
             return []
         totals = self._totals
@@ -689,7 +690,8 @@ class CovisitScores:
         return out
 
     def largest(self, n: int) -> list[str]:
-        """The ``n`` best-scored items, best first (ties: lower id first)."""
+        """The ``n`` best-scored items, best first (ties: lower id first; of the items tied at
+        the ``n``-th place, numpy's partition picks which are in: deterministic, not by id)."""
         values = self._values
         if n <= 0 or not len(values):
             return []
