@@ -33,7 +33,7 @@ import pydantic_core
 import qdrant_edge as qe
 
 from infra.qdrant_store import parse_vector, point_uuid, vector_list
-from ranking.store import Hit, Query, StoredPoint, StoreUnavailable, payload_copy
+from ranking.store import TIE_SLACK, Hit, Query, StoredPoint, StoreUnavailable, payload_copy
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class EdgeStore:
         cache_size: int = 50_000,
         exclude_after_max: int = 64,
         exclude_slack: int = 8,
-        tie_slack: int = 4,
+        tie_slack: int = TIE_SLACK,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -221,10 +221,8 @@ class EdgeStore:
             for q, late in zip(queries, after, strict=True)
         ]
         pid = self._point_id(collection)
-        # equal scores (items with the same vector: a catalog listing one product twice) come
-        # back in no fixed order, so which twin made the cut changed from run to run. A few
-        # hits past the cut, ordered by (score, point id), fix it while a tie has at most
-        # ``tie_slack`` more members than fit
+        # ties at the cut: see ranking.store.TIE_SLACK (fixed while a tie has at most
+        # ``tie_slack`` more members than fit)
         ties = self._tie_slack
         requests = [
             qe.QueryRequest(

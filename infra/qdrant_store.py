@@ -17,7 +17,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from ranking.store import Hit, Query, StoredPoint, StoreUnavailable
+from ranking.store import TIE_SLACK, Hit, Query, StoredPoint, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class QdrantStore:
         api_key: str | None = None,
         timeout_s: float = 10.0,
         observe: Callable[[str, float], None] | None = None,
-        tie_slack: int = 4,
+        tie_slack: int = TIE_SLACK,
     ) -> None:
         self._tie_slack = tie_slack
         if url:
@@ -134,7 +134,7 @@ class QdrantStore:
             models.QueryRequest(
                 query=q.vector.astype(np.float32).tolist(),
                 filter=_filter(q),
-                limit=q.limit + self._tie_slack,  # to order equal scores (as EdgeStore)
+                limit=q.limit + self._tie_slack,  # to order ties: ranking.store.TIE_SLACK
                 with_payload=True if q.payload_fields is None else [*q.payload_fields, _ID_KEY],
                 with_vector=q.with_vectors,
             )

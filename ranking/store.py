@@ -59,6 +59,12 @@ class Query:
     payload_fields: Sequence[str] | None = None  # None = whole payload; else only these keys
 
 
+#: Hits a store adapter fetches past a query's limit to order equal scores by point id before
+#: the cut: items with one vector (a product listed twice) tie exactly, a store returns ties in
+#: no fixed order, and which twin made the cut changed from run to run.
+TIE_SLACK = 4
+
+
 class StoreUnavailable(RuntimeError):
     """The store could not be reached; the caller retries the whole batch later."""
 

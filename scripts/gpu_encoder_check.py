@@ -50,6 +50,11 @@ def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _say_medians(rates: dict[str, list[float]]) -> None:
+    for key, values in rates.items():
+        _say(f"stream {key}: median {statistics.median(values):.0f}/s {[round(v) for v in values]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", required=True, help="JSON list of item texts")
@@ -89,8 +94,7 @@ def main() -> int:
                     key = f"{name} texts, callers of {per_caller}, {encoder.dtype}"
                     seconds, _ = time_micro_batched(encoder, items, config, per_caller)
                     rates.setdefault(key, []).append(len(items) / seconds)
-    for key, values in rates.items():
-        _say(f"stream {key}: median {statistics.median(values):.0f}/s {[round(v) for v in values]}")
+    _say_medians(rates)
     report["stream"] = rates
     if reduced is not None:
         report["cudnn_attention"] = _cudnn_attention_ab(encoders[-1], sets, config, args.rounds)
@@ -121,8 +125,7 @@ def _cudnn_attention_ab(
                     )
                     rates.setdefault(key, []).append(len(items) / seconds)
     configure_cuda_attention(replace(config, cudnn_attention=False))
-    for key, values in rates.items():
-        _say(f"stream {key}: median {statistics.median(values):.0f}/s {[round(v) for v in values]}")
+    _say_medians(rates)
     return rates
 
 

@@ -56,8 +56,12 @@ def _item(item_id: str) -> Record:
     return Record("items", 0, next(_offsets), item_id.encode(), json.dumps(value).encode(), 1.7e9)
 
 
+def _recs(out: Outputs) -> list[Recommendation]:
+    return [Recommendation.model_validate_json(v) for _, v in out.recommendations]
+
+
 def _triggers(out: Outputs) -> list[str]:
-    return [Recommendation.model_validate_json(v).trigger_event_id for _, v in out.recommendations]
+    return [rec.trigger_event_id for rec in _recs(out)]
 
 
 def _held(outcome: str) -> float:
@@ -89,11 +93,7 @@ def test_a_click_on_an_item_still_being_indexed_is_applied(
     assert out.dead_letters == []
     # the other user's list first; this user's after the wait, one for the batch
     assert _triggers(out) == [other, click]
-    (last,) = [
-        Recommendation.model_validate_json(v)
-        for _, v in out.recommendations
-        if Recommendation.model_validate_json(v).trigger_event_id == click
-    ]
+    (last,) = [rec for rec in _recs(out) if rec.trigger_event_id == click]
     assert last.profile_events == 2 and "brand-new" not in [i.item_id for i in last.items]
     assert _held("retried") == retried + 2  # the click and the user's event before it
 
