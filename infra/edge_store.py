@@ -239,12 +239,14 @@ class EdgeStore:
             "search",
             lambda: self._shard(collection).query_batch(qe.QueryBatchRequest(requests)),
         )
-        # read each ``.id`` once: even an integer id is a conversion in the binding
-        found: list[list[tuple[Any, float]]] = [
-            sorted(((sp.id, sp.score) for sp in resp), key=_by_score_then_id) for resp in responses
+        # read each ``.id`` once: even an integer id is a conversion in the binding; rows are
+        # (-score, id), so a plain tuple sort (no key function per hit) orders equal scores by
+        # point id; the engine's order is already by score, which timsort checks in one pass
+        found: list[list[tuple[float, Any]]] = [
+            sorted([(-sp.score, sp.id) for sp in resp]) for resp in responses
         ]
         names = self._names
-        unknown = [pid for rows in found for pid, _ in rows if pid not in names]
+        unknown = [pid for rows in found for _, pid in rows if pid not in names]
         if unknown:
             self._learn_names(collection, unknown)
         cache = self._cache_for(collection)
@@ -252,7 +254,7 @@ class EdgeStore:
         points: dict[Any, tuple[str, np.ndarray | None, Mapping[str, Any]] | None] = {}
         missing: list[str] = []
         for rows in found:
-            for pid, _ in rows:
+            for _, pid in rows:
                 if pid in points:
                     continue
                 sid = names.get(pid)
@@ -272,7 +274,7 @@ class EdgeStore:
                 stored = fetched.get(sid) if entry is None and sid is not None else None
                 if stored is not None:
                     points[pid] = (stored.id, stored.vector, MappingProxyType(stored.payload))
-        make = Hit._make
+        new_tuple = tuple.__new__  # Hit(...) without its Python-level __new__: ~5,800 hits a batch
         results: list[list[Hit]] = []
         short: list[int] = []
         for n, (q, rows, late, more) in enumerate(zip(queries, found, after, extra, strict=True)):
@@ -280,7 +282,7 @@ class EdgeStore:
             fields = q.payload_fields
             with_vectors = q.with_vectors
             excluded = frozenset(q.exclude_ids) if late else frozenset()
-            for pid, score in rows:
+            for neg_score, pid in rows:
                 point = points[pid]
                 if point is None:  # deleted between the query and the read
                     continue
@@ -291,7 +293,9 @@ class EdgeStore:
                     break
                 if fields is not None:
                     payload = {k: payload[k] for k in fields if k in payload}
-                hits.append(make((sid, float(score), payload, vector if with_vectors else None)))
+                hits.append(
+                    new_tuple(Hit, (sid, -neg_score, payload, vector if with_vectors else None))
+                )
             if (
                 len(hits) < q.limit
                 and more < len(q.exclude_ids)
@@ -461,10 +465,6 @@ class EdgeStore:
         finally:
             if self._observe is not None:
                 self._observe(operation, time.perf_counter() - start)
-
-
-def _by_score_then_id(row: tuple[Any, float]) -> tuple[float, Any]:
-    return -row[1], row[0]
 
 
 def _stored_dim(shard_path: Path) -> int:

@@ -10,6 +10,7 @@ per user (measured on the MovieLens bench traffic: 30 ms of a 185 ms batch of 78
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -141,25 +142,31 @@ class PoolTable:
         if not self._frozen:
             self.freeze()
         row_of = self.row_of
-        rows: list[int] = []
-        cos: list[float] = []
-        taken: set[str] = set()
-        for h in hits:
-            if h.id not in taken:
-                taken.add(h.id)
-                rows.append(row_of[h.id])
-                cos.append(h.score)
+        pool_ids: list[str] = list(map(_first, hits))
+        taken = set(pool_ids)
+        if len(taken) == len(pool_ids):  # a store returns each point once: C-level loops
+            rows = list(map(row_of.__getitem__, pool_ids))
+            cos: list[float] = list(map(_second, hits))
+        else:
+            pool_ids, rows, cos, taken = [], [], [], set()
+            for h in hits:
+                if h.id not in taken:
+                    taken.add(h.id)
+                    pool_ids.append(h.id)
+                    rows.append(row_of[h.id])
+                    cos.append(h.score)
         n_content = len(rows)
         sources = ["content"] * n_content
-        seen = set(profile.seen)
+        taken.update(profile.seen)
         usable = self._usable
         for item_id, source in extras:
-            if item_id in taken or item_id in seen:
+            if item_id in taken:
                 continue
             row = usable[item_id]
             if row is None:
                 continue
             taken.add(item_id)
+            pool_ids.append(item_id)
             rows.append(row)
             sources.append(source)
         if not rows:
@@ -176,14 +183,12 @@ class PoolTable:
         co = self.index.scores(profile.recent_items[-cfg.covisit_window :])
         created_at = self.created[idx]
         age = np.where(created_at > 0, now - created_at, np.nan)
-        ids = self.ids
-        categories = self.categories
         return Candidates(
-            ids=[ids[r] for r in rows],
+            ids=pool_ids,
             vectors=vectors,
             cosine=cosine,
             popularity=pops,
-            categories=[categories[r] for r in rows],
+            categories=list(map(self.categories.__getitem__, rows)),
             is_cold=((pops <= 0.0) & (counts <= 0.0))
             | (counts <= cfg.cold_item_max_count)
             | (now - created_at < cfg.cold_item_max_age_s),
@@ -215,6 +220,9 @@ def assemble_candidates(
     table.add_hits(hits)
     table.add_extras(extras)
     return table.pool(profile, hits, extras, now, cfg)
+
+
+_first, _second = itemgetter(0), itemgetter(1)  # a hit's id and score
 
 
 def _created(payload: Mapping[str, object]) -> float:

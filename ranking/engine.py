@@ -281,12 +281,16 @@ class BehaviorEngine:
             if e.item_id is not None:
                 batch_items.setdefault(e.user_id, []).append(e.item_id)
         popular = [(i, "trending") for i in index.popular(cfg.popular_top_n)]
+        windows = {
+            uid: (profile.recent_items + batch_items.get(uid, []))[-cfg.covisit_window :]
+            for uid, profile in profiles.items()
+        }
+        index.prime(windows.values())  # every user's scores in one pass (the pools read them too)
         out: dict[str, list[tuple[str, str]]] = {}
         for uid, profile in profiles.items():
-            recent = (profile.recent_items + batch_items.get(uid, []))[-cfg.covisit_window :]
             seen = set(profile.seen).union(batch_items.get(uid, ()))
-            chan = [(i, "covisit") for i in index.top(recent, cfg.covisit_top_n, exclude=seen)]
-            out[uid] = chan + popular
+            top = index.top(windows[uid], cfg.covisit_top_n, exclude=seen)
+            out[uid] = [(i, "covisit") for i in top] + popular
         return out
 
     # -- step 2: profile updates, write, recall, rank ----------------------------------------
@@ -400,6 +404,9 @@ class BehaviorEngine:
         for chans in extras:
             table.add_extras(chans)
         table.freeze()
+        # the pools' co-visitation features: windows after this batch's events, which
+        # ``prepare``'s channels mostly scored already (the rest in one pass)
+        index.prime(p.recent_items[-cfg.covisit_window :] for p in with_vec)
         pools: list[tuple[Profile, Candidates]] = []
         for profile, hits, chans in zip(with_vec, results, extras, strict=True):
             cands = table.pool(profile, hits, chans, now, cfg)

@@ -261,3 +261,29 @@ def test_dense_and_sparse_window_scores_are_identical(
         assert dense.largest(60) == sparse.largest(60)
         gids = ids.lookup(items)
         np.testing.assert_array_equal(dense.of(gids), sparse.of(gids))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("max_cells", [1 << 21, 0])  # one pass for the batch; one by one
+def test_a_batch_primed_at_once_scores_the_same_floats_as_window_by_window(
+    seed: int, max_cells: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(seed)
+    items = [f"i{n}" for n in range(80)]
+    base = CovisitModel.build([rng.sample(items, 12) for _ in range(80)], window=4, neighbors=10)
+    ids = ItemIds()
+    online = [CovisitCounter(ids=ids) for _ in range(2)]
+    for _ in range(300):
+        rng.choice(online).add(rng.sample(items, 5), rng.choice(items))
+    windows = [rng.sample(items, rng.randint(1, 20)) for _ in range(25)]
+    windows += [[], ["never-seen"], ["i1", "never-seen", "i1"], windows[0]]  # repeats, unknowns
+    monkeypatch.setattr(covisit, "_PRIME_MAX_CELLS", max_cells)
+    primed = CovisitIndex(base, online, 0.8, ids)
+    primed.prime(windows)
+    gids = ids.lookup([*items, "never-seen"])
+    for window in windows:
+        alone = CovisitIndex(base, online, 0.8, ids).scores(window)
+        got = primed.scores(window)
+        assert got.largest(100) == alone.largest(100)
+        np.testing.assert_array_equal(got.of(gids), alone.of(gids))
+        assert [got.get(i) for i in items] == [alone.get(i) for i in items]
