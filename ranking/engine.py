@@ -140,6 +140,9 @@ class Prepared:
     covisit: CovisitIndex | None = None
     # with ``hold_unknown``: every event of the users with an event naming an unknown item
     held: list[Interaction] = field(default_factory=list)
+    # users whose events in the batch were all replays (offsets their profile has applied):
+    # the last replayed event, which triggers their list again (see ``prepare``)
+    relist: dict[str, Interaction] = field(default_factory=dict)
 
     @property
     def users(self) -> list[str]:
@@ -233,9 +236,15 @@ class BehaviorEngine:
             for item_id in profiles[uid].recent_items[-self.cfg.reason_anchors :]:
                 wanted[item_id] = None
         # co-visited and popular candidates are fetched in this same read: the channels are
-        # computed from the stored recent items plus this batch's items (ids only)
+        # computed from the stored recent items plus this batch's items not applied yet (ids
+        # only; a replayed item is in the stored ones already)
         index = self.covisit_index()
-        channels = self._channels(events, profiles, index)
+        fresh = [
+            e
+            for e in events
+            if not profiles[e.user_id].already_applied(e.event_id, e.partition, e.offset)
+        ]
+        channels = self._channels(fresh, profiles, index)
         for chan in channels.values():
             for item_id, _ in chan:
                 wanted[item_id] = None
@@ -245,6 +254,7 @@ class BehaviorEngine:
         skipped: list[Interaction] = []
         seen_in_batch: set[str] = set()
         held: list[Interaction] = []
+        replayed: dict[str, Interaction] = {}
         held_users = (
             {e.user_id for e in events if e.item_id is not None and e.item_id not in items}
             if hold_unknown
@@ -259,6 +269,8 @@ class BehaviorEngine:
                 e.event_id, e.partition, e.offset
             ):
                 skipped.append(e)
+                if profile.replays(e.partition, e.offset):
+                    replayed[e.user_id] = e
                 continue
             seen_in_batch.add(e.event_id)
             if e.item_id is not None and e.item_id not in items:
@@ -266,8 +278,24 @@ class BehaviorEngine:
                 continue
             to_apply.append(e)
         texts = [(e.type, t) for e in to_apply if (t := e.signal_text) is not None]
+        # A replay means the process that applied these events may have died before their
+        # lists reached the broker (the profile write comes first), or a store call after the
+        # write failed and the batch is being retried: the stored profile is listed again, so
+        # every applied event's list goes out at least once (consumers drop repeats by
+        # trigger_event_id)
+        applied_users = {e.user_id for e in to_apply}
+        relist = {u: e for u, e in replayed.items() if u not in applied_users}
         return Prepared(
-            to_apply, rejected, skipped, profiles, items, texts, channels, index, held=held
+            to_apply,
+            rejected,
+            skipped,
+            profiles,
+            items,
+            texts,
+            channels,
+            index,
+            held=held,
+            relist=relist,
         )
 
     def _channels(
@@ -339,14 +367,15 @@ class BehaviorEngine:
         for e in prep.to_apply:  # after the write: a retried batch must not count twice
             if e.item_id is not None:
                 self._count(e)
+        triggers = {**last_event, **prep.relist}  # relist: users with no event applied here
         recs = self.recommend(
-            [prep.profiles[u] for u in users], prep.items, prep.channels, prep.covisit
+            [prep.profiles[u] for u in triggers], prep.items, prep.channels, prep.covisit
         )
         for e, recent in visits:  # after recommend: the step's index must see fixed counts
             self._covisit(e, recent)
         out = [
-            UserRecs(uid, last_event[uid], prep.profiles[uid].event_count, recs[uid])
-            for uid in users
+            UserRecs(uid, trigger, prep.profiles[uid].event_count, recs[uid])
+            for uid, trigger in triggers.items()
         ]
         return BatchOutcome(out, prep.rejected, prep.skipped, len(prep.to_apply), prep.held)
 

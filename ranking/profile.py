@@ -92,11 +92,15 @@ class Profile:
 
     def already_applied(self, event_id: str, partition: int | None, offset: int | None) -> bool:
         """True for a replay (offset at or below the last applied one) or a duplicate event id."""
-        if partition is not None and offset is not None:
-            last = self.offsets.get(str(partition))
-            if last is not None and offset <= last:
-                return True
-        return event_id in self.event_ids
+        return self.replays(partition, offset) or event_id in self.event_ids
+
+    def replays(self, partition: int | None, offset: int | None) -> bool:
+        """True when the event's offset is at or below the last one applied from its partition
+        (a redelivery), as opposed to a new record repeating an applied event id."""
+        if partition is None or offset is None:
+            return False
+        last = self.offsets.get(str(partition))
+        return last is not None and offset <= last
 
 
 def decay(dt_s: float, half_life_s: float) -> float:

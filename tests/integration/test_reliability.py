@@ -137,6 +137,11 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(
     consumer.close()
     # every output names the event that triggered it, so a consumer can drop a repeat by id
     assert len(triggers) >= USERS // 2, "too few recommendations were emitted"
+    # and every user's last event triggered a list, even when the kill came between its
+    # profile write and its output: the redelivered batch lists its users again
+    last_of = {str(e["user_id"]): str(e["event_id"]) for e in events}
+    unlisted = [uid for uid, event_id in last_of.items() if event_id not in triggers]
+    assert not unlisted, f"{len(unlisted)} users' last events got no list: {unlisted[:5]}"
 
 
 def test_sigterm_stops_the_worker_within_10_seconds(env: tuple[Settings, str, Path]) -> None:

@@ -685,6 +685,39 @@ def test_prepare_skips_replays_and_duplicates(store: QdrantStore) -> None:
 
 
 @integration
+def test_a_replayed_batch_lists_its_users_again(store: QdrantStore) -> None:
+    """A redelivered batch applies nothing, but its users' lists go out again: the process
+    that applied it may have died before they reached the broker."""
+    engine = engine_for(store)
+    batch = [
+        ev("u1", "view", "a0", event_id="e-1", partition=0, offset=5),
+        ev("u2", "view", "a1", event_id="e-2", partition=0, offset=6),
+        ev("u1", "click", "a2", event_id="e-3", partition=0, offset=7),
+    ]
+    first = run(engine, batch)
+    assert [(r.user_id, r.trigger.event_id) for r in first.recommendations] == [
+        ("u1", "e-3"),
+        ("u2", "e-2"),
+    ]
+    again = run(engine, batch)
+    assert again.applied == 0 and again.skipped == batch
+    assert [(r.user_id, r.trigger.event_id, r.profile_events) for r in again.recommendations] == [
+        ("u1", "e-3", 2),
+        ("u2", "e-2", 1),
+    ]
+    # a new record repeating an applied event id is a duplicate, not a replay: no list
+    dup = ev("u1", "view", "a0", event_id="e-1", partition=0, offset=8)
+    out = run(engine, [dup])
+    assert out.skipped == [dup] and out.recommendations == []
+    # a replay beside a new event of the same user: one list, triggered by the new event
+    new = ev("u2", "view", "b0", event_id="e-4", partition=0, offset=9)
+    out = run(engine, [batch[1], new])
+    assert [(r.user_id, r.trigger.event_id) for r in out.recommendations] == [("u2", "e-4")]
+    (u2,) = store.retrieve("users", ["u2"]).values()
+    assert u2.payload["event_count"] == 2
+
+
+@integration
 def test_apply_updates_and_writes_profiles(store: QdrantStore) -> None:
     engine = engine_for(store)
     events = [
