@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 
 import faust
@@ -20,7 +24,8 @@ from infra.edge_store import EdgeStore
 from infra.settings import Settings
 from ranking.catalog import CatalogItem, item_points
 from ranking.store import VectorStore
-from streams.pipeline import Pipeline
+from streams.pipeline import Outputs, Pipeline, Record
+from streams.schemas import Recommendation
 from streams.worker import build_pipeline, encoder_config, worker_app
 
 
@@ -131,3 +136,35 @@ def batch_pipeline(
     finally:
         loop.run_until_complete(pipeline.stop())
         loop.close()
+
+
+@contextlib.contextmanager
+def drama_pipeline(
+    settings: Settings, item_ids: Sequence[str]
+) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop]]:
+    """:func:`batch_pipeline` over a catalog of drama films named ``item_ids``."""
+    items = [CatalogItem(i, f"Film {i}", "drama", (), None, None, None, 1.7e9) for i in item_ids]
+    texts = [f"a drama film number {n}" for n in range(len(item_ids))]
+    with batch_pipeline(settings, items, texts) as running:
+        yield running
+
+
+_offsets = itertools.count()
+
+
+def next_offset() -> int:
+    """Offsets for hand-made records: unique within the test process."""
+    return next(_offsets)
+
+
+def click(user: str, item_id: str) -> tuple[str, Record]:
+    """A click on the events topic (partition 0, the next offset): its event id and record."""
+    event_id = str(uuid.uuid4())
+    value = {"event_id": event_id, "user_id": user, "type": "click", "item_id": item_id}
+    value["ts"] = int(time.time() * 1000)  # type: ignore[assignment]
+    record = Record("events", 0, next_offset(), user.encode(), json.dumps(value).encode(), 1.7e9)
+    return event_id, record
+
+
+def recommendations_in(out: Outputs) -> list[Recommendation]:
+    return [Recommendation.model_validate_json(v) for _, v in out.recommendations]

@@ -17,10 +17,9 @@ import pytest
 
 from infra import metrics
 from infra.settings import Settings
-from ranking.catalog import CatalogItem
 from streams.pipeline import Outputs, Pipeline, Record
-from streams.schemas import DeadLetter, Recommendation
-from tests.integration.inprocess import batch_pipeline
+from streams.schemas import DeadLetter
+from tests.integration import inprocess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -34,30 +33,21 @@ def running(
 ) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop]]:
     root: Path = tmp_path_factory.mktemp("late-items")
     settings = Settings(data_dir=root / "data", unknown_item_wait_s=WAIT_S)
-    items = [CatalogItem(i, f"Film {i}", "drama", (), None, None, None, 1.7e9) for i in CATALOG]
-    texts = [f"a drama film number {n}" for n in range(len(CATALOG))]
-    with batch_pipeline(settings, items, texts) as running:
+    with inprocess.drama_pipeline(settings, CATALOG) as running:
         yield running
 
 
-_offsets = iter(range(1_000_000))
-
-
-def _event(user: str, item_id: str) -> tuple[str, Record]:
-    event_id = str(uuid.uuid4())
-    value = {"event_id": event_id, "user_id": user, "type": "click", "item_id": item_id}
-    value["ts"] = int(time.time() * 1000)  # type: ignore[assignment]
-    record = Record("events", 0, next(_offsets), user.encode(), json.dumps(value).encode(), 1.7e9)
-    return event_id, record
+_event = inprocess.click
 
 
 def _item(item_id: str) -> Record:
     value = {"item_id": item_id, "title": f"Film {item_id}", "category": "drama"}
-    return Record("items", 0, next(_offsets), item_id.encode(), json.dumps(value).encode(), 1.7e9)
+    return Record(
+        "items", 0, inprocess.next_offset(), item_id.encode(), json.dumps(value).encode(), 1.7e9
+    )
 
 
-def _recs(out: Outputs) -> list[Recommendation]:
-    return [Recommendation.model_validate_json(v) for _, v in out.recommendations]
+_recs = inprocess.recommendations_in
 
 
 def _triggers(out: Outputs) -> list[str]:

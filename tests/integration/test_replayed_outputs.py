@@ -9,8 +9,6 @@ packaged encoder.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,11 +17,9 @@ import pytest
 
 from infra import metrics
 from infra.settings import Settings
-from ranking.catalog import CatalogItem
 from ranking.store import Hit, Query, StoreUnavailable
-from streams.pipeline import Outputs, Pipeline, Record
-from streams.schemas import Recommendation
-from tests.integration.inprocess import batch_pipeline
+from streams.pipeline import Pipeline
+from tests.integration.inprocess import click, drama_pipeline, recommendations_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -35,26 +31,8 @@ def running(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop]]:
     root: Path = tmp_path_factory.mktemp("replayed-outputs")
-    settings = Settings(data_dir=root / "data")
-    items = [CatalogItem(i, f"Film {i}", "drama", (), None, None, None, 1.7e9) for i in CATALOG]
-    texts = [f"a drama film number {n}" for n in range(len(CATALOG))]
-    with batch_pipeline(settings, items, texts) as running:
+    with drama_pipeline(Settings(data_dir=root / "data"), CATALOG) as running:
         yield running
-
-
-_offsets = iter(range(1_000_000))
-
-
-def _event(user: str, item_id: str) -> tuple[str, Record]:
-    event_id = str(uuid.uuid4())
-    value = {"event_id": event_id, "user_id": user, "type": "click", "item_id": item_id}
-    value["ts"] = int(time.time() * 1000)  # type: ignore[assignment]
-    record = Record("events", 0, next(_offsets), user.encode(), json.dumps(value).encode(), 1.7e9)
-    return event_id, record
-
-
-def _recs(out: Outputs) -> list[Recommendation]:
-    return [Recommendation.model_validate_json(v) for _, v in out.recommendations]
 
 
 def _replays_skipped() -> float:
@@ -80,15 +58,15 @@ def test_a_store_error_after_the_profile_write_still_emits_the_list(
         return real_search(collection, queries)
 
     user = f"u-{uuid.uuid4().hex[:8]}"
-    click, record = _event(user, "film-1")
+    click_id, record = click(user, "film-1")
     store.search = search_failing_once  # type: ignore[method-assign]
     try:
         out = loop.run_until_complete(pipeline.on_events([record]))
     finally:
         del store.search  # the class's method again
     assert searches >= 2
-    (rec,) = _recs(out)
-    assert rec.trigger_event_id == click and rec.user_id == user
+    (rec,) = recommendations_in(out)
+    assert rec.trigger_event_id == click_id and rec.user_id == user
     assert rec.profile_events == 1  # applied once, before the error; not again on the retry
     assert rec.items and "film-1" not in [i.item_id for i in rec.items]
 
@@ -98,7 +76,7 @@ def test_a_redelivered_batch_emits_its_lists_again(
 ) -> None:
     pipeline, loop = running
     a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
-    events = [_event(a, "film-2"), _event(b, "film-3"), _event(a, "film-4")]
+    events = [click(a, "film-2"), click(b, "film-3"), click(a, "film-4")]
     batch = [record for _, record in events]
     first = loop.run_until_complete(pipeline.on_events(batch))
     skipped = _replays_skipped()
@@ -106,5 +84,7 @@ def test_a_redelivered_batch_emits_its_lists_again(
     assert _replays_skipped() == skipped + 3
     expected = [(a, events[2][0], 2), (b, events[1][0], 1)]
     for out in (first, again):
-        assert [(r.user_id, r.trigger_event_id, r.profile_events) for r in _recs(out)] == expected
+        assert [
+            (r.user_id, r.trigger_event_id, r.profile_events) for r in recommendations_in(out)
+        ] == expected
     assert again.dead_letters == []
