@@ -368,11 +368,15 @@ class BehaviorEngine:
             if e.item_id is not None:
                 self._count(e)
         triggers = {**last_event, **prep.relist}  # relist: users with no event applied here
-        recs = self.recommend(
-            [prep.profiles[u] for u in triggers], prep.items, prep.channels, prep.covisit
-        )
-        for e, recent in visits:  # after recommend: the step's index must see fixed counts
-            self._covisit(e, recent)
+        try:
+            recs = self.recommend(
+                [prep.profiles[u] for u in triggers], prep.items, prep.channels, prep.covisit
+            )
+        finally:
+            # after recommend: the step's index must see fixed counts. Also when it fails: the
+            # profiles are written, so a retry skips these events and would never count them
+            for e, recent in visits:
+                self._covisit(e, recent)
         out = [
             UserRecs(uid, trigger, prep.profiles[uid].event_count, recs[uid])
             for uid, trigger in triggers.items()

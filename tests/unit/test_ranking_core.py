@@ -33,7 +33,7 @@ from ranking.engine import (
 from ranking.profile import Profile, ProfileConfig
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import BlendScorer, Candidates, ItemPrior
-from ranking.store import StoredPoint
+from ranking.store import StoredPoint, StoreUnavailable
 from ranking.trending import (
     MergedTrending,
     TrendingCounter,
@@ -715,6 +715,29 @@ def test_a_replayed_batch_lists_its_users_again(store: QdrantStore) -> None:
     assert [(r.user_id, r.trigger.event_id) for r in out.recommendations] == [("u2", "e-4")]
     (u2,) = store.retrieve("users", ["u2"]).values()
     assert u2.payload["event_count"] == 2
+
+
+@integration
+def test_a_batch_whose_recall_fails_after_the_write_still_counts_once(
+    store: QdrantStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Profiles are written before recall: when recall fails, the retry skips the events, so
+    their trending and co-visitation counts must already be in, and only once."""
+    engine = engine_for(store)
+    run(engine, [ev("u1", "view", "a0", event_id="e-1", partition=0, offset=1)])
+    batch = [ev("u1", "view", "a1", event_id="e-2", partition=0, offset=2)]
+
+    def unavailable(collection: str, queries: object) -> list[list[object]]:
+        raise StoreUnavailable("connection reset (test)")
+
+    monkeypatch.setattr(store, "search", unavailable)
+    with pytest.raises(StoreUnavailable):
+        run(engine, batch)
+    monkeypatch.undo()
+    again = run(engine, batch)  # the retry: a replay, listed again, counted nowhere
+    assert again.applied == 0 and [r.trigger.event_id for r in again.recommendations] == ["e-2"]
+    assert engine.covisit[0].pairs["a0"] == {"a1": 1.0}
+    assert engine.covisit[0].count("a1") == 1.0
 
 
 @integration
