@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -59,6 +60,12 @@ async def send_outputs(out: Outputs, topics: Topics) -> Awaitable[None]:
             metrics.EVENT_TO_REC_SECONDS.observe(latency)
 
     return delivered()
+
+
+async def all_delivered(parts: Sequence[Awaitable[None]]) -> None:
+    """Every part of a batch's output acknowledged (the parts were sent in this order)."""
+    for part in parts:
+        await part
 
 
 class DeferredAcks(Generic[E]):
@@ -204,17 +211,28 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
         stream: faust.StreamT,
         max_: int,
         within: float,
-        handle: Callable[[Sequence[Record]], Awaitable[Outputs]],
+        handle: Callable[..., Awaitable[Outputs]],
         drained: bool = False,
+        sends_early: bool = False,
     ) -> None:
+        """``sends_early``: ``handle`` takes ``early``, a callback sending part of the batch's
+        outputs before the batch ends (``Pipeline.on_events``: before a late-item wait)."""
         await pipeline.start()
         acks = DeferredAcks(stream.ack, settings.output_acks_in_flight) if drained else None
 
         async def process(events: Sequence[EventT], keeping_up: bool) -> None:
             start = time.perf_counter()
             records = [to_record(e) for e in events]
-            out = await guarded(records, handle, pipeline)
-            delivered = await send_outputs(out, topics)
+            sent: list[Awaitable[None]] = []
+
+            async def send_early(part: Outputs) -> None:
+                sent.append(await send_outputs(part, topics))
+
+            batch_handle = functools.partial(handle, early=send_early) if sends_early else handle
+            out = await guarded(records, batch_handle, pipeline)
+            sent.append(await send_outputs(out, topics))
+            # the batch's events are acked once all of its outputs are on the broker
+            delivered = sent[0] if len(sent) == 1 else all_delivered(sent)
             metrics.BATCH_SIZE.labels(agent=name).observe(len(records))
             metrics.BATCH_SECONDS.labels(agent=name).observe(time.perf_counter() - start)
             if acks is None:
@@ -248,6 +266,7 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
             settings.batch_within_s,
             pipeline.on_events,
             drained=settings.batch_close_when_drained,
+            sends_early=True,
         )
 
     @app.timer(settings.trending_persist_every_s)

@@ -227,10 +227,17 @@ class Pipeline:
         return len(existing)
 
     # -- behavior events ----------------------------------------------------------------
-    async def on_events(self, records: Sequence[Record]) -> Outputs:
-        out = Outputs()
+    async def on_events(
+        self,
+        records: Sequence[Record],
+        early: Callable[[Outputs], Awaitable[None]] | None = None,
+    ) -> Outputs:
+        """The batch's outputs. With ``early``, a batch that waits for late items (a click can
+        overtake its item) hands the rest of its outputs to ``early`` before the wait, and
+        returns only what the held events produce; the caller acks the batch after both."""
         interactions: list[Interaction] = []
         by_event: dict[int, Record] = {}
+        out = Outputs()
         for record in records:
             try:
                 ev = decode(record.value, BehaviorEvent, self.limits)
@@ -255,7 +262,21 @@ class Pipeline:
             interactions.append(inter)
         if not interactions:
             return out
-        outcome = await self._retrying(lambda: self._process(interactions))
+
+        async def before_wait(first: BatchOutcome) -> None:
+            nonlocal out
+            self._add_outcome(out, first, by_event)
+            if early is not None:
+                await early(out)
+                out = Outputs()
+
+        outcome = await self._retrying(lambda: self._process(interactions, before_wait))
+        self._add_outcome(out, outcome, by_event)
+        return out
+
+    def _add_outcome(
+        self, out: Outputs, outcome: BatchOutcome, by_event: dict[int, Record]
+    ) -> None:
         for rej in outcome.rejected:
             self._reject(out, by_event[id(rej.interaction)], rej.reason, rej.message)
         for skipped in outcome.skipped:
@@ -265,28 +286,27 @@ class Pipeline:
         for recs in outcome.recommendations:
             out.recommendations.append(self._recommendation(recs))
             out.latencies_s.append(max(time.time() - recs.trigger.arrival, 0.0))
-        return out
 
-    async def _process(self, interactions: list[Interaction]) -> BatchOutcome:
+    async def _process(
+        self,
+        interactions: list[Interaction],
+        before_wait: Callable[[BatchOutcome], Awaitable[None]],
+    ) -> BatchOutcome:
         wait_s = self.settings.unknown_item_wait_s
         first = await self._pass(interactions, hold_unknown=wait_s > 0)
         if not first.held:
             return first
         # a click can overtake its item: the item event may still be in the items agent.
-        # The rest of the batch is applied; the held events wait for their items, then go
-        # through again (now rejected if still unknown)
+        # The rest of the batch is applied (and its outputs may leave now); the held events
+        # wait for their items, then go through again (now rejected if still unknown)
+        await before_wait(first)
         wanted = list(dict.fromkeys(e.item_id for e in first.held if e.item_id is not None))
         await self._wait_for_items(wanted, wait_s)
         second = await self._pass(first.held, hold_unknown=False)
         unknown = sum(1 for r in second.rejected if r.reason == "unknown_item")
         metrics.EVENTS_HELD.labels(outcome="dead_letter").inc(unknown)
         metrics.EVENTS_HELD.labels(outcome="retried").inc(len(first.held) - unknown)
-        return BatchOutcome(
-            first.recommendations + second.recommendations,
-            first.rejected + second.rejected,
-            first.skipped + second.skipped,
-            first.applied + second.applied,
-        )
+        return second
 
     async def _pass(self, interactions: list[Interaction], *, hold_unknown: bool) -> BatchOutcome:
         prep = await self._run(lambda: self.engine.prepare(interactions, hold_unknown=hold_unknown))

@@ -88,6 +88,38 @@ def test_a_click_on_an_item_still_being_indexed_is_applied(
     assert _held("retried") == retried + 2  # the click and the user's event before it
 
 
+def test_the_rest_of_the_batch_leaves_before_the_wait(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    """With ``early`` (the agent's sender), the lists of users with nothing held go out before
+    the wait; only the held user's list waits for the item."""
+    pipeline, loop = running
+    click, on_new = _event(f"u-{uuid.uuid4().hex[:8]}", "brand-new-2")
+    other, other_user = _event(f"o-{uuid.uuid4().hex[:8]}", "old-5")
+    _bad, garbage = _event(f"g-{uuid.uuid4().hex[:8]}", "old-6")
+    garbage = Record(garbage.topic, 0, garbage.offset, garbage.key, b"not json", 1.7e9)
+    early: list[tuple[float, Outputs]] = []
+
+    async def send_early(out: Outputs) -> None:
+        early.append((time.monotonic(), out))
+
+    async def both() -> tuple[Outputs, float]:
+        events = asyncio.ensure_future(
+            pipeline.on_events([on_new, other_user, garbage], early=send_early)
+        )
+        await asyncio.sleep(0.3)  # the item agent is behind
+        indexed_at = time.monotonic()
+        await pipeline.on_items([_item("brand-new-2")])
+        return await events, indexed_at
+
+    out, indexed_at = loop.run_until_complete(both())
+    ((sent_at, first),) = early
+    assert sent_at < indexed_at  # before the wait ended, not after it
+    assert _triggers(first) == [other]
+    assert [DeadLetter.model_validate_json(v).reason for _, v in first.dead_letters] == ["bad_json"]
+    assert _triggers(out) == [click] and out.dead_letters == []
+
+
 def test_an_item_that_never_comes_is_dead_lettered_after_the_wait(
     running: tuple[Pipeline, asyncio.AbstractEventLoop],
 ) -> None:
