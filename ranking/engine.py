@@ -256,7 +256,7 @@ class BehaviorEngine:
         held: list[Interaction] = []
         replayed: dict[str, Interaction] = {}
         held_users = (
-            {e.user_id for e in events if e.item_id is not None and e.item_id not in items}
+            {e.user_id for e in fresh if e.item_id is not None and e.item_id not in items}
             if hold_unknown
             else set()
         )
@@ -268,6 +268,17 @@ class BehaviorEngine:
             if e.event_id in seen_in_batch or profile.already_applied(
                 e.event_id, e.partition, e.offset
             ):
+                if (
+                    e.item_id is not None
+                    and e.item_id not in items
+                    and e.event_id not in seen_in_batch
+                    and e.event_id not in profile.event_ids
+                ):
+                    # a replay of an event rejected the first time (an applied event's item
+                    # exists: items are retired, never deleted): its dead letter goes out again
+                    seen_in_batch.add(e.event_id)
+                    rejected.append(Rejected(e, "unknown_item", f"unknown item_id {e.item_id!r}"))
+                    continue
                 skipped.append(e)
                 if profile.replays(e.partition, e.offset):
                     replayed[e.user_id] = e
@@ -281,8 +292,8 @@ class BehaviorEngine:
         # A replay means the process that applied these events may have died before their
         # lists reached the broker (the profile write comes first), or a store call after the
         # write failed and the batch is being retried: the stored profile is listed again, so
-        # every applied event's list goes out at least once (consumers drop repeats by
-        # trigger_event_id)
+        # each such user gets a list at least once, triggered by their last replayed event
+        # (consumers drop repeats by trigger_event_id; an earlier trigger's list is not redone)
         applied_users = {e.user_id for e in to_apply}
         relist = {u: e for u, e in replayed.items() if u not in applied_users}
         return Prepared(

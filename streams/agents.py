@@ -100,22 +100,40 @@ class DeferredAcks(Generic[E]):
     ) -> None:
         """Ack ``events`` once ``delivered`` completes; returns when at most ``in_flight``
         batches are still waiting (none with ``wait``)."""
-        self._waiting.append(asyncio.ensure_future(self._ack_when(delivered, events)))
+        earlier = self._waiting[-1] if self._waiting else None
+        self._waiting.append(asyncio.ensure_future(self._ack_when(delivered, events, earlier)))
         self._raise_failed()
         while len(self._waiting) > (0 if wait else self.in_flight):
             await self._waiting.popleft()
 
     async def drain(self) -> None:
-        """Wait for every batch still waiting (a stop: what was delivered gets acked)."""
+        """Wait for every batch still waiting (a stop: what was delivered gets acked); the
+        first failure is raised after all of them are done (the later ones fail with it)."""
+        failed: BaseException | None = None
         while self._waiting:
-            await self._waiting.popleft()
+            try:
+                await self._waiting.popleft()
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
-    async def _ack_when(self, delivered: Awaitable[None], events: Sequence[E]) -> None:
+    async def _ack_when(
+        self,
+        delivered: Awaitable[None],
+        events: Sequence[E],
+        earlier: asyncio.Future[None] | None,
+    ) -> None:
+        """Ack after the outputs are delivered and the batch before was acked: in batch order.
+        Faust's commit only stops at a gap of more than one offset past the committed one, so
+        a later batch acked around a failed one could move the commit past it."""
         metrics.OUTPUTS_AWAITING_ACKS.inc()
         try:
             await delivered
         finally:
             metrics.OUTPUTS_AWAITING_ACKS.dec()
+        if earlier is not None:
+            await earlier  # an earlier batch that failed fails this one: nothing acked after it
         for event in events:
             await self._ack(event)
 

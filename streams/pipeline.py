@@ -123,7 +123,8 @@ class Pipeline:
         async with self._start_lock:
             if self._started:
                 return
-            await self._start()
+            # a store that is down at start-up (or at a rebalance) is waited for, as in a batch
+            await self._retrying(self._start)
             self._started = True
 
     async def _start(self) -> None:
@@ -159,11 +160,25 @@ class Pipeline:
         await self._retrying(lambda: self._run(lambda: self.engine.load_trending(partitions)))
 
     async def on_partitions_revoked(self, partitions: Sequence[int]) -> None:
-        await self._run(self.engine.persist_trending)
+        # best effort: a rebalance must not wait for the store; the new owner then starts from
+        # the counts last saved (soft state: trending and co-visitation, not profiles)
+        await self.persist_trending()
         self.engine.drop_trending(partitions)
 
     async def persist_trending(self) -> int:
-        return await self._run(self.engine.persist_trending)
+        """Save the counts changed since the last save; with the store down, log it and keep
+        them for the next call (a timer calls this: an exception would crash the worker)."""
+        try:
+            saved = await self._run(self.engine.persist_trending)
+        except StoreUnavailable as exc:
+            metrics.STORE_ERRORS.inc()
+            metrics.DEPENDENCY_UP.labels(dependency="store").set(0)
+            log.warning(
+                "vector store unavailable (%s); trending counts kept for the next save", exc
+            )
+            return 0
+        metrics.DEPENDENCY_UP.labels(dependency="store").set(1)
+        return saved
 
     async def reload_models(self) -> None:
         """Swap in a ranker or co-visitation snapshot whose file changed (hot reload)."""

@@ -88,3 +88,25 @@ def test_a_redelivered_batch_emits_its_lists_again(
             (r.user_id, r.trigger_event_id, r.profile_events) for r in recommendations_in(out)
         ] == expected
     assert again.dead_letters == []
+
+
+def test_saving_the_counts_with_the_store_down_keeps_them_for_the_next_save(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    """The worker's timer saves trending and co-visitation counts; a store outage there must
+    not raise (it would crash the worker), and nothing may be forgotten."""
+    pipeline, loop = running
+    loop.run_until_complete(pipeline.on_events([click(f"c-{uuid.uuid4().hex[:8]}", "film-5")[1]]))
+    store = pipeline.engine.store
+
+    def upsert_down(collection: str, points: object) -> None:
+        raise StoreUnavailable("connection refused (test)")
+
+    store.upsert = upsert_down  # type: ignore[method-assign]
+    try:
+        assert loop.run_until_complete(pipeline.persist_trending()) == 0
+    finally:
+        del store.upsert
+    up = metrics.REGISTRY.get_sample_value("coldstream_dependency_up", {"dependency": "store"})
+    assert up == 0.0
+    assert loop.run_until_complete(pipeline.persist_trending()) >= 1  # kept, saved now

@@ -122,8 +122,11 @@ def test_a_failed_delivery_acks_nothing_and_fails_the_next_batch() -> None:
         assert record.acked == []
         with pytest.raises(ConnectionError, match="broker gone"):
             await acks.after(asyncio.sleep(0), ["b"])
-        await acks.drain()  # the batch after still gets its ack once delivered
-        assert record.acked == ["b"]
+        # nor is the batch after acked: acks go in batch order, and the commit must not pass
+        # the failed batch (it is redelivered once the agent or the worker restarts)
+        with pytest.raises(ConnectionError, match="broker gone"):
+            await acks.drain()
+        assert record.acked == []
         assert _awaiting() == before
 
     asyncio.run(main())
@@ -132,3 +135,32 @@ def test_a_failed_delivery_acks_nothing_and_fails_the_next_batch() -> None:
 def test_negative_in_flight_is_refused() -> None:
     with pytest.raises(ValueError, match="in_flight"):
         DeferredAcks(_Acks(), in_flight=-1)
+
+
+def test_batches_are_acked_in_order_and_none_after_a_failed_one() -> None:
+    """A later batch delivered first waits for the earlier one; after a failed delivery
+    nothing later is acked (the commit must not pass the failed batch)."""
+
+    async def main() -> None:
+        record = _Acks()
+        acks = DeferredAcks(record, in_flight=4)
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[None] = loop.create_future()
+        await acks.after(_when(first), ["a"])
+        await acks.after(_slow(), ["b"])
+        await asyncio.sleep(0.05)  # "b" is delivered, "a" is not yet
+        assert record.acked == []
+        first.set_result(None)
+        await acks.drain()
+        assert record.acked == ["a", "b"]
+
+        failing: asyncio.Future[None] = loop.create_future()
+        await acks.after(_when(failing), ["c"])
+        await acks.after(_slow(), ["d"])
+        failing.set_exception(ConnectionError("broker gone"))
+        with pytest.raises(ConnectionError):
+            await acks.drain()
+        await asyncio.sleep(0.05)
+        assert record.acked == ["a", "b"]
+
+    asyncio.run(main())

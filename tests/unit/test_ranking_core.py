@@ -741,6 +741,23 @@ def test_a_batch_whose_recall_fails_after_the_write_still_counts_once(
 
 
 @integration
+def test_a_replayed_event_on_an_unknown_item_is_dead_lettered_again(store: QdrantStore) -> None:
+    """Its first dead letter may be lost with the crash, like a list: rejected again, not
+    skipped as applied (only applied events' ids are in the profile), and never held."""
+    engine = engine_for(store)
+    batch = [
+        ev("u1", "view", "ghost", event_id="e-1", partition=0, offset=1),
+        ev("u1", "view", "a0", event_id="e-2", partition=0, offset=2),
+    ]
+    first = run(engine, batch)
+    assert [r.interaction.event_id for r in first.rejected] == ["e-1"] and first.applied == 1
+    again = engine.prepare(batch, hold_unknown=True)
+    assert again.held == [] and again.to_apply == []
+    assert [(r.interaction.event_id, r.reason) for r in again.rejected] == [("e-1", "unknown_item")]
+    assert again.skipped == [batch[1]] and list(again.relist) == ["u1"]
+
+
+@integration
 def test_apply_updates_and_writes_profiles(store: QdrantStore) -> None:
     engine = engine_for(store)
     events = [
