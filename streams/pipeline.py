@@ -151,7 +151,8 @@ class Pipeline:
         self._store_thread.shutdown(wait=True)
         try:
             self.engine.persist_trending()
-        except Exception:  # best effort on the way out; counts are rebuilt from events
+        except Exception:  # best effort on the way out: soft state, the counts since the last
+            # save are lost (a replay does not count them again); profiles are not affected
             log.warning("could not persist trending counts at shutdown", exc_info=True)
         self.store.close()
 
