@@ -19,6 +19,7 @@ from infra import metrics
 from infra.settings import Settings
 from ranking.store import Hit, Query, StoreUnavailable
 from streams.pipeline import Pipeline
+from streams.worker import build_pipeline
 from tests.integration.inprocess import click, drama_pipeline, recommendations_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -110,3 +111,30 @@ def test_saving_the_counts_with_the_store_down_keeps_them_for_the_next_save(
     up = metrics.REGISTRY.get_sample_value("coldstream_dependency_up", {"dependency": "store"})
     assert up == 0.0
     assert loop.run_until_complete(pipeline.persist_trending()) >= 1  # kept, saved now
+
+
+def test_a_store_down_at_start_up_is_waited_for(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    """A worker starting (or taking partitions over) while the store is down waits for it,
+    as a batch does, instead of failing its agents."""
+    pipeline, loop = running
+    store = pipeline.store
+    real_ensure = store.ensure_collection
+    calls = 0
+
+    def down_once(name: str, dim: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise StoreUnavailable("connection refused (test)")
+        real_ensure(name, dim)
+
+    fresh = build_pipeline(pipeline.settings, store, pipeline.batcher.encoder)
+    store.ensure_collection = down_once  # type: ignore[method-assign]
+    try:
+        loop.run_until_complete(fresh.start())
+    finally:
+        del store.ensure_collection
+        loop.run_until_complete(fresh.batcher.stop())
+    assert calls == 4  # the failed check, then the three collections
