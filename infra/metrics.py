@@ -129,6 +129,12 @@ DEPENDENCY_UP = Gauge(
     ["dependency"],
     registry=REGISTRY,
 )
+OUTPUT_RESENDS = Counter(
+    "coldstream_output_resends_total",
+    "Batches whose output the broker failed to take and that were sent again (their input "
+    "events stay unacked until it does)",
+    registry=REGISTRY,
+)
 OUTPUTS_AWAITING_ACKS = Gauge(
     "coldstream_output_batches_awaiting_acks",
     "Behavior batches applied and sent whose outputs the broker has not acknowledged yet "

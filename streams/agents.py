@@ -62,10 +62,40 @@ async def send_outputs(out: Outputs, topics: Topics) -> Awaitable[None]:
     return delivered()
 
 
+async def until_delivered(
+    delivered: Awaitable[None],
+    parts: Sequence[Outputs],
+    topics: Topics,
+    *,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 30.0,
+) -> None:
+    """Wait for a batch's output; if the broker fails it (after the producer's own retries),
+    send all of ``parts`` again, backing off, until it is taken. Consumers drop repeats.
+
+    For agents whose batches Faust acks when the next one is asked for (``take_events``: the
+    items agent): an exception here would end the agent's loop, and Faust acks the batch on
+    the way out, so its events would be committed without their outputs.
+    """
+    delay = first_delay_s
+    while True:
+        try:
+            await delivered
+            return
+        except Exception as exc:
+            metrics.OUTPUT_RESENDS.inc()
+            log.warning("output not delivered (%s); sending it again in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+            delivered = all_delivered([await send_outputs(part, topics) for part in parts])
+
+
 async def all_delivered(parts: Sequence[Awaitable[None]]) -> None:
-    """Every part of a batch's output acknowledged (the parts were sent in this order)."""
-    for part in parts:
-        await part
+    """Every part of a batch's output acknowledged; the first failure is raised once every
+    part is done (none is left unawaited)."""
+    for result in await asyncio.gather(*parts, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 class DeferredAcks(Generic[E]):
@@ -241,20 +271,24 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
         async def process(events: Sequence[EventT], keeping_up: bool) -> None:
             start = time.perf_counter()
             records = [to_record(e) for e in events]
+            parts: list[Outputs] = []
             sent: list[Awaitable[None]] = []
 
             async def send_early(part: Outputs) -> None:
+                parts.append(part)
                 sent.append(await send_outputs(part, topics))
 
             batch_handle = functools.partial(handle, early=send_early) if sends_early else handle
             out = await guarded(records, batch_handle, pipeline)
+            parts.append(out)
             sent.append(await send_outputs(out, topics))
             # the batch's events are acked once all of its outputs are on the broker
             delivered = sent[0] if len(sent) == 1 else all_delivered(sent)
             metrics.BATCH_SIZE.labels(agent=name).observe(len(records))
             metrics.BATCH_SECONDS.labels(agent=name).observe(time.perf_counter() - start)
             if acks is None:
-                await delivered  # Faust acks the batch when the next one is asked for
+                # Faust acks the batch when the next one is asked for, even after an exception
+                await until_delivered(delivered, parts, topics)
             else:
                 await acks.after(delivered, events, wait=not keeping_up)
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from infra import metrics
-from streams.agents import DeferredAcks
+from streams.agents import DeferredAcks, send_outputs, until_delivered
+from streams.pipeline import Outputs
 
 pytestmark = pytest.mark.unit
 
@@ -162,5 +163,54 @@ def test_batches_are_acked_in_order_and_none_after_a_failed_one() -> None:
             await acks.drain()
         await asyncio.sleep(0.05)
         assert record.acked == ["a", "b"]
+
+    asyncio.run(main())
+
+
+class _Topic:
+    """A producer topic whose first ``failures`` deliveries fail (as after the producer's own
+    retries), the rest succeed."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.sent: list[bytes] = []
+
+    async def send(self, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+        self.sent.append(value)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.failures:
+            self.failures -= 1
+            future.set_exception(ConnectionError("broker gone"))
+        else:
+            future.set_result(None)
+        return future
+
+
+class _Topics:
+    def __init__(self, failures: int) -> None:
+        self.recommendations = _Topic(failures)
+        self.dead_letter = _Topic()
+
+
+def test_an_output_the_broker_failed_is_sent_again_until_it_is_taken() -> None:
+    """For batches Faust acks on its own (the items agent), a failed delivery must not end the
+    batch: the whole output goes again, and only then may the events be acked."""
+
+    async def main() -> None:
+        topics = _Topics(failures=3)  # both lists of the first try, the first of the second
+        early = Outputs(recommendations=[(b"u1", b"list-1")])
+        out = Outputs(recommendations=[(b"u2", b"list-2")], dead_letters=[(None, b"letter")])
+        parts = [early, out]
+        first = [await send_outputs(part, topics) for part in parts]  # type: ignore[arg-type]
+        resends = metrics.REGISTRY.get_sample_value("coldstream_output_resends_total") or 0.0
+        await until_delivered(
+            asyncio.gather(*first),
+            parts,
+            topics,  # type: ignore[arg-type]
+            first_delay_s=0.001,
+        )
+        assert topics.recommendations.sent == [b"list-1", b"list-2"] * 3
+        assert topics.dead_letter.sent == [b"letter"] * 3
+        assert metrics.REGISTRY.get_sample_value("coldstream_output_resends_total") == resends + 2
 
     asyncio.run(main())
