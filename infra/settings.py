@@ -180,8 +180,8 @@ class Settings(BaseSettings):
         description="an event naming an item the store does not have yet (its item event may "
         "still be in the items agent: a click on an item published a moment ago) waits up to "
         "this long for it, checked every item_batch_within_s, with all of its user's events "
-        "of the batch; the rest of the batch is applied first, and its lists leave with the "
-        "batch. Still unknown then: dead-lettered as unknown_item. 0 = dead-letter at once",
+        "of the batch; the rest of the batch is applied first and its outputs leave before the "
+        "wait. Still unknown then: dead-lettered as unknown_item. 0 = dead-letter at once",
     )
 
     # --- Input limits --------------------------------------------------------------------

@@ -239,11 +239,10 @@ class BehaviorEngine:
         # computed from the stored recent items plus this batch's items not applied yet (ids
         # only; a replayed item is in the stored ones already)
         index = self.covisit_index()
-        fresh = [
-            e
-            for e in events
-            if not profiles[e.user_id].already_applied(e.event_id, e.partition, e.offset)
+        applied = [
+            profiles[e.user_id].already_applied(e.event_id, e.partition, e.offset) for e in events
         ]
+        fresh = [e for e, done in zip(events, applied, strict=True) if not done]
         channels = self._channels(fresh, profiles, index)
         for chan in channels.values():
             for item_id, _ in chan:
@@ -260,14 +259,12 @@ class BehaviorEngine:
             if hold_unknown
             else set()
         )
-        for e in events:
+        for e, done in zip(events, applied, strict=True):
             if e.user_id in held_users:
                 held.append(e)
                 continue
             profile = profiles[e.user_id]
-            if e.event_id in seen_in_batch or profile.already_applied(
-                e.event_id, e.partition, e.offset
-            ):
+            if done or e.event_id in seen_in_batch:
                 if (
                     e.item_id is not None
                     and e.item_id not in items

@@ -283,7 +283,7 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
             parts.append(out)
             sent.append(await send_outputs(out, topics))
             # the batch's events are acked once all of its outputs are on the broker
-            delivered = sent[0] if len(sent) == 1 else all_delivered(sent)
+            delivered = all_delivered(sent)
             metrics.BATCH_SIZE.labels(agent=name).observe(len(records))
             metrics.BATCH_SECONDS.labels(agent=name).observe(time.perf_counter() - start)
             if acks is None:

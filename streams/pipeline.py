@@ -172,13 +172,9 @@ class Pipeline:
         try:
             saved = await self._run(self.engine.persist_trending)
         except StoreUnavailable as exc:
-            metrics.STORE_ERRORS.inc()
-            metrics.DEPENDENCY_UP.labels(dependency="store").set(0)
-            log.warning(
-                "vector store unavailable (%s); trending counts kept for the next save", exc
-            )
+            _store_down(exc, "trending counts kept for the next save")
             return 0
-        metrics.DEPENDENCY_UP.labels(dependency="store").set(1)
+        _store_up()
         return saved
 
     async def reload_models(self) -> None:
@@ -392,11 +388,19 @@ class Pipeline:
             try:
                 result = await attempt()
             except StoreUnavailable as exc:
-                metrics.STORE_ERRORS.inc()
-                metrics.DEPENDENCY_UP.labels(dependency="store").set(0)
-                log.warning("vector store unavailable (%s); retrying in %.1fs", exc, delay)
+                _store_down(exc, f"retrying in {delay:.1f}s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
             else:
-                metrics.DEPENDENCY_UP.labels(dependency="store").set(1)
+                _store_up()
                 return result
+
+
+def _store_down(exc: StoreUnavailable, then: str) -> None:
+    metrics.STORE_ERRORS.inc()
+    metrics.DEPENDENCY_UP.labels(dependency="store").set(0)
+    log.warning("vector store unavailable (%s); %s", exc, then)
+
+
+def _store_up() -> None:
+    metrics.DEPENDENCY_UP.labels(dependency="store").set(1)
