@@ -33,6 +33,15 @@ class BatcherStopped(RuntimeError):
     """The batcher was stopped (or never started) before these texts were encoded."""
 
 
+class EncoderUnavailable(RuntimeError):
+    """The encoder fails on a known-good text too: the device or the model is broken, not the
+    input. Callers retry as for any dependency outage instead of rejecting the input."""
+
+
+# Known-good input for :meth:`MicroBatcher.answers`: short, plain, inside every vocabulary.
+PROBE_TEXT = "probe: a plain short text"
+
+
 @dataclass(eq=False)
 class _Request:
     """One caller's texts; rows are filled as the batches that carry them finish."""
@@ -149,6 +158,30 @@ class MicroBatcher:
             request.future.cancel()  # rows already queued are skipped by the worker
             raise
         return await request.future
+
+    async def encode_or_diagnose(self, texts: Sequence[str]) -> np.ndarray:
+        """:meth:`encode`; a failed pass is followed by a probe. When the probe fails too the
+        failure is the encoder's (:class:`EncoderUnavailable`), otherwise the original error is
+        raised: it belongs to these texts (or was a one-off, such as memory for one big pass).
+        """
+        try:
+            return await self.encode(texts)
+        except (BatcherStopped, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if await self.answers():
+                raise
+            raise EncoderUnavailable(f"the encoder fails on a probe text too: {exc!r}") from exc
+
+    async def answers(self) -> bool:
+        """Whether the encoder encodes :data:`PROBE_TEXT` (through the same queue and thread)."""
+        try:
+            await self.encode([PROBE_TEXT])
+        except BatcherStopped:
+            raise
+        except Exception:
+            return False
+        return True
 
     async def _run(self) -> None:
         assert self._queue is not None

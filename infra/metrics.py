@@ -90,6 +90,11 @@ STORE_ERRORS = Counter(
     "Vector-store calls that failed and were retried",
     registry=REGISTRY,
 )
+ENCODER_ERRORS = Counter(
+    "coldstream_encoder_errors_total",
+    "Encoder passes that failed along with a probe text, and were retried as an outage",
+    registry=REGISTRY,
+)
 PROFILE_UPDATES = Counter(
     "coldstream_profile_updates_total",
     "Events applied to user profiles",

@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from encoders.batcher import MicroBatcher
+from encoders.batcher import EncoderUnavailable, MicroBatcher
 from encoders.texts import item_text, user_text
 from infra import metrics
 from infra.settings import Settings
@@ -133,6 +133,7 @@ class Pipeline:
         await self._run(lambda: self.store.ensure_collection(s.users_collection, self.encoder_dim))
         await self._run(lambda: self.store.ensure_collection(s.state_collection, 1))
         await self.batcher.start()
+        _dependency_up("encoder")
         metrics.set_ranker_version(self.engine.scorer.version)
 
     async def stop(self) -> None:
@@ -172,9 +173,9 @@ class Pipeline:
         try:
             saved = await self._run(self.engine.persist_trending)
         except StoreUnavailable as exc:
-            _store_down(exc, "trending counts kept for the next save")
+            _dependency_down("store", exc, "trending counts kept for the next save")
             return 0
-        _store_up()
+        _dependency_up("store")
         return saved
 
     async def reload_models(self) -> None:
@@ -205,7 +206,9 @@ class Pipeline:
             texts = [
                 item_text(i.title, i.category, i.tags, i.brand, i.description) for i, _ in active
             ]
-            vectors = await self.batcher.encode(texts)
+            vectors = await self._retrying(
+                lambda: self.batcher.encode_or_diagnose(texts), uses_store=False
+            )
             catalog = [
                 CatalogItem(
                     item_id=i.item_id,
@@ -324,7 +327,9 @@ class Pipeline:
         prep = await self._run(lambda: self.engine.prepare(interactions, hold_unknown=hold_unknown))
         vectors: np.ndarray | None = None
         if prep.texts:
-            vectors = await self.batcher.encode([user_text(kind, t) for kind, t in prep.texts])
+            texts = [user_text(kind, t) for kind, t in prep.texts]
+            # inside the batch's retry: an encoder outage reruns the pass (nothing written yet)
+            vectors = await self.batcher.encode_or_diagnose(texts)
         return await self._run(lambda: self.engine.apply(prep, vectors))
 
     async def _wait_for_items(self, item_ids: list[str], wait_s: float) -> None:
@@ -381,26 +386,34 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._store_thread, fn)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Retry while the store is unavailable, backing off up to a cap; never give up."""
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], *, uses_store: bool = True) -> T:
+        """Retry while the store or the encoder is unavailable, backing off up to a cap; never
+        give up (the input stays unacked; rejecting it would lose good records)."""
         delay = 0.1
+        answered = {"store"} if uses_store else set()  # set to 1 once the attempt succeeds
         while True:
             try:
                 result = await attempt()
-            except StoreUnavailable as exc:
-                _store_down(exc, f"retrying in {delay:.1f}s")
+            except (StoreUnavailable, EncoderUnavailable) as exc:
+                dependency = "store" if isinstance(exc, StoreUnavailable) else "encoder"
+                answered.add(dependency)
+                _dependency_down(dependency, exc, f"retrying in {delay:.1f}s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
             else:
-                _store_up()
+                for dependency in answered:
+                    _dependency_up(dependency)
                 return result
 
 
-def _store_down(exc: StoreUnavailable, then: str) -> None:
-    metrics.STORE_ERRORS.inc()
-    metrics.DEPENDENCY_UP.labels(dependency="store").set(0)
-    log.warning("vector store unavailable (%s); %s", exc, then)
+_ERRORS = {"store": metrics.STORE_ERRORS, "encoder": metrics.ENCODER_ERRORS}
 
 
-def _store_up() -> None:
-    metrics.DEPENDENCY_UP.labels(dependency="store").set(1)
+def _dependency_down(dependency: str, exc: Exception, then: str) -> None:
+    _ERRORS[dependency].inc()
+    metrics.DEPENDENCY_UP.labels(dependency=dependency).set(0)
+    log.warning("%s unavailable (%s); %s", dependency, exc, then)
+
+
+def _dependency_up(dependency: str) -> None:
+    metrics.DEPENDENCY_UP.labels(dependency=dependency).set(1)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from encoders.batcher import BatcherStopped, MicroBatcher
+from encoders.batcher import PROBE_TEXT, BatcherStopped, EncoderUnavailable, MicroBatcher
 
 pytestmark = pytest.mark.unit
 
@@ -123,6 +123,23 @@ def test_failed_pass_fails_only_its_callers() -> None:
                 await batcher.encode(["bad"])
             got = await batcher.encode(["good"])  # the batcher survives
             np.testing.assert_array_equal(got[0], _vector("good"))
+
+    asyncio.run(main())
+
+
+def test_a_failed_pass_is_blamed_on_the_encoder_only_if_the_probe_fails_too() -> None:
+    async def main() -> None:
+        async with _batcher(FakeEncoder(fail_on="bad"), max_wait_ms=0.0) as batcher:
+            with pytest.raises(RuntimeError, match="boom") as bad_text:
+                await batcher.encode_or_diagnose(["bad"])
+            assert not isinstance(bad_text.value, EncoderUnavailable)
+            np.testing.assert_array_equal(
+                (await batcher.encode_or_diagnose(["good"]))[0], _vector("good")
+            )
+        async with _batcher(FakeEncoder(fail_on=PROBE_TEXT), max_wait_ms=0.0) as batcher:
+            with pytest.raises(EncoderUnavailable, match="probe") as broken:
+                await batcher.encode_or_diagnose([PROBE_TEXT])  # fails with the probe: broken
+            assert isinstance(broken.value.__cause__, RuntimeError)
 
     asyncio.run(main())
 

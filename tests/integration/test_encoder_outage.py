@@ -1,0 +1,185 @@
+"""A broken encoder is an outage, not a poison record: the batch waits for it and nothing is
+dead-lettered; a text the encoder fails on alone is dead-lettered and the rest goes through.
+
+The agents' batch code (``Pipeline`` behind ``streams.agents.guarded``) over a real Qdrant Edge
+store and the packaged encoder; only the forward pass is wrapped, to fail on demand as a lost
+device or a text the model chokes on would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from encoders.batcher import EncoderUnavailable, MicroBatcher
+from encoders.model import TextEncoder
+from infra import metrics
+from infra.settings import Settings
+from streams.agents import guarded
+from streams.pipeline import Pipeline, Record
+from streams.schemas import DeadLetter
+from tests.integration.inprocess import drama_pipeline, next_offset, recommendations_in
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+CATALOG = [f"film-{n}" for n in range(8)]
+
+
+class Device:
+    """The real encoder's forward pass, failing while ``broken`` or on texts with ``poison``."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.encoder = encoder
+        self.dim = encoder.dim
+        self.broken = False
+        self.poison = "poisonpill"
+        self.failed_passes = 0
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.encoder.token_ids(texts)
+
+    def encode_ids(self, ids: Sequence[Sequence[int]], *, batch_size: int | None = None) -> Any:
+        texts = self.encoder.tokenizer.batch_decode(ids)
+        if self.broken or any(self.poison in t for t in texts):
+            self.failed_passes += 1
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (test)")
+        return self.encoder.encode_ids(ids, batch_size=batch_size)
+
+
+@pytest.fixture(scope="module")
+def running(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop, Device]]:
+    root: Path = tmp_path_factory.mktemp("encoder-outage")
+    with drama_pipeline(Settings(data_dir=root / "data"), CATALOG) as (pipeline, loop):
+        device = Device(pipeline.batcher.encoder)
+        pipeline.batcher.encoder = device  # type: ignore[assignment]
+        yield pipeline, loop, device
+    device.broken = False
+
+
+def _item(item_id: str, title: str) -> Record:
+    value = {"item_id": item_id, "title": title, "category": "drama"}
+    return Record("items", 0, next_offset(), item_id.encode(), json.dumps(value).encode(), 1.7e9)
+
+
+def _search(user: str, text: str) -> Record:
+    value = {"event_id": str(uuid.uuid4()), "user_id": user, "type": "search", "text": text}
+    value["ts"] = int(time.time() * 1000)  # type: ignore[assignment]
+    return Record("events", 0, next_offset(), user.encode(), json.dumps(value).encode(), 1.7e9)
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def _broken_for(loop: asyncio.AbstractEventLoop, device: Device, seconds: float) -> None:
+    device.broken = True
+    loop.call_later(seconds, setattr, device, "broken", False)
+
+
+def test_items_wait_for_a_broken_encoder_instead_of_being_dead_lettered(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop, Device],
+) -> None:
+    pipeline, loop, device = running
+    records = [_item(f"new-{n}", f"A new drama film {n}") for n in range(3)]
+    errors_before = _sample("coldstream_encoder_errors_total")
+    passes_before = device.failed_passes
+    down: list[float] = []
+
+    async def batch() -> Any:
+        _broken_for(loop, device, 0.8)
+        task = asyncio.ensure_future(guarded(records, pipeline.on_items, pipeline))
+        await asyncio.sleep(0.3)  # mid-outage
+        down.append(_sample("coldstream_dependency_up", {"dependency": "encoder"}))
+        return await task
+
+    out = loop.run_until_complete(batch())
+
+    assert out.dead_letters == []
+    assert device.failed_passes - passes_before >= 4  # the pass and its probe, twice at least
+    assert _sample("coldstream_encoder_errors_total") > errors_before
+    assert down == [0.0]
+    assert _sample("coldstream_dependency_up", {"dependency": "encoder"}) == 1.0
+    stored = pipeline.store.retrieve(
+        pipeline.settings.items_collection, [f"new-{n}" for n in range(3)], with_vectors=True
+    )
+    assert len(stored) == 3
+    reference = device.encoder.encode(["A new drama film 0"])[0]
+    vector = stored["new-0"].vector
+    assert vector is not None
+    assert float(np.dot(np.asarray(vector), reference)) > 0.95  # a real vector, not a filler
+
+
+def test_a_search_waits_for_a_broken_encoder_and_gets_its_list(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop, Device],
+) -> None:
+    pipeline, loop, device = running
+    record = _search("searcher", "a quiet drama about a family")
+
+    async def batch() -> Any:
+        _broken_for(loop, device, 0.5)
+        return await guarded([record], pipeline.on_events, pipeline)
+
+    out = loop.run_until_complete(batch())
+
+    assert out.dead_letters == []
+    [rec] = recommendations_in(out)
+    assert rec.user_id == "searcher" and rec.profile_events == 1 and rec.items
+
+
+def test_a_text_the_encoder_fails_on_alone_is_dead_lettered_and_the_rest_goes_through(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop, Device],
+) -> None:
+    pipeline, loop, device = running
+    records = [
+        _item("good-1", "A good drama film"),
+        _item("bad-1", f"A film the model chokes on {device.poison}"),
+        _item("good-2", "Another good drama film"),
+    ]
+    errors_before = _sample("coldstream_encoder_errors_total")
+
+    out = loop.run_until_complete(guarded(records, pipeline.on_items, pipeline))
+
+    [(key, value)] = out.dead_letters
+    letter = DeadLetter.model_validate_json(value)
+    assert key == b"bad-1" and letter.reason == "processing_error" and "CUDA" in letter.error
+    assert letter.offset == records[1].offset
+    found = pipeline.store.retrieve(
+        pipeline.settings.items_collection, ["good-1", "bad-1", "good-2"], with_vectors=False
+    )
+    assert sorted(found) == ["good-1", "good-2"]
+    assert _sample("coldstream_encoder_errors_total") == errors_before  # not an outage
+
+
+def test_the_probe_tells_a_broken_encoder_from_a_bad_text(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop, Device],
+) -> None:
+    pipeline, loop, device = running
+    batcher: MicroBatcher = pipeline.batcher
+
+    async def diagnose(text: str) -> BaseException | None:
+        try:
+            await batcher.encode_or_diagnose([text])
+        except Exception as exc:
+            return exc
+        return None
+
+    assert loop.run_until_complete(diagnose("a drama")) is None
+    bad = loop.run_until_complete(diagnose(f"poisoned {device.poison}"))
+    assert isinstance(bad, RuntimeError) and not isinstance(bad, EncoderUnavailable)
+    device.broken = True
+    try:
+        broken = loop.run_until_complete(diagnose("a drama"))
+    finally:
+        device.broken = False
+    assert isinstance(broken, EncoderUnavailable)
+    assert "CUDA" in str(broken)
