@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from infra.health import HEALTH, health_app
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +167,29 @@ def set_ranker_version(version: str) -> None:
 
 
 def serve(host: str, port: int) -> int:
-    """Expose ``/metrics`` on ``host:port`` (0 = a free port); returns the bound port."""
-    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    """Expose ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (0 = a free port)
+    from a daemon thread; returns the bound port."""
+    app = health_app(HEALTH, make_wsgi_app(REGISTRY))
+    server = make_server(host, port, app, _server_class(host), handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     bound = int(server.server_address[1])
-    log.info("metrics on http://%s:%d/metrics", host, bound)
+    log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, bound)
     return bound
+
+
+def _server_class(host: str) -> type[ThreadingWSGIServer]:
+    """The threading server for ``host``'s address family (an IPv6 literal needs AF_INET6)."""
+    family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    return Server
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes every few seconds: not worth a log line each."""
 
 
 def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:

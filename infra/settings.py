@@ -221,7 +221,19 @@ class Settings(BaseSettings):
     # --- Worker / metrics ----------------------------------------------------------------
     lag_interval_s: float = Field(5.0, gt=0, description="how often consumer lag is measured")
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(9108, ge=0, le=65535)
+    metrics_port: int = Field(
+        9108,
+        ge=0,
+        le=65535,
+        description="serves /metrics, and /healthz and /readyz for orchestrators; 0 = off",
+    )
+    health_stall_s: float = Field(
+        30.0,
+        gt=0,
+        description="/healthz fails (503) once the event loop has not beaten for this long "
+        "(also the time from start-up to the first beat)",
+    )
+    health_beat_every_s: float = Field(1.0, gt=0, description="the event loop's heartbeat")
     web_enabled: bool = False
     web_port: int = Field(6066, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -14,6 +14,7 @@ import faust
 from faust.types import EventT
 
 from infra import metrics
+from infra.health import HEALTH
 from infra.settings import Settings
 from streams.app import Topics
 from streams.lag import update_consumer_lag
@@ -321,6 +322,10 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
             sends_early=True,
         )
 
+    @app.timer(settings.health_beat_every_s)
+    async def heartbeat() -> None:
+        HEALTH.beat()  # /healthz: the event loop turns
+
     @app.timer(settings.trending_persist_every_s)
     async def persist_trending() -> None:
         await pipeline.persist_trending()
@@ -348,6 +353,7 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
 
     _ = (
+        heartbeat,
         item_agent,
         behavior_agent,
         persist_trending,

@@ -21,6 +21,7 @@ import numpy as np
 from encoders.batcher import EncoderUnavailable, MicroBatcher
 from encoders.texts import item_text, user_text
 from infra import metrics
+from infra.health import HEALTH
 from infra.settings import Settings
 from ranking.catalog import CatalogItem, item_points
 from ranking.covisit import CovisitModel
@@ -126,6 +127,7 @@ class Pipeline:
             # a store that is down at start-up (or at a rebalance) is waited for, as in a batch
             await self._retrying(self._start)
             self._started = True
+            HEALTH.set_started(True)
 
     async def _start(self) -> None:
         s = self.settings
@@ -140,6 +142,7 @@ class Pipeline:
         """Stop encoding, then :meth:`close` (for callers that own the event loop)."""
         if self._started:
             self._started = False
+            HEALTH.set_started(False)
             await self.batcher.stop()
         await asyncio.to_thread(self.close)
 
@@ -412,8 +415,10 @@ _ERRORS = {"store": metrics.STORE_ERRORS, "encoder": metrics.ENCODER_ERRORS}
 def _dependency_down(dependency: str, exc: Exception, then: str) -> None:
     _ERRORS[dependency].inc()
     metrics.DEPENDENCY_UP.labels(dependency=dependency).set(0)
+    HEALTH.set_dependency(dependency, False)
     log.warning("%s unavailable (%s); %s", dependency, exc, then)
 
 
 def _dependency_up(dependency: str) -> None:
     metrics.DEPENDENCY_UP.labels(dependency=dependency).set(1)
+    HEALTH.set_dependency(dependency, True)

@@ -14,6 +14,7 @@ from encoders.model import TextEncoder, load_encoder
 from infra import metrics
 from infra.broker import kafka_bootstrap
 from infra.edge_store import EdgeStore
+from infra.health import HEALTH
 from infra.kafka import ensure_topics
 from infra.qdrant_store import QdrantStore
 from infra.runtime import configure_gc, use_event_loop
@@ -186,6 +187,7 @@ def run_worker(settings: Settings) -> None:
         if settings.embedded_kafka:
             print(f"embedded broker: {bootstrap}", flush=True)
         if settings.metrics_port:
+            HEALTH.stall_after_s = settings.health_stall_s
             metrics.serve(settings.metrics_host, settings.metrics_port)
         store = open_store(settings)
         with worker_app(settings, bootstrap, store) as (app, _pipeline):

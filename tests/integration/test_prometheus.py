@@ -365,3 +365,19 @@ def test_every_dashboard_query_is_valid_promql_with_data(
             empty.append(expr)
     missing = [e for e in empty if not any(name in e for name in NOT_YET_FED)]
     assert not missing, f"dashboard queries with no data: {missing}"
+
+
+def test_the_worker_reports_itself_alive_and_ready(
+    stack: LocalStack, first_traffic: dict[str, float]
+) -> None:
+    """The probes an orchestrator uses, on the real worker's metrics port, after traffic."""
+    assert stack.worker is not None
+    base = f"http://127.0.0.1:{stack.worker.metrics_port}"
+    with urllib.request.urlopen(base + "/healthz", timeout=5) as resp:
+        alive = json.loads(resp.read())
+    assert resp.status == 200 and alive["status"] == "alive" and alive["beats"] > 0, alive
+    with urllib.request.urlopen(base + "/readyz", timeout=5) as resp:
+        ready = json.loads(resp.read())
+    assert resp.status == 200 and ready["status"] == "ready", ready
+    assert ready["started"] is True
+    assert ready["dependencies"] == {"encoder": "up", "store": "up"}, ready

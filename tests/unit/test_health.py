@@ -1,0 +1,112 @@
+"""/healthz and /readyz: the event loop's heartbeat, the pipeline's start and its dependencies."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from infra import metrics
+from infra.health import HEALTH, Health
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_alive_while_the_loop_beats_and_not_once_it_stalls() -> None:
+    clock = Clock()
+    health = Health(stall_after_s=30.0, clock=clock)
+    assert health.liveness().ok  # start-up gets stall_after_s to begin beating
+    clock.now += 31.0
+    stalled = health.liveness()
+    assert not stalled.ok and stalled.detail["loop_beat_age_s"] == pytest.approx(31.0)
+    health.beat()
+    assert health.liveness().ok
+    clock.now += 29.9
+    assert health.liveness().ok
+    clock.now += 0.2
+    assert not health.liveness().ok
+
+
+def test_ready_only_when_beating_started_and_every_dependency_answers() -> None:
+    clock = Clock()
+    health = Health(stall_after_s=5.0, clock=clock)
+    assert not health.readiness().ok  # no beat yet
+    health.beat()
+    assert not health.readiness().ok  # the pipeline has not started
+    health.set_started(True)
+    health.set_dependency("store", True)
+    health.set_dependency("encoder", True)
+    ready = health.readiness()
+    assert ready.ok and ready.detail["dependencies"] == {"encoder": "up", "store": "up"}
+    health.set_dependency("store", False)
+    down = health.readiness()
+    assert not down.ok and down.detail["dependencies"]["store"] == "down"
+    health.set_dependency("store", True)
+    assert health.readiness().ok
+    clock.now += 6.0  # a stalled loop is neither alive nor ready
+    assert not health.readiness().ok
+    health.beat()
+    health.set_started(False)  # stopping
+    assert not health.readiness().ok
+
+
+def test_a_non_positive_stall_is_refused() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Health(stall_after_s=0)
+
+
+@pytest.fixture
+def served() -> Iterator[str]:
+    HEALTH.forget()
+    port = metrics.serve("127.0.0.1", 0)
+    yield f"http://127.0.0.1:{port}"
+    HEALTH.forget()
+
+
+def _get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get("Content-Type", "")
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(body)
+    return out
+
+
+def test_the_metrics_port_answers_health_probes_and_still_serves_metrics(served: str) -> None:
+    status, body, kind = _get(served + "/healthz")
+    assert status == 200 and kind == "application/json"
+    assert _json(body)["status"] == "alive"
+
+    status, body, _ = _get(served + "/readyz")
+    assert status == 503
+    report = _json(body)
+    assert report["status"] == "failing" and report["started"] is False and report["beats"] == 0
+
+    HEALTH.beat()
+    HEALTH.set_started(True)
+    HEALTH.set_dependency("store", True)
+    status, body, _ = _get(served + "/readyz")
+    assert status == 200 and _json(body)["status"] == "ready"
+    HEALTH.set_dependency("store", False)
+    status, body, _ = _get(served + "/readyz")
+    assert status == 503 and _json(body)["dependencies"] == {"store": "down"}
+
+    status, body, kind = _get(served + "/metrics")
+    assert status == 200 and kind.startswith("text/plain")
+    assert b"coldstream_dependency_up" in body
