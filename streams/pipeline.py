@@ -288,7 +288,7 @@ class Pipeline:
                 await early(out)
                 out = Outputs()
 
-        outcome = await self._retrying(lambda: self._process(interactions, before_wait))
+        outcome = await self._process(interactions, before_wait)
         self._add_outcome(out, outcome, by_event)
         return out
 
@@ -310,8 +310,10 @@ class Pipeline:
         interactions: list[Interaction],
         before_wait: Callable[[BatchOutcome], Awaitable[None]],
     ) -> BatchOutcome:
+        # each pass is retried on its own while a dependency is down: rerunning the first pass
+        # after the second failed would list its users again (as replays) and send them twice
         wait_s = self.settings.unknown_item_wait_s
-        first = await self._pass(interactions, hold_unknown=wait_s > 0)
+        first = await self._retrying(lambda: self._pass(interactions, hold_unknown=wait_s > 0))
         if not first.held:
             return first
         # a click can overtake its item: the item event may still be in the items agent.
@@ -319,8 +321,8 @@ class Pipeline:
         # wait for their items, then go through again (now rejected if still unknown)
         await before_wait(first)
         wanted = list(dict.fromkeys(e.item_id for e in first.held if e.item_id is not None))
-        await self._wait_for_items(wanted, wait_s)
-        second = await self._pass(first.held, hold_unknown=False)
+        await self._retrying(lambda: self._wait_for_items(wanted, wait_s))
+        second = await self._retrying(lambda: self._pass(first.held, hold_unknown=False))
         unknown = sum(1 for r in second.rejected if r.reason == "unknown_item")
         metrics.EVENTS_HELD.labels(outcome="dead_letter").inc(unknown)
         metrics.EVENTS_HELD.labels(outcome="retried").inc(len(first.held) - unknown)

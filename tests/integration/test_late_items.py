@@ -10,13 +10,15 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from infra import metrics
 from infra.settings import Settings
+from ranking.store import Query, StoreUnavailable
 from streams.pipeline import Outputs, Pipeline, Record
 from streams.schemas import DeadLetter
 from tests.integration import inprocess
@@ -118,6 +120,48 @@ def test_the_rest_of_the_batch_leaves_before_the_wait(
     assert _triggers(first) == [other]
     assert [DeadLetter.model_validate_json(v).reason for _, v in first.dead_letters] == ["bad_json"]
     assert _triggers(out) == [click] and out.dead_letters == []
+
+
+def test_a_store_error_after_the_wait_does_not_send_the_early_lists_twice(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    """The pass after the wait fails once (the store drops the connection in its recall): only
+    that pass runs again. Rerunning the whole batch listed the users of the first pass again,
+    as replays, and sent their lists a second time."""
+    pipeline, loop = running
+    click, on_new = _event(f"u-{uuid.uuid4().hex[:8]}", "brand-new-3")
+    other, other_user = _event(f"o-{uuid.uuid4().hex[:8]}", "old-3")
+    store = pipeline.engine.store
+    real_search = store.search
+    searches = 0
+
+    def search_failing_after_the_wait(collection: str, queries: Sequence[Query]) -> Any:
+        nonlocal searches
+        searches += 1
+        if searches == 2:  # the first pass searched for the other user; this is the held one
+            raise StoreUnavailable("connection reset (test)")
+        return real_search(collection, queries)
+
+    early: list[Outputs] = []
+
+    async def send_early(out: Outputs) -> None:
+        early.append(out)
+
+    async def both() -> Outputs:
+        events = asyncio.ensure_future(pipeline.on_events([on_new, other_user], early=send_early))
+        await asyncio.sleep(0.2)
+        await pipeline.on_items([_item("brand-new-3")])
+        return await events
+
+    store.search = search_failing_after_the_wait  # type: ignore[method-assign]
+    try:
+        out = loop.run_until_complete(both())
+    finally:
+        del store.search  # the class's method again
+    assert searches >= 3
+    assert [t for part in early for t in _triggers(part)] == [other]
+    assert _triggers(out) == [click]  # not [other, click]: the other user's list went early
+    assert _recs(out)[0].profile_events == 1
 
 
 def test_an_item_that_never_comes_is_dead_lettered_after_the_wait(
