@@ -216,40 +216,66 @@ class MicroBatcher:
                 await self._encode_window(loop, live)
 
     async def _encode_window(self, loop: asyncio.AbstractEventLoop, window: list[_Item]) -> None:
+        failed, exc = await self._run_window(loop, window)
+        failed = [item for item in failed if not item.request.future.done()]
+        if not failed or exc is None:
+            return
+        log.error("encoder pass over %d texts failed: %r", len(failed), exc)
+        by_request: dict[int, list[_Item]] = {}
+        for item in failed:
+            by_request.setdefault(id(item.request), []).append(item)
+        if len(by_request) == 1:
+            _fail(failed[0].request, exc)
+            return
+        # a pass is shared: one caller's text must not fail the others. Each caller's texts
+        # not encoded yet go through again on their own; only a caller failing alone fails
+        for items in by_request.values():
+            alone, own = await self._run_window(loop, items)
+            if alone and own is not None:
+                _fail(items[0].request, own)
+
+    async def _run_window(
+        self, loop: asyncio.AbstractEventLoop, window: list[_Item]
+    ) -> tuple[list[_Item], BaseException | None]:
+        """Encode ``window``; returns the items a failed pass left unencoded, and its error."""
         try:
-            skipped = await loop.run_in_executor(
+            skipped, failed, exc = await loop.run_in_executor(
                 self._executor, self._encode_in_thread, loop, window
             )
         except asyncio.CancelledError:
             for item in window:
                 _fail(item.request, BatcherStopped("encoder batcher stopped"))
             raise
-        except Exception as exc:  # a failed pass fails its callers, never the batcher
-            log.exception("encoder window of %d texts failed", len(window))
-            for item in window:
-                _fail(item.request, exc)
-            return
         for item in skipped:  # stop() cut the window short
             _fail(item.request, BatcherStopped("encoder batcher stopped"))
+        return failed, exc
 
     def _encode_in_thread(
         self, loop: asyncio.AbstractEventLoop, window: list[_Item]
-    ) -> list[_Item]:
+    ) -> tuple[list[_Item], list[_Item], BaseException | None]:
         """Runs on the executor thread; hands each pass's rows to the loop as soon as it is done.
 
-        Returns the items left unencoded because stop() was called.
+        Returns the items left unencoded because stop() was called, and those left unencoded
+        because a pass (or the tokenizer) failed, with that error; a failure never escapes, so
+        the rows already handed over are not handed over twice.
         """
-        ids = self.encoder.token_ids([item.text for item in window])
+        try:
+            ids = self.encoder.token_ids([item.text for item in window])
+        except Exception as exc:
+            return [], window, exc
         order = sorted(range(len(window)), key=lambda i: len(ids[i]))
         groups = split_sorted(order, self.max_batch)
         for k, group in enumerate(groups):
             if self._halt.is_set():
-                return [window[i] for rest in groups[k:] for i in rest]
+                return [window[i] for rest in groups[k:] for i in rest], [], None
             started = time.perf_counter()
-            vectors = self.encoder.encode_ids([ids[i] for i in group], batch_size=len(group))
+            try:
+                vectors = self.encoder.encode_ids([ids[i] for i in group], batch_size=len(group))
+            except Exception as exc:
+                return [], [window[i] for rest in groups[k:] for i in rest], exc
             seconds = time.perf_counter() - started
             loop.call_soon_threadsafe(self._deliver, [window[i] for i in group], vectors, seconds)
-        return []
+        return [], [], None
 
     def _deliver(self, items: list[_Item], vectors: np.ndarray, seconds: float) -> None:
         self.batches += 1

@@ -26,16 +26,27 @@ class Check:
 class Health:
     """What the worker reports about itself; safe to read from another thread."""
 
-    def __init__(self, stall_after_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        stall_after_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        restart_after_down_s: dict[str, float] | None = None,
+    ):
+        """``restart_after_down_s``: dependencies a restart can cure (the encoder: a device
+        left in an error state by a failed pass stays so until the process ends), and how long
+        each may stay down before liveness fails."""
         if stall_after_s <= 0:
             raise ValueError("stall_after_s must be positive")
         self.stall_after_s = stall_after_s
+        self.restart_after_down_s = dict(restart_after_down_s or {})
         self._clock = clock
         self._lock = threading.Lock()
         self._last_beat = clock()  # the loop has ``stall_after_s`` from here to start beating
         self._beats = 0
         self._started = False
         self._dependencies: dict[str, bool] = {}
+        self._down_since: dict[str, float] = {}
 
     def beat(self) -> None:
         """The event loop is turning (called from a loop timer)."""
@@ -50,6 +61,10 @@ class Health:
     def set_dependency(self, name: str, up: bool) -> None:
         with self._lock:
             self._dependencies[name] = up
+            if up:
+                self._down_since.pop(name, None)
+            else:
+                self._down_since.setdefault(name, self._clock())
 
     def forget(self) -> None:
         """Back to the state of a fresh process (tests; a worker restarted in one process)."""
@@ -58,15 +73,29 @@ class Health:
             self._beats = 0
             self._started = False
             self._dependencies.clear()
+            self._down_since.clear()
 
     def liveness(self) -> Check:
         """Alive while the event loop beat within ``stall_after_s`` (a blocked loop also stops
-        heartbeating the consumer group; restarting is the cure)."""
+        heartbeating the consumer group) and no dependency a restart can cure has been down
+        for longer than allowed: restarting is the cure for both."""
         with self._lock:
-            age = self._clock() - self._last_beat
+            now = self._clock()
+            age = now - self._last_beat
             beats = self._beats
-        ok = age <= self.stall_after_s
-        return Check(ok, {"loop_beat_age_s": round(age, 3), "beats": beats})
+            down_s = {name: now - since for name, since in self._down_since.items()}
+        too_long = sorted(
+            name
+            for name, limit in self.restart_after_down_s.items()
+            if limit > 0 and down_s.get(name, 0.0) > limit
+        )
+        ok = age <= self.stall_after_s and not too_long
+        detail: dict[str, Any] = {"loop_beat_age_s": round(age, 3), "beats": beats}
+        if down_s:
+            detail["down_for_s"] = {name: round(v, 3) for name, v in sorted(down_s.items())}
+        if too_long:
+            detail["down_too_long"] = too_long
+        return Check(ok, detail)
 
     def readiness(self) -> Check:
         """Ready once alive, beating, started and every dependency seen answers."""
@@ -103,9 +132,16 @@ def health_app(health: Health, fallback: Callable[..., Iterable[bytes]]) -> Call
     }
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        route = routes.get(environ.get("PATH_INFO", ""))
-        if route is None:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
             return fallback(environ, start_response)
+        route = routes.get(path)
+        if route is None:  # a mistyped probe path must not pass as healthy
+            return _plain(
+                start_response, "404 Not Found", b"not found: /metrics, /healthz, /readyz\n"
+            )
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            return _plain(start_response, "405 Method Not Allowed", b"GET or HEAD\n")
         status, body = route()
         start_response(
             status,
@@ -118,3 +154,8 @@ def health_app(health: Health, fallback: Callable[..., Iterable[bytes]]) -> Call
         return [body]
 
     return app
+
+
+def _plain(start_response: Callable[..., Any], status: str, body: bytes) -> Iterable[bytes]:
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -6,7 +6,7 @@ import logging
 import socket
 import threading
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -166,15 +166,37 @@ def set_ranker_version(version: str) -> None:
     RANKER_VERSION.labels(version=version).set(1)
 
 
-def serve(host: str, port: int) -> int:
-    """Expose ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (0 = a free port)
-    from a daemon thread; returns the bound port."""
+_DEPENDENCY_ERRORS = {"store": STORE_ERRORS, "encoder": ENCODER_ERRORS}
+
+
+def dependency_down(dependency: str, exc: Exception, then: str) -> None:
+    """A dependency failed (the worker retries against it): the gauge, the error count,
+    readiness and a log line saying what happens next."""
+    _DEPENDENCY_ERRORS[dependency].inc()
+    DEPENDENCY_UP.labels(dependency=dependency).set(0)
+    HEALTH.set_dependency(dependency, False)
+    log.warning("%s unavailable (%s); %s", dependency, exc, then)
+
+
+def dependency_up(dependency: str) -> None:
+    """A dependency answered (a call succeeded)."""
+    DEPENDENCY_UP.labels(dependency=dependency).set(1)
+    HEALTH.set_dependency(dependency, True)
+
+
+def serve(host: str, port: int) -> WSGIServer:
+    """Expose ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (0 = a free port:
+    ``server_address`` has the bound one) from a daemon thread; ``shutdown()`` stops it."""
+    HEALTH.forget()  # the stall clock starts with the endpoint, not at import
     app = health_app(HEALTH, make_wsgi_app(REGISTRY))
     server = make_server(host, port, app, _server_class(host), handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    bound = int(server.server_address[1])
-    log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, bound)
-    return bound
+    log.info(
+        "metrics on http://%s:%d/metrics (health: /healthz, /readyz)",
+        host,
+        server.server_address[1],
+    )
+    return server
 
 
 def _server_class(host: str) -> type[ThreadingWSGIServer]:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EventType = Literal[
@@ -234,9 +234,24 @@ class Settings(BaseSettings):
         "(also the time from start-up to the first beat)",
     )
     health_beat_every_s: float = Field(1.0, gt=0, description="the event loop's heartbeat")
+    health_encoder_down_s: float = Field(
+        120.0,
+        ge=0,
+        description="/healthz fails once the encoder has failed its probe for this long "
+        "(a device left in an error state needs a new process); 0 = never",
+    )
     web_enabled: bool = False
     web_port: int = Field(6066, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _beat_within_stall(self) -> Settings:
+        if self.health_beat_every_s >= self.health_stall_s:
+            raise ValueError(
+                f"health_beat_every_s ({self.health_beat_every_s}) must be below health_stall_s "
+                f"({self.health_stall_s}): /healthz would fail between beats"
+            )
+        return self
 
     @field_validator("data_dir")
     @classmethod

@@ -352,6 +352,11 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
     app.on_partitions_assigned.connect(cast(Any, on_assigned))
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
 
+    async def on_shutdown(sender: Any, **kwargs: Any) -> None:
+        HEALTH.set_started(False)  # /readyz: the consumer has stopped; the rest is flushing
+
+    app.on_before_shutdown.connect(cast(Any, on_shutdown))
+
     _ = (
         heartbeat,
         item_agent,

@@ -135,7 +135,7 @@ class Pipeline:
         await self._run(lambda: self.store.ensure_collection(s.users_collection, self.encoder_dim))
         await self._run(lambda: self.store.ensure_collection(s.state_collection, 1))
         await self.batcher.start()
-        _dependency_up("encoder")
+        metrics.dependency_up("encoder")
         metrics.set_ranker_version(self.engine.scorer.version)
 
     async def stop(self) -> None:
@@ -152,6 +152,7 @@ class Pipeline:
         The worker calls it after Faust has stopped its agents and closed its loop: closing the
         store any earlier could fail a batch that is still in flight.
         """
+        HEALTH.set_started(False)
         self._store_thread.shutdown(wait=True)
         try:
             self.engine.persist_trending()
@@ -176,9 +177,9 @@ class Pipeline:
         try:
             saved = await self._run(self.engine.persist_trending)
         except StoreUnavailable as exc:
-            _dependency_down("store", exc, "trending counts kept for the next save")
+            metrics.dependency_down("store", exc, "trending counts kept for the next save")
             return 0
-        _dependency_up("store")
+        metrics.dependency_up("store")
         return saved
 
     async def reload_models(self) -> None:
@@ -402,25 +403,10 @@ class Pipeline:
             except (StoreUnavailable, EncoderUnavailable) as exc:
                 dependency = "store" if isinstance(exc, StoreUnavailable) else "encoder"
                 answered.add(dependency)
-                _dependency_down(dependency, exc, f"retrying in {delay:.1f}s")
+                metrics.dependency_down(dependency, exc, f"retrying in {delay:.1f}s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)
             else:
                 for dependency in answered:
-                    _dependency_up(dependency)
+                    metrics.dependency_up(dependency)
                 return result
-
-
-_ERRORS = {"store": metrics.STORE_ERRORS, "encoder": metrics.ENCODER_ERRORS}
-
-
-def _dependency_down(dependency: str, exc: Exception, then: str) -> None:
-    _ERRORS[dependency].inc()
-    metrics.DEPENDENCY_UP.labels(dependency=dependency).set(0)
-    HEALTH.set_dependency(dependency, False)
-    log.warning("%s unavailable (%s); %s", dependency, exc, then)
-
-
-def _dependency_up(dependency: str) -> None:
-    metrics.DEPENDENCY_UP.labels(dependency=dependency).set(1)
-    HEALTH.set_dependency(dependency, True)

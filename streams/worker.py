@@ -118,6 +118,9 @@ def build_pipeline(
     def on_batch(size: int, seconds: float) -> None:
         metrics.ENCODER_BATCH_SIZE.observe(size)
         metrics.ENCODER_SECONDS.observe(seconds)
+        # a pass went through: the encoder is up, whoever saw it down (a batch whose retry
+        # then failed on its own record never gets to say so)
+        metrics.dependency_up("encoder")
 
     batcher = MicroBatcher(
         encoder,
@@ -188,6 +191,7 @@ def run_worker(settings: Settings) -> None:
             print(f"embedded broker: {bootstrap}", flush=True)
         if settings.metrics_port:
             HEALTH.stall_after_s = settings.health_stall_s
+            HEALTH.restart_after_down_s = {"encoder": settings.health_encoder_down_s}
             metrics.serve(settings.metrics_host, settings.metrics_port)
         store = open_store(settings)
         with worker_app(settings, bootstrap, store) as (app, _pipeline):

@@ -22,6 +22,7 @@ import pytest
 from encoders.batcher import EncoderUnavailable, MicroBatcher
 from encoders.model import TextEncoder
 from infra import metrics
+from infra.health import HEALTH
 from infra.settings import Settings
 from streams.agents import guarded
 from streams.pipeline import Pipeline, Record
@@ -124,6 +125,7 @@ def test_a_search_waits_for_a_broken_encoder_and_gets_its_list(
 ) -> None:
     pipeline, loop, device = running
     record = _search("searcher", "a quiet drama about a family")
+    passes_before = device.failed_passes
 
     async def batch() -> Any:
         _broken_for(loop, device, 0.5)
@@ -131,6 +133,8 @@ def test_a_search_waits_for_a_broken_encoder_and_gets_its_list(
 
     out = loop.run_until_complete(batch())
 
+    assert device.failed_passes - passes_before >= 2  # the outage did hit this batch
+    assert _sample("coldstream_dependency_up", {"dependency": "encoder"}) == 1.0
     assert out.dead_letters == []
     [rec] = recommendations_in(out)
     assert rec.user_id == "searcher" and rec.profile_events == 1 and rec.items
@@ -158,6 +162,31 @@ def test_a_text_the_encoder_fails_on_alone_is_dead_lettered_and_the_rest_goes_th
     )
     assert sorted(found) == ["good-1", "good-2"]
     assert _sample("coldstream_encoder_errors_total") == errors_before  # not an outage
+
+
+def test_an_outage_that_ends_on_a_bad_text_leaves_the_encoder_up(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop, Device],
+) -> None:
+    """The batch's last attempt fails on its own record, not on the encoder: the record is
+    dead-lettered, the rest indexed, and the encoder is reported up again (the retry that saw
+    it down never succeeds, so it cannot be the one to say so)."""
+    pipeline, loop, device = running
+    records = [_item("after-1", "A drama after the outage"), _item("after-bad", device.poison)]
+
+    async def batch() -> Any:
+        _broken_for(loop, device, 0.5)
+        task = asyncio.ensure_future(guarded(records, pipeline.on_items, pipeline))
+        await asyncio.sleep(0.2)
+        assert _sample("coldstream_dependency_up", {"dependency": "encoder"}) == 0.0
+        assert HEALTH.readiness().detail["dependencies"]["encoder"] == "down"
+        return await task
+
+    out = loop.run_until_complete(batch())
+
+    [(key, _)] = out.dead_letters
+    assert key == b"after-bad"
+    assert _sample("coldstream_dependency_up", {"dependency": "encoder"}) == 1.0
+    assert HEALTH.readiness().detail["dependencies"]["encoder"] == "up"
 
 
 def test_the_probe_tells_a_broken_encoder_from_a_bad_text(

@@ -127,6 +127,25 @@ def test_failed_pass_fails_only_its_callers() -> None:
     asyncio.run(main())
 
 
+def test_a_text_that_fails_a_shared_pass_fails_only_its_own_caller() -> None:
+    encoder = FakeEncoder(fail_on="bad")
+
+    async def main() -> list[Any]:
+        async with _batcher(encoder, max_wait_ms=50.0) as batcher:
+            return await asyncio.gather(
+                batcher.encode(["good one", "good two"]),
+                batcher.encode(["bad"]),
+                batcher.encode(["good three"]),
+                return_exceptions=True,
+            )
+
+    first, bad, third = asyncio.run(main())
+    np.testing.assert_array_equal(first, np.stack([_vector("good one"), _vector("good two")]))
+    assert isinstance(bad, RuntimeError) and str(bad) == "boom"
+    np.testing.assert_array_equal(third, np.stack([_vector("good three")]))
+    assert sum(encoder.passes) == 3  # the window failed as one pass, then each caller alone
+
+
 def test_a_failed_pass_is_blamed_on_the_encoder_only_if_the_probe_fails_too() -> None:
     async def main() -> None:
         async with _batcher(FakeEncoder(fail_on="bad"), max_wait_ms=0.0) as batcher:

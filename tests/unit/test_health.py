@@ -62,6 +62,28 @@ def test_ready_only_when_beating_started_and_every_dependency_answers() -> None:
     assert not health.readiness().ok
 
 
+def test_an_encoder_down_too_long_fails_liveness_and_a_store_outage_never_does() -> None:
+    clock = Clock()
+    health = Health(stall_after_s=30.0, clock=clock, restart_after_down_s={"encoder": 60.0})
+    health.set_dependency("store", False)
+    health.set_dependency("encoder", False)
+    clock.now += 20.0
+    health.beat()
+    health.set_dependency("encoder", False)  # still down: the outage counts from its start
+    clock.now += 25.0
+    health.beat()
+    live = health.liveness()
+    assert live.ok and live.detail["down_for_s"] == {"encoder": 45.0, "store": 45.0}
+    clock.now += 20.0
+    health.beat()
+    live = health.liveness()
+    assert not live.ok and live.detail["down_too_long"] == ["encoder"]
+    health.set_dependency("encoder", True)
+    assert health.liveness().ok  # the store, waited out however long, is not a restart's job
+    health.set_dependency("encoder", False)
+    assert health.liveness().ok  # a new outage starts a new count
+
+
 def test_a_non_positive_stall_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         Health(stall_after_s=0)
@@ -69,10 +91,13 @@ def test_a_non_positive_stall_is_refused() -> None:
 
 @pytest.fixture
 def served() -> Iterator[str]:
-    HEALTH.forget()
-    port = metrics.serve("127.0.0.1", 0)
-    yield f"http://127.0.0.1:{port}"
-    HEALTH.forget()
+    server = metrics.serve("127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        HEALTH.forget()
 
 
 def _get(url: str) -> tuple[int, bytes, str]:
@@ -110,3 +135,20 @@ def test_the_metrics_port_answers_health_probes_and_still_serves_metrics(served:
     status, body, kind = _get(served + "/metrics")
     assert status == 200 and kind.startswith("text/plain")
     assert b"coldstream_dependency_up" in body
+    assert _get(served + "/healthz?verbose=1")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/healthz/", "/HEALTHZ", "/ready", "/metricsx"])
+def test_an_unknown_path_is_not_found_rather_than_healthy(served: str, path: str) -> None:
+    status, _, _ = _get(served + path)
+    assert status == 404
+
+
+def test_a_probe_answers_get_and_head_only(served: str) -> None:
+    head = urllib.request.Request(served + "/healthz", method="HEAD")
+    with urllib.request.urlopen(head, timeout=5) as resp:
+        assert resp.status == 200
+    post = urllib.request.Request(served + "/healthz", data=b"", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=5)
+    assert refused.value.code == 405
