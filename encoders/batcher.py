@@ -220,7 +220,7 @@ class MicroBatcher:
         failed = [item for item in failed if not item.request.future.done()]
         if not failed or exc is None:
             return
-        log.error("encoder pass over %d texts failed: %r", len(failed), exc)
+        log.error("encoder pass over %d texts failed", len(failed), exc_info=exc)
         by_request: dict[int, list[_Item]] = {}
         for item in failed:
             by_request.setdefault(id(item.request), []).append(item)

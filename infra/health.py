@@ -125,7 +125,8 @@ def health_response(check: Check, ok_status: str) -> tuple[str, bytes]:
 
 
 def health_app(health: Health, fallback: Callable[..., Iterable[bytes]]) -> Callable[..., Any]:
-    """A WSGI app answering ``/healthz`` and ``/readyz``, everything else by ``fallback``."""
+    """A WSGI app answering ``/healthz`` and ``/readyz``, ``/metrics`` by ``fallback`` and
+    anything else with 404."""
     routes: dict[str, Callable[[], tuple[str, bytes]]] = {
         "/healthz": lambda: health_response(health.liveness(), "alive"),
         "/readyz": lambda: health_response(health.readiness(), "ready"),
