@@ -212,8 +212,20 @@ class MicroBatcher:
             while len(batch) < self.max_window and not queue.empty():
                 batch.append(queue.get_nowait())
             live = [item for item in batch if not item.request.future.done()]
-            if live:
+            if not live:
+                continue
+            # every caller taken off the queue gets an answer, whatever happens below: stop()
+            # only drains what is still queued
+            try:
                 await self._encode_window(loop, live)
+            except asyncio.CancelledError:
+                for item in live:
+                    _fail(item.request, BatcherStopped("encoder batcher stopped"))
+                raise
+            except Exception as exc:  # a bug here must not end the batcher with callers waiting
+                log.exception("encoder window of %d texts failed outside a pass", len(live))
+                for item in live:
+                    _fail(item.request, exc)
 
     async def _encode_window(self, loop: asyncio.AbstractEventLoop, window: list[_Item]) -> None:
         failed, exc = await self._run_window(loop, window)

@@ -66,6 +66,10 @@ class Health:
             else:
                 self._down_since.setdefault(name, self._clock())
 
+    def is_down(self, name: str) -> bool:
+        with self._lock:
+            return self._dependencies.get(name) is False
+
     def forget(self) -> None:
         """Back to the state of a fresh process (tests; a worker restarted in one process)."""
         with self._lock:

@@ -240,6 +240,9 @@ class Settings(BaseSettings):
         description="/healthz fails once the encoder has failed its probe for this long "
         "(a device left in an error state needs a new process); 0 = never",
     )
+    health_encoder_recheck_s: float = Field(
+        5.0, gt=0, description="while the encoder is reported down, probe it this often"
+    )
     web_enabled: bool = False
     web_port: int = Field(6066, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -326,6 +326,10 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
     async def heartbeat() -> None:
         HEALTH.beat()  # /healthz: the event loop turns
 
+    @app.timer(settings.health_encoder_recheck_s)
+    async def recheck_encoder() -> None:
+        await pipeline.recheck_encoder()
+
     @app.timer(settings.trending_persist_every_s)
     async def persist_trending() -> None:
         await pipeline.persist_trending()
@@ -359,6 +363,7 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
 
     _ = (
         heartbeat,
+        recheck_encoder,
         item_agent,
         behavior_agent,
         persist_trending,

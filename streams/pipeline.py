@@ -182,6 +182,13 @@ class Pipeline:
         metrics.dependency_up("store")
         return saved
 
+    async def recheck_encoder(self) -> None:
+        """While the encoder is reported down, probe it: a batch that saw it fail may have
+        been given up (a rebalance) with no text to encode since, and liveness fails on an
+        encoder down too long (a timer calls this)."""
+        if self._started and HEALTH.is_down("encoder") and await self.batcher.answers():
+            metrics.dependency_up("encoder")
+
     async def reload_models(self) -> None:
         """Swap in a ranker or co-visitation snapshot whose file changed (hot reload)."""
         if self.models is None:

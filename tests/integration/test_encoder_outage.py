@@ -174,9 +174,11 @@ def test_an_outage_that_ends_on_a_bad_text_leaves_the_encoder_up(
     records = [_item("after-1", "A drama after the outage"), _item("after-bad", device.poison)]
 
     async def batch() -> Any:
-        _broken_for(loop, device, 0.5)
+        _broken_for(loop, device, 1.5)
         task = asyncio.ensure_future(guarded(records, pipeline.on_items, pipeline))
-        await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 1.2
+        while not HEALTH.is_down("encoder") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # until the probe has failed too
         assert _sample("coldstream_dependency_up", {"dependency": "encoder"}) == 0.0
         assert HEALTH.readiness().detail["dependencies"]["encoder"] == "down"
         return await task
@@ -187,6 +189,24 @@ def test_an_outage_that_ends_on_a_bad_text_leaves_the_encoder_up(
     assert key == b"after-bad"
     assert _sample("coldstream_dependency_up", {"dependency": "encoder"}) == 1.0
     assert HEALTH.readiness().detail["dependencies"]["encoder"] == "up"
+
+
+def test_an_encoder_reported_down_with_nothing_to_encode_is_probed_back_up(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop, Device],
+) -> None:
+    """A batch that saw the encoder down may be given up (a rebalance) and only clicks follow:
+    the timer's probe finds the encoder again, or liveness would restart a healthy worker."""
+    pipeline, loop, device = running
+    metrics.dependency_down("encoder", RuntimeError("lost (test)"), "a batch given up")
+    device.broken = True
+    try:
+        loop.run_until_complete(pipeline.recheck_encoder())
+        assert HEALTH.is_down("encoder")  # still broken: stays down
+    finally:
+        device.broken = False
+    loop.run_until_complete(pipeline.recheck_encoder())
+    assert not HEALTH.is_down("encoder")
+    assert _sample("coldstream_dependency_up", {"dependency": "encoder"}) == 1.0
 
 
 def test_the_probe_tells_a_broken_encoder_from_a_bad_text(

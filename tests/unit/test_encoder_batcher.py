@@ -183,3 +183,61 @@ def test_stop_fails_waiting_callers() -> None:
         assert not batcher.running
 
     asyncio.run(main())
+
+
+class _GatedSecondPass(FakeEncoder):
+    """Fails on "bad"; its second pass (the first caller's re-run) waits for ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__(fail_on="bad")
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def encode_ids(self, ids: Sequence[Sequence[int]], *, batch_size: int | None = None) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            self.entered.set()
+            assert self.release.wait(10)
+        return super().encode_ids(ids, batch_size=batch_size)
+
+
+def test_a_stop_during_the_per_caller_rerun_answers_every_caller() -> None:
+    encoder = _GatedSecondPass()
+
+    async def main() -> list[BaseException | None]:
+        batcher = _batcher(encoder, max_wait_ms=50.0)
+        await batcher.start()
+        calls = [
+            asyncio.ensure_future(batcher.encode(texts))
+            for texts in (["good one"], ["bad"], ["good three"])
+        ]
+        assert await asyncio.to_thread(encoder.entered.wait, 10)
+        stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.sleep(0.05)
+        encoder.release.set()
+        await stopping
+        _done, pending = await asyncio.wait(calls, timeout=5)
+        assert not pending, "a caller was left waiting"
+        return [c.exception() for c in calls]
+
+    errors = asyncio.run(main())
+    assert all(isinstance(e, BatcherStopped) for e in errors), errors
+
+
+class _OneRowShort(FakeEncoder):
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return super().token_ids(texts)[:-1]  # a broken tokenizer: an error outside any pass
+
+
+def test_an_error_outside_a_pass_fails_its_callers_and_the_batcher_goes_on() -> None:
+    async def main() -> None:
+        encoder = _OneRowShort()
+        async with _batcher(encoder, max_wait_ms=5.0) as batcher:
+            with pytest.raises(IndexError):
+                await asyncio.wait_for(batcher.encode(["a", "bb"]), 5)
+            assert batcher.running
+            encoder.token_ids = FakeEncoder.token_ids.__get__(encoder)  # type: ignore[method-assign]
+            np.testing.assert_array_equal((await batcher.encode(["ok"]))[0], _vector("ok"))
+
+    asyncio.run(main())
