@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from encoders.batcher import EncoderUnavailable, MicroBatcher
+from encoders.batcher import BatcherStopped, EncoderUnavailable, MicroBatcher
 from encoders.texts import item_text, user_text
 from infra import metrics
 from infra.health import HEALTH
@@ -186,7 +186,13 @@ class Pipeline:
         """While the encoder is reported down, probe it: a batch that saw it fail may have
         been given up (a rebalance) with no text to encode since, and liveness fails on an
         encoder down too long (a timer calls this)."""
-        if self._started and HEALTH.is_down("encoder") and await self.batcher.answers():
+        if not (self._started and HEALTH.is_down("encoder")):
+            return
+        try:
+            answered = await self.batcher.answers()
+        except BatcherStopped:  # stopping: a timer must not raise (Faust stops the app)
+            return
+        if answered:
             metrics.dependency_up("encoder")
 
     async def reload_models(self) -> None:
