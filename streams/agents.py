@@ -275,14 +275,12 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
             parts: list[Outputs] = []
             sent: list[Awaitable[None]] = []
 
-            async def send_early(part: Outputs) -> None:
+            async def send(part: Outputs) -> None:
                 parts.append(part)
                 sent.append(await send_outputs(part, topics))
 
-            batch_handle = functools.partial(handle, early=send_early) if sends_early else handle
-            out = await guarded(records, batch_handle, pipeline)
-            parts.append(out)
-            sent.append(await send_outputs(out, topics))
+            batch_handle = functools.partial(handle, early=send) if sends_early else handle
+            await send(await guarded(records, batch_handle, pipeline))
             # the batch's events are acked once all of its outputs are on the broker
             delivered = all_delivered(sent)
             metrics.BATCH_SIZE.labels(agent=name).observe(len(records))

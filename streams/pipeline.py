@@ -142,7 +142,6 @@ class Pipeline:
         """Stop encoding, then :meth:`close` (for callers that own the event loop)."""
         if self._started:
             self._started = False
-            HEALTH.set_started(False)
             await self.batcher.stop()
         await asyncio.to_thread(self.close)
 
