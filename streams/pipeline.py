@@ -8,6 +8,7 @@ calls run on one dedicated thread and encoder passes on the batcher's thread, so
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -269,14 +270,15 @@ class Pipeline:
         interactions: list[Interaction] = []
         by_event: dict[int, Record] = {}
         out = Outputs()
+        consumed: collections.Counter[str] = collections.Counter()  # one metric update a type
         for record in records:
             try:
                 ev = decode(record.value, BehaviorEvent, self.limits)
             except InvalidPayload as exc:
-                metrics.EVENTS_CONSUMED.labels(type="invalid").inc()
+                consumed["invalid"] += 1
                 self._reject(out, record, exc.reason, exc.message)
                 continue
-            metrics.EVENTS_CONSUMED.labels(type=ev.type).inc()
+            consumed[ev.type] += 1
             inter = Interaction(
                 event_id=ev.event_id,
                 user_id=ev.user_id,
@@ -291,6 +293,8 @@ class Pipeline:
             )
             by_event[id(inter)] = record
             interactions.append(inter)
+        for event_type, n in consumed.items():
+            metrics.EVENTS_CONSUMED.labels(type=event_type).inc(n)
         if not interactions:
             return out
 
