@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.settings import Settings
@@ -104,6 +104,27 @@ def ensure_topics(settings: Settings, bootstrap: str, *, timeout_s: float = 15.0
         if have != parts:
             log.warning("topic %s has %d partitions, settings ask for %d", name, have, parts)
     return {name: existing[name] for name in wanted}
+
+
+def topic_id(
+    settings: Settings, bootstrap: str, topic: str, *, timeout_s: float = 15.0
+) -> str | None:
+    """The topic's id, or None when the broker does not give one.
+
+    Kafka gives every topic an id (since 2.8): a topic deleted and created again under the
+    same name gets a new one, as does every topic of a memory-only broker that restarted. Its
+    offsets start again from 0 there, so offsets remembered from before mean nothing.
+    """
+    admin, errors = _admin(settings, bootstrap)
+    try:
+        described = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)[
+            topic
+        ].result(timeout=timeout_s)
+    except Exception as exc:  # an older broker, no rights to describe: the id is unknown
+        log.warning("no id for topic %s: %s%s", topic, exc, errors.cause())
+        return None
+    text = str(getattr(described, "topic_id", None) or "")
+    return None if not text.strip("A=") else text  # all zero bits: not known
 
 
 def delete_topics(

@@ -185,12 +185,18 @@ class QdrantStore:
         except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
             raise StoreUnavailable(f"vector store {self.location} unavailable: {exc}") from exc
         except UnexpectedResponse as exc:
-            if exc.status_code is not None and exc.status_code >= 500:
+            # 5xx, and the two 4xx that mean "not now" (timeout, rate limit): an outage, retried
+            if exc.status_code is not None and (
+                exc.status_code >= 500 or exc.status_code in _BUSY_STATUS
+            ):
                 raise StoreUnavailable(f"vector store {self.location}: {exc}") from exc
             raise
         finally:
             if self._observe is not None:
                 self._observe(operation, time.perf_counter() - start)
+
+
+_BUSY_STATUS = frozenset({408, 429})
 
 
 def _filter(q: Query) -> models.Filter | None:

@@ -178,6 +178,9 @@ class BehaviorEngine:
         self.covisit_base = covisit
         self.covisit: dict[int, CovisitCounter] = {}
         self.item_ids = ItemIds()  # shared by the online counters and every index
+        # the log the events' offsets count in (the worker sets the events topic's id): a
+        # profile's applied offsets from another log are dropped, not taken for replays
+        self.offsets_log = ""
         self._covisit_rows = RowCache()
         self._dirty: set[int] = set()
         self.exposure = NewItemExposure(cfg.cold_exposure_max_share, cfg.cold_exposure_window)
@@ -227,7 +230,7 @@ class BehaviorEngine:
             uid: Profile.from_payload(uid, p.vector, p.payload) for uid, p in stored.items()
         }
         for uid in user_ids:
-            profiles.setdefault(uid, Profile(uid))
+            profiles.setdefault(uid, Profile(uid)).count_offsets_in(self.offsets_log)
         wanted: dict[str, None] = {}
         for e in events:
             if e.item_id is not None:

@@ -56,6 +56,9 @@ class Profile:
     categories: dict[str, float] = field(default_factory=dict)
     texts: list[dict[str, Any]] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
+    # which log the offsets count in (the events topic's id; "" unknown): offsets of another
+    # log (a recreated topic, a memory-only broker restarted) say nothing about this one's
+    offsets_log: str = ""
     event_ids: list[str] = field(default_factory=list)
 
     def to_payload(self) -> dict[str, Any]:
@@ -68,6 +71,7 @@ class Profile:
             "categories": self.categories,
             "texts": self.texts,
             "offsets": self.offsets,
+            "offsets_log": self.offsets_log,
             "event_ids": self.event_ids,
             "has_vector": self.vector is not None,
         }
@@ -87,8 +91,16 @@ class Profile:
             categories={str(k): float(v) for k, v in payload.get("categories", {}).items()},
             texts=list(payload.get("texts", [])),
             offsets={str(k): int(v) for k, v in payload.get("offsets", {}).items()},
+            offsets_log=str(payload.get("offsets_log", "")),
             event_ids=list(payload.get("event_ids", [])),
         )
+
+    def count_offsets_in(self, log: str) -> None:
+        """Make ``log`` the one the offsets count in; offsets kept from another are dropped
+        (the guard would take that log's new records for replays and skip them)."""
+        if self.offsets_log != log:
+            self.offsets = {}
+            self.offsets_log = log
 
     def already_applied(self, event_id: str, partition: int | None, offset: int | None) -> bool:
         """True for a replay (offset at or below the last applied one) or a duplicate event id."""

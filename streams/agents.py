@@ -72,11 +72,14 @@ async def until_delivered(
     max_delay_s: float = 30.0,
 ) -> None:
     """Wait for a batch's output; if the broker fails it (after the producer's own retries),
-    send all of ``parts`` again, backing off, until it is taken. Consumers drop repeats.
+    or a resend cannot even be handed to the producer, send all of ``parts`` again, backing
+    off, until it is taken. Consumers drop repeats.
 
-    For agents whose batches Faust acks when the next one is asked for (``take_events``: the
-    items agent): an exception here would end the agent's loop, and Faust acks the batch on
-    the way out, so its events would be committed without their outputs.
+    Both agents' batches go through it. An exception would end the agent's loop: for the
+    items agent, whose batches Faust acks when the next one is asked for (``take_events``),
+    Faust acks the batch on the way out, so its events would be committed without their
+    outputs; for the behavior agent, the restarted agent's acks could move the commit past
+    the failed batch. So a batch waits, unacked, for as long as the broker refuses its output.
     """
     delay = first_delay_s
     while True:
@@ -88,7 +91,13 @@ async def until_delivered(
             log.warning("output not delivered (%s); sending it again in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s)
-            delivered = all_delivered([await send_outputs(part, topics) for part in parts])
+            delivered = _resend(parts, topics)
+
+
+async def _resend(parts: Sequence[Outputs], topics: Topics) -> None:
+    """All of ``parts`` again; a send that raises (a full buffer, no metadata) raises here,
+    inside :func:`until_delivered`'s loop."""
+    await all_delivered([await send_outputs(part, topics) for part in parts])
 
 
 async def all_delivered(parts: Sequence[Awaitable[None]]) -> None:
@@ -113,7 +122,10 @@ class DeferredAcks(Generic[E]):
     taken while more events waited (the worker is behind: it closed at its size or time
     bound) waits for its own acks: there the round trip is small beside the batch, and
     overlapping it measured no faster at 2,000 events/s in three earlier rounds, with smaller
-    batches. A delivery that failed fails the agent at its next batch, as it used to at its own.
+    batches. The agents hand it deliveries that send again what the broker fails
+    (:func:`until_delivered`), so a batch waits, unacked, while the broker refuses its output;
+    a delivery that still fails (it was cancelled) fails the agent at its next batch, and no
+    later batch is acked.
     """
 
     def __init__(self, ack: Callable[[E], Awaitable[Any]], in_flight: int) -> None:
@@ -281,13 +293,14 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
 
             batch_handle = functools.partial(handle, early=send) if sends_early else handle
             await send(await guarded(records, batch_handle, pipeline))
-            # the batch's events are acked once all of its outputs are on the broker
-            delivered = all_delivered(sent)
+            # the batch's events are acked once all of its outputs are on the broker; what the
+            # broker fails is sent again until it is taken
+            delivered = until_delivered(all_delivered(sent), parts, topics)
             metrics.BATCH_SIZE.labels(agent=name).observe(len(records))
             metrics.BATCH_SECONDS.labels(agent=name).observe(time.perf_counter() - start)
             if acks is None:
                 # Faust acks the batch when the next one is asked for, even after an exception
-                await until_delivered(delivered, parts, topics)
+                await delivered
             else:
                 await acks.after(delivered, events, wait=not keeping_up)
 

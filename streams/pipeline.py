@@ -30,6 +30,7 @@ from ranking.engine import BatchOutcome, BehaviorEngine, Interaction, UserRecs
 from ranking.scoring import Scorer
 from ranking.store import StoreUnavailable, VectorStore
 from streams.schemas import (
+    RAW_PREVIEW_BYTES,
     BehaviorEvent,
     DeadLetter,
     InvalidPayload,
@@ -79,13 +80,16 @@ def dead_letter(record: Record, reason: str, error: str) -> tuple[bytes | None, 
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
-        key=None if record.key is None else record.key.decode("utf-8", "backslashreplace"),
+        key=None if record.key is None else raw_preview(record.key),
         raw=raw_preview(record.value),
         error=error,
         reason=reason,
         ts=datetime.now(UTC),
     )
-    return record.key, letter.model_dump_json().encode()
+    # a key past the preview's size is cut there too: a letter carrying a huge key whole could
+    # be refused by the broker (too large), and the letter is how bad input is kept
+    key = None if record.key is None else record.key[:RAW_PREVIEW_BYTES]
+    return key, letter.model_dump_json().encode()
 
 
 class ModelSource(Protocol):
@@ -169,7 +173,9 @@ class Pipeline:
         # best effort: a rebalance must not wait for the store; the new owner then starts from
         # the counts last saved (soft state: trending and co-visitation, not profiles)
         await self.persist_trending()
-        self.engine.drop_trending(partitions)
+        # on the store thread, as every other change to the engine's counters: a persist the
+        # timer queued meanwhile runs there and reads them
+        await self._run(lambda: self.engine.drop_trending(partitions))
 
     async def persist_trending(self) -> int:
         """Save the counts changed since the last save; with the store down, log it and keep

@@ -15,7 +15,7 @@ from infra import metrics
 from infra.broker import kafka_bootstrap
 from infra.edge_store import EdgeStore
 from infra.health import HEALTH
-from infra.kafka import ensure_topics
+from infra.kafka import ensure_topics, topic_id
 from infra.qdrant_store import QdrantStore
 from infra.runtime import configure_gc, use_event_loop
 from infra.settings import Settings
@@ -169,6 +169,14 @@ def worker_app(
     """A ready-to-run Faust app wired to a pipeline over ``store``; closes what it opened."""
     ensure_topics(settings, bootstrap)
     pipeline = build_pipeline(settings, store, encoder)
+    # applied offsets count in this log only (see ranking.profile.Profile.offsets_log)
+    events_log = topic_id(settings, bootstrap, settings.topic_events)
+    if events_log is None:
+        log.warning(
+            "the broker gives no topic id: offsets stored in profiles are trusted as they are "
+            "(a recreated events topic would have its first records skipped as replays)"
+        )
+    pipeline.engine.offsets_log = events_log or ""
     app, topics = create_app(settings, bootstrap)
     register_agents(app, topics, pipeline, settings)
 

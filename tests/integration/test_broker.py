@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from infra.broker import BrokerError, EmbeddedBroker, kafka_bootstrap
-from infra.kafka import client_config, ensure_topics, list_topics
+from infra.kafka import client_config, ensure_topics, list_topics, topic_id
 from infra.settings import Settings
 from streams.schemas import BehaviorEvent, decode
 
@@ -227,3 +227,17 @@ def test_kafka_bootstrap_starts_and_stops_embedded_broker() -> None:
         socket.create_connection((host, int(port)), timeout=2),
     ):
         pass
+
+
+def test_a_topic_id_names_one_life_of_a_topic(broker: EmbeddedBroker, settings: Settings) -> None:
+    """The events topic's id is the log the profiles' applied offsets count in: a broker
+    started again (memory only: its topics start over from offset 0) gives new ids."""
+    ensure_topics(settings, broker.bootstrap)
+    first = topic_id(settings, broker.bootstrap, settings.topic_events)
+    assert first and first == topic_id(settings, broker.bootstrap, settings.topic_events)
+    assert first != topic_id(settings, broker.bootstrap, settings.topic_items)
+    with EmbeddedBroker() as restarted:
+        ensure_topics(settings, restarted.bootstrap)
+        again = topic_id(settings, restarted.bootstrap, settings.topic_events)
+    assert again and again != first
+    assert topic_id(settings, broker.bootstrap, "no-such-topic", timeout_s=5) is None

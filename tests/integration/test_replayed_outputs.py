@@ -9,8 +9,9 @@ packaged encoder.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,27 @@ def test_a_store_down_at_start_up_is_waited_for(
         del store.ensure_collection
         loop.run_until_complete(fresh.batcher.stop())
     assert calls == 4  # the failed check, then the three collections
+
+
+def test_a_revocation_drops_the_counters_on_the_store_thread(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    """Every change to the engine's counters runs on the store thread, where a persist the
+    timer queued meanwhile reads them: dropped on the event loop, they could change size under
+    that persist, whose error stops the app (a timer that raises ends Faust)."""
+    pipeline, loop = running
+    threads: list[str] = []
+    real_drop = pipeline.engine.drop_trending
+
+    def drop(partitions: Iterable[int]) -> None:
+        threads.append(threading.current_thread().name)
+        real_drop(partitions)
+
+    pipeline.engine.drop_trending = drop  # type: ignore[method-assign]
+    try:
+        loop.run_until_complete(pipeline.on_partitions_revoked([0]))
+    finally:
+        del pipeline.engine.drop_trending
+        loop.run_until_complete(pipeline.on_partitions_assigned([0]))
+    assert len(threads) == 1 and threads[0].startswith("coldstream-store")
+    assert 0 in pipeline.engine.trending  # taken back over, from the counts just saved

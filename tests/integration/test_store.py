@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from httpx import Headers
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from infra.qdrant_store import QdrantStore, point_uuid
-from ranking.store import Query, StoredPoint, VectorStore
+from ranking.store import Query, StoredPoint, StoreUnavailable, VectorStore
 
 pytestmark = [
     pytest.mark.integration,
@@ -188,3 +190,19 @@ def test_drop_collection_removes_it_and_reports_an_absent_one(store: QdrantStore
     assert store.drop_collection("scratch_bench_1") is False
     store.ensure_collection("scratch_bench_1", 4)  # a fresh, empty one can be made again
     assert store.count("scratch_bench_1") == 0
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_busy_and_failing_servers_are_outages_other_errors_are_not(
+    store: QdrantStore, status: int
+) -> None:
+    """A server that times a request out or rate-limits it is "not now": retried as an outage
+    (``StoreUnavailable``), not taken for a bad batch; a 4xx like 400 is a real error."""
+
+    def answer(code: int) -> None:
+        raise UnexpectedResponse(code, "busy", b"{}", Headers())
+
+    with pytest.raises(StoreUnavailable):
+        store._call("search", lambda: answer(status))
+    with pytest.raises(UnexpectedResponse):
+        store._call("search", lambda: answer(400))

@@ -214,3 +214,68 @@ def test_an_output_the_broker_failed_is_sent_again_until_it_is_taken() -> None:
         assert metrics.REGISTRY.get_sample_value("coldstream_output_resends_total") == resends + 2
 
     asyncio.run(main())
+
+
+class _RefusingTopic(_Topic):
+    """A topic whose first ``refusals`` sends raise at once (a full buffer, no metadata)."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    async def send(self, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+        if self.refusals:
+            self.refusals -= 1
+            raise TimeoutError("no metadata for the topic")
+        return await super().send(key, value)
+
+
+def test_a_resend_the_producer_refuses_is_tried_again() -> None:
+    """A resend whose ``send`` itself raises stays inside the retry loop: before, the error
+    escaped it, and Faust acked the items agent's batch without its outputs."""
+
+    async def main() -> None:
+        topics = _Topics(failures=0)
+        refusing = topics.recommendations = _RefusingTopic(refusals=0)
+        refusing.failures = 1  # the first delivery fails ...
+        out = Outputs(recommendations=[(b"u1", b"list-1")])
+        first = await send_outputs(out, topics)  # type: ignore[arg-type]
+        refusing.refusals = 2  # ... and the next two sends are refused outright
+        await until_delivered(first, [out], topics, first_delay_s=0.001)  # type: ignore[arg-type]
+        assert refusing.sent == [b"list-1", b"list-1"]
+        assert refusing.refusals == 0
+
+    asyncio.run(main())
+
+
+def test_deferred_acks_wait_for_a_delivery_sent_again_and_keep_batch_order() -> None:
+    """The behavior agent's path: a batch whose output the broker failed is acked once a
+    resend is taken, and a later batch delivered at once waits for it (nothing acked around
+    it, so the commit cannot pass it)."""
+
+    async def main() -> None:
+        acked: list[str] = []
+
+        async def ack(event: str) -> None:
+            acked.append(event)
+
+        topics = _Topics(failures=2)
+        acks: DeferredAcks[str] = DeferredAcks(ack, in_flight=4)
+        failed = Outputs(recommendations=[(b"u1", b"list-1")])
+        first = await send_outputs(failed, topics)  # type: ignore[arg-type]
+        await acks.after(
+            until_delivered(first, [failed], topics, first_delay_s=0.01),  # type: ignore[arg-type]
+            ["a"],
+        )
+        ok = Outputs(recommendations=[(b"u2", b"list-2")])
+        second = await send_outputs(ok, topics)  # type: ignore[arg-type]  # fails once too
+        await acks.after(
+            until_delivered(second, [ok], topics, first_delay_s=0.01),  # type: ignore[arg-type]
+            ["b"],
+        )
+        assert acked == []
+        await acks.drain()
+        assert acked == ["a", "b"]
+        assert topics.recommendations.sent.count(b"list-1") == 2
+
+    asyncio.run(main())

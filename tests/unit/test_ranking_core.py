@@ -758,6 +758,26 @@ def test_a_replayed_event_on_an_unknown_item_is_dead_lettered_again(store: Qdran
 
 
 @integration
+def test_offsets_of_another_log_are_not_taken_for_replays(store: QdrantStore) -> None:
+    """Applied offsets count in one log (the events topic's id): after the topic was made
+    again, or a memory-only broker restarted, its offsets start over from 0, and a profile's
+    old offsets must not make the new records look like replays."""
+    engine = engine_for(store)
+    engine.offsets_log = "topic-life-1"
+    assert run(engine, [ev("u1", "view", "a0", event_id="e-1", partition=0, offset=5)]).applied
+    replay = run(engine, [ev("u1", "view", "a0", event_id="e-1", partition=0, offset=5)])
+    assert replay.applied == 0  # the same log: a redelivery, skipped
+    engine.offsets_log = "topic-life-2"
+    fresh = run(engine, [ev("u1", "click", "a1", event_id="e-2", partition=0, offset=0)])
+    assert fresh.applied == 1 and fresh.skipped == []
+    stored = store.retrieve("users", ["u1"])["u1"].payload
+    assert stored["offsets_log"] == "topic-life-2" and stored["offsets"] == {"0": 0}
+    assert stored["event_count"] == 2
+    again = run(engine, [ev("u1", "click", "a1", event_id="e-2", partition=0, offset=0)])
+    assert again.applied == 0  # and the new log's offsets guard as before
+
+
+@integration
 def test_apply_updates_and_writes_profiles(store: QdrantStore) -> None:
     engine = engine_for(store)
     events = [

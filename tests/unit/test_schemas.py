@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from streams.schemas import (
     DEFAULT_LIMITS,
+    RAW_PREVIEW_BYTES,
     BehaviorEvent,
     DeadLetter,
     InvalidPayload,
@@ -486,3 +487,20 @@ def test_event_shaped_json_never_crashes(
 def test_truncated_json_never_crashes(value: dict[str, Any], cut: int) -> None:
     payload = json.dumps(value, allow_nan=True).encode()[:cut]
     _decode_or_invalid(payload, BehaviorEvent, DEFAULT_LIMITS)
+
+
+def test_a_dead_letter_keeps_a_huge_key_to_the_preview_size() -> None:
+    """A record with a huge key is still dead-lettered: the letter's ``key`` and its Kafka key
+    are cut at the preview size, as ``raw`` is (whole, a 250 KB key made a 1.25 MB letter,
+    which the producer refuses as too large)."""
+    from streams.pipeline import Record, dead_letter
+
+    key = b"\xff" * 250_000
+    record = Record("events", 0, 7, key, b"not json", 1.7e9)
+    kafka_key, value = dead_letter(record, "invalid_json", "not JSON")
+    letter = DeadLetter.model_validate_json(value)
+    assert kafka_key == key[:RAW_PREVIEW_BYTES]
+    assert letter.key == raw_preview(key) and len(value) < 8 * RAW_PREVIEW_BYTES
+    assert letter.offset == 7 and letter.raw == "not json"
+    short = Record("events", 0, 8, b"u1", b"{}", 1.7e9)
+    assert dead_letter(short, "schema", "x")[0] == b"u1"
