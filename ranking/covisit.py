@@ -422,9 +422,12 @@ class CovisitCounter:
         row_cap: int = 64,
         ids: ItemIds | None = None,
     ) -> CovisitCounter:
+        fmt = payload.get("format")
+        if fmt is not None and fmt != _PAYLOAD_FORMAT:  # written by another version
+            raise CovisitError(f"co-visitation counts of an unknown format {fmt!r}")
         c = cls(max_pairs, row_cap, ids)
         intern = c.ids.id
-        if payload.get("format") == _PAYLOAD_FORMAT:
+        if fmt == _PAYLOAD_FORMAT:
             gid = np.fromiter((intern(str(i)) for i in payload["items"]), np.int64)
             keys = gid[_unb64(payload["count_items"], np.int32)].tolist()
             c._counts = dict(zip(keys, _unb64(payload["counts"], np.float64).tolist(), strict=True))

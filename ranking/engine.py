@@ -698,19 +698,29 @@ class BehaviorEngine:
         keys = [trending_key(p) for p in parts] + [covisit_key(p) for p in parts]
         stored = self.store.retrieve(self.cfg.state_collection, keys, with_vectors=False)
         for part in parts:
+            # counts that cannot be read (another version's format, damage) are soft state:
+            # the partition starts from none, logged, instead of failing every assignment
             point = stored.get(trending_key(part))
             if point is not None:
-                self.trending[part] = TrendingCounter.from_payload(
-                    point.payload, self.cfg.trending_half_life_s
-                )
+                try:
+                    self.trending[part] = TrendingCounter.from_payload(
+                        point.payload, self.cfg.trending_half_life_s
+                    )
+                except (ValueError, TypeError, AttributeError) as exc:
+                    log.error("partition %d: trending counts unreadable (%s); from none", part, exc)
             point = stored.get(covisit_key(part))
             if point is not None:
-                self.covisit[part] = CovisitCounter.from_payload(
-                    point.payload,
-                    self.cfg.covisit_max_pairs,
-                    self.cfg.covisit_row_cap,
-                    self.item_ids,
-                )
+                try:
+                    self.covisit[part] = CovisitCounter.from_payload(
+                        point.payload,
+                        self.cfg.covisit_max_pairs,
+                        self.cfg.covisit_row_cap,
+                        self.item_ids,
+                    )
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    log.error(
+                        "partition %d: co-visitation counts unreadable (%s); from none", part, exc
+                    )
 
     def drop_trending(self, partitions: Iterable[int]) -> None:
         for part in partitions:

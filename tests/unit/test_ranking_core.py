@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,8 @@ from ranking.engine import (
     UserRecs,
     _cold_slots,
     _guarantee_cold,
+    covisit_key,
+    trending_key,
 )
 from ranking.profile import Profile, ProfileConfig
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
@@ -979,6 +982,30 @@ def test_trending_persist_and_load(store: QdrantStore) -> None:
     assert other.trending[3].scores == engine.trending[3].scores
     other.drop_trending([3])
     assert other.trending == {}
+
+
+@integration
+def test_unreadable_stored_counts_start_the_partition_from_none(
+    store: QdrantStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counts written by another version (an unknown format) or damaged are soft state: the
+    partition starts from none, logged; before, they raised at every assignment."""
+    engine = engine_for(store)
+    _crowd(engine, partition=3)
+    engine.persist_trending()
+    state = engine.cfg.state_collection
+    store.upsert(
+        state,
+        [
+            StoredPoint(trending_key(5), np.zeros(1, np.float32), {"scores": "not counts"}),
+            StoredPoint(covisit_key(5), np.zeros(1, np.float32), {"format": 99, "items": []}),
+        ],
+    )
+    other = BehaviorEngine(store, engine.cfg, BlendScorer(0.3))
+    with caplog.at_level(logging.ERROR, logger="ranking.engine"):
+        other.load_trending([3, 5])
+    assert set(other.trending) == {3} and 5 not in other.covisit
+    assert "trending counts unreadable" in caplog.text and "unknown format 99" in caplog.text
 
 
 @integration
