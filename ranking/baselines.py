@@ -56,8 +56,11 @@ def evaluate_on_split(
     )
 
 
-def _top_n(scores: np.ndarray, n: int, exclude: np.ndarray) -> np.ndarray:
-    """Indices of the n best scores (excluded ones never), ties by index; O(N) plus a small sort."""
+def _top_n(
+    scores: np.ndarray, n: int, exclude: np.ndarray, tiebreak: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices of the n best scores (excluded ones never), ties by ``tiebreak`` (higher first)
+    and then by index; O(N) plus a small sort."""
     scores = scores.astype(np.float64, copy=True)
     scores[exclude] = -np.inf
     avail = len(scores) - len(np.unique(exclude))
@@ -70,7 +73,10 @@ def _top_n(scores: np.ndarray, n: int, exclude: np.ndarray) -> np.ndarray:
     else:
         cand = np.arange(len(scores))
     cand = cand[scores[cand] > -np.inf]
-    order = np.lexsort((cand, -scores[cand]))
+    if tiebreak is None:
+        order = np.lexsort((cand, -scores[cand]))
+    else:
+        order = np.lexsort((cand, -tiebreak[cand], -scores[cand]))
     return cand[order][:n]
 
 
@@ -160,6 +166,7 @@ class ItemKNNRecommender(_Indexed):
 
     Co-occurrence rows are computed on demand from CSR user/item lists, so memory stays linear in
     the log instead of quadratic in the catalog. Cold items never co-occur, so they score 0.
+    Equal scores (the zeros past a history's neighbours included) go by training popularity.
     """
 
     def __init__(self, train: pd.DataFrame, catalog: Sequence[str]) -> None:
@@ -184,7 +191,9 @@ class ItemKNNRecommender(_Indexed):
         scores = np.zeros(len(self.catalog), dtype=np.float64)
         for row in rows:
             scores += self.similarities(int(row))
-        return self._ids(_top_n(scores, n, rows))
+        # slots its neighbours leave (a history with no co-occurrences: a new item revealed)
+        # go to the most visited items, as an item-kNN recommender usually fills them
+        return self._ids(_top_n(scores, n, rows, tiebreak=self.item_counts))
 
 
 class ContentRecommender(_Indexed):

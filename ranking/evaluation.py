@@ -350,10 +350,21 @@ def evaluate_seed(
     is_pseudo = split.train["item_id"].astype(str).isin(pseudo_new)
     fit_log = split.train.loc[~is_val & ~is_pseudo].reset_index(drop=True)
     val_log = split.train.loc[is_val].reset_index(drop=True)
+    # items held out of the fit (the real new items and the simulated ones) are no training
+    # candidates either, not even negatives: the protocol holds them out of all training data
+    held_out = split.cold_items | pseudo_new
+    fit_items = ItemTable(
+        items.ids,
+        items.vectors,
+        [
+            {**p, "active": False} if i in held_out else p
+            for i, p in zip(items.ids, items.payloads, strict=True)
+        ],
+    )
     t0 = time.perf_counter()
     trained = train(
         fit_log,
-        items,
+        fit_items,
         engine_cfg,
         dataclasses.replace(cfg.train, seed=seed),
         encoder=encoder_name,

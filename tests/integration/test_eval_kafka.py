@@ -21,6 +21,7 @@ import json
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ import pytest
 from encoders.model import load_encoder
 from encoders.texts import item_text
 from infra.settings import Settings
+from ranking import evaluation
 from ranking.datasets import Dataset, load_generic
 from ranking.engine import Interaction
 from ranking.evaluation import (
@@ -40,6 +42,8 @@ from ranking.evaluation import (
     run,
 )
 from ranking.scoring import BlendScorer
+from ranking.split import make_split
+from ranking.training import ItemTable, train
 from streams.eval_cli import _eval_store_factory, train_config
 from streams.eval_kafka import KafkaReplay, ViaKafkaError
 from streams.worker import encoder_config, engine_config
@@ -109,9 +113,17 @@ class Recording(KafkaReplay):
 
 
 def test_via_kafka_scores_the_workers_lists_and_agrees_with_in_process(
-    tmp_path: Path, settings: Settings
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dataset = write_dataset(tmp_path)
+    fits: list[tuple[set[str], set[str]]] = []  # (items in the fit log, items inactive in it)
+
+    def spy(log_df: Any, items: ItemTable, *args: Any, **kwargs: Any) -> Any:
+        inactive = {i for i, p in zip(items.ids, items.payloads, strict=True) if not p["active"]}
+        fits.append(({str(i) for i in log_df["item_id"]}, inactive))
+        return train(log_df, items, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "train", spy)
     settings = settings.model_copy(update={"eval_kafka_single_batch": True})
     encoder = load_encoder(encoder_config(settings))
     vectors = encoder.encode(
@@ -153,6 +165,12 @@ def test_via_kafka_scores_the_workers_lists_and_agrees_with_in_process(
             assert scored[metric] == pytest.approx(info["in_process"][metric], abs=1e-12)
     full_run, _ = stream.runs[0]
     assert full_run.covisit is not None and full_run.trending is not None
+    # the held-out items (real and simulated new ones) are no training candidates at all
+    [(fit_items, inactive)] = fits
+    cold = make_split(
+        dataset, test_users_frac=cfg.test_users_frac, cold_items_frac=cfg.cold_items_frac, seed=0
+    ).cold_items
+    assert cold and cold < inactive and not inactive & fit_items
 
 
 def test_a_worker_that_dies_fails_the_run_with_its_log(tmp_path: Path, settings: Settings) -> None:

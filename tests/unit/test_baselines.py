@@ -67,11 +67,20 @@ def test_item_knn_scores_cosine_cooccurrence() -> None:
     assert sims[CATALOG.index("a")] == pytest.approx(2 / np.sqrt(8))
     assert sims[CATALOG.index("c")] == pytest.approx(1 / np.sqrt(2))
     assert sims[CATALOG.index("cold")] == 0.0
-    # From b, a and c tie exactly at 1/sqrt(2): the tie goes to catalog order, a first.
+    # From b, a and c tie exactly at 1/sqrt(2): the tie goes to the more visited, a.
     assert rec.recommend(["b"], 2) == ["a", "c"]
     out = rec.recommend(["a", "b"], 10)
     assert "a" not in out and "b" not in out
     assert out[0] == "c"  # sim(a,c) + sim(b,c) is the largest sum
+
+
+def test_item_knn_fills_what_its_neighbours_leave_with_the_most_visited() -> None:
+    """A history that co-occurs with nothing (a new item) scores every item 0: the list is
+    training popularity, then catalog order, not catalog order alone."""
+    rec = ItemKNNRecommender(TRAIN, list(reversed(CATALOG)))  # catalog order ≠ popularity
+    assert rec.recommend(["cold"], 3) == ["a", "b", "e"]  # 4 and 2 users, then a tie of 1s
+    # past c's neighbours (b, then a) the zeros go the same way
+    assert rec.recommend(["c"], 5) == ["b", "a", "e", "d", "cold"]
 
 
 def test_content_covers_cold_items_and_excludes_seen() -> None:
