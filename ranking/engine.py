@@ -254,7 +254,9 @@ class BehaviorEngine:
         to_apply: list[Interaction] = []
         rejected: list[Rejected] = []
         skipped: list[Interaction] = []
-        seen_in_batch: set[str] = set()
+        # (user, event id) applied or rejected in this batch: a repeat is per user, as the
+        # profile's event ids are (two users' events sharing an id are both applied)
+        seen_in_batch: set[tuple[str, str]] = set()
         held: list[Interaction] = []
         replayed: dict[str, Interaction] = {}
         held_users = (
@@ -267,23 +269,24 @@ class BehaviorEngine:
                 held.append(e)
                 continue
             profile = profiles[e.user_id]
-            if done or e.event_id in seen_in_batch:
+            key = (e.user_id, e.event_id)
+            if done or key in seen_in_batch:
                 if (
                     e.item_id is not None
                     and e.item_id not in items
-                    and e.event_id not in seen_in_batch
+                    and key not in seen_in_batch
                     and e.event_id not in profile.event_ids
                 ):
                     # a replay of an event rejected the first time (an applied event's item
                     # exists: items are retired, never deleted): its dead letter goes out again
-                    seen_in_batch.add(e.event_id)
+                    seen_in_batch.add(key)
                     rejected.append(Rejected(e, "unknown_item", f"unknown item_id {e.item_id!r}"))
                     continue
                 skipped.append(e)
                 if profile.replays(e.partition, e.offset):
                     replayed[e.user_id] = e
                 continue
-            seen_in_batch.add(e.event_id)
+            seen_in_batch.add(key)
             if e.item_id is not None and e.item_id not in items:
                 rejected.append(Rejected(e, "unknown_item", f"unknown item_id {e.item_id!r}"))
                 continue

@@ -685,6 +685,13 @@ def test_prepare_skips_replays_and_duplicates(store: QdrantStore) -> None:
     (user,) = store.retrieve("users", ["u1"]).values()
     assert user.payload["event_count"] == 3
     assert user.payload["offsets"] == {"0": 6, "1": 0}
+    # a repeat is per user, in a batch as across batches: another user's event with the
+    # same id is applied (it used to be skipped when both came in one batch)
+    mine = ev("u2", "view", "a0", event_id="shared", partition=0, offset=20)
+    theirs = ev("u3", "view", "a1", event_id="shared", partition=0, offset=21)
+    again = ev("u3", "view", "a1", event_id="shared", partition=0, offset=22)
+    out = run(engine, [mine, theirs, again])
+    assert out.applied == 2 and out.skipped == [again]
 
 
 @integration
