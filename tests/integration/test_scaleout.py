@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from infra.kafka import ensure_topics
 from infra.settings import Settings
 from ranking.profile import Profile
 from ranking.store import StoreUnavailable, VectorStore
+from streams import agents
+from streams.pipeline import Outputs
 from streams.produce import Publisher
 from streams.worker import encoder_config
 from tests.integration.inprocess import InProcessWorker, running
@@ -340,4 +342,50 @@ def test_store_outage_of_5s_neither_crashes_nor_loses_events(
         _wait(lambda: _settled(store, settings, events), 120, "all events applied")
         time.sleep(2.0)
         assert worker.error is None
+    _assert_exact(store, settings, events)
+
+
+def test_an_output_the_broker_fails_is_sent_again_and_the_agent_goes_on(
+    env: tuple[Settings, str, EdgeStore], encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's lists the broker fails to take (after the producer's own retries) are sent
+    again until taken, and the behavior agent goes on. Before, the failure failed the agent at
+    its next batch and the lists were never sent again; the restarted agent's acks could then
+    move the commit past the failed batch."""
+    settings, bootstrap, store = env
+    real_send = agents.send_outputs
+    failing = {"left": 2}
+
+    async def send_failing_twice(out: Outputs, topics: Any) -> Awaitable[None]:
+        delivered = await real_send(out, topics)
+        if not out.recommendations or failing["left"] == 0:
+            return delivered
+        failing["left"] -= 1
+
+        async def refused() -> None:
+            await delivered
+            raise ConnectionError("the broker did not take the batch (test)")
+
+        return refused()
+
+    monkeypatch.setattr(agents, "send_outputs", send_failing_twice)
+    resends = metrics.REGISTRY.get_sample_value("coldstream_output_resends_total") or 0.0
+    publisher = _publish_items(settings, bootstrap)
+    worker = InProcessWorker(settings, bootstrap, store, encoder)
+    events = _events(400, seed=9)
+    with running(worker):
+        _first_events_applied(publisher, store, settings, events[:200], at_least=50)
+        for payload in events[200:]:  # batches after the refused ones
+            publisher.event(payload)
+        publisher.flush()
+        _wait(lambda: _settled(store, settings, events), 120, "all events applied")
+        _wait(
+            lambda: (
+                (metrics.REGISTRY.get_sample_value("coldstream_output_resends_total") or 0.0)
+                >= resends + 2
+            ),
+            60,
+            "the refused lists sent again",
+        )
+        assert failing["left"] == 0 and worker.error is None
     _assert_exact(store, settings, events)
