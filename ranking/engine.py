@@ -122,6 +122,7 @@ class UserRecs:
     trigger: Interaction
     profile_events: int
     items: list[RecItem]
+    ranker: str  # the version of the scorer that ranked ``items``
 
 
 @dataclass
@@ -185,7 +186,8 @@ class BehaviorEngine:
         self._dirty: set[int] = set()
         self.exposure = NewItemExposure(cfg.cold_exposure_max_share, cfg.cold_exposure_window)
 
-    # -- hot swaps (a timer in the worker calls these; one attribute write each) -------------
+    # -- hot swaps (one attribute write each). The worker makes them on the thread that runs
+    # ``prepare`` and ``apply``, so a batch is ranked by one scorer and one snapshot throughout.
     def swap_scorer(self, scorer: Scorer) -> None:
         self.scorer = scorer
 
@@ -382,6 +384,7 @@ class BehaviorEngine:
             if e.item_id is not None:
                 self._count(e)
         triggers = {**last_event, **prep.relist}  # relist: users with no event applied here
+        ranker = self.scorer.version
         try:
             recs = self.recommend(
                 [prep.profiles[u] for u in triggers], prep.items, prep.channels, prep.covisit
@@ -392,7 +395,7 @@ class BehaviorEngine:
             for e, recent in visits:
                 self._covisit(e, recent)
         out = [
-            UserRecs(uid, trigger, prep.profiles[uid].event_count, recs[uid])
+            UserRecs(uid, trigger, prep.profiles[uid].event_count, recs[uid], ranker)
             for uid, trigger in triggers.items()
         ]
         return BatchOutcome(out, prep.rejected, prep.skipped, len(prep.to_apply), prep.held)

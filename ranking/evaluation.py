@@ -58,7 +58,7 @@ from ranking.catalog import CatalogItem, item_points
 from ranking.covisit import CovisitModel
 from ranking.datasets import Dataset
 from ranking.engine import BehaviorEngine, EngineConfig, Interaction
-from ranking.metrics import evaluate_lists
+from ranking.metrics import evaluate_lists, per_user_quality
 from ranking.profile import event_weight
 from ranking.scoring import BlendScorer, Scorer
 from ranking.split import Interaction as Revealed
@@ -115,6 +115,11 @@ class EvalConfig:
     # recall on every draw and k to qualify; quality is averaged over the draws.
     new_item_draws: int = 3
     new_item_draw_frac: float = 0.5
+    # Among the qualifying policies, those whose Recall+NDCG is within this many standard errors
+    # of the best one's (paired over validation users) are taken as tied, and of those the one
+    # with the largest worst-case new-item margin over content-only wins (the one-standard-error
+    # rule). 0 = the best Recall+NDCG alone, the rule until 2026-11-27.
+    cold_policy_noise_se: float = 1.0
 
 
 Encode = Callable[[Sequence[str]], np.ndarray]
@@ -458,8 +463,11 @@ def evaluate_seed(
                 for k, (rv, tg) in val_sets.items()
             }
 
-        def validate(tag: str, ecfg: EngineConfig, new: frozenset[str]) -> list[dict[str, float]]:
-            out = []
+        def validate(
+            tag: str, ecfg: EngineConfig, new: frozenset[str]
+        ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+            """Per k: the metrics, and each validation user's Recall+NDCG (for paired gaps)."""
+            out, users = [], []
             for k, (rv, tg) in val_sets.items():
                 lists = replay_with(
                     f"val-{tag}-k{k}", trained.scorer, trained.covisit, fit_log, ecfg, rv
@@ -469,32 +477,37 @@ def evaluate_seed(
                         lists, tg, k=cfg.n, cold_items=new, catalog_size=len(split.catalog)
                     )
                 )
-            return out
+                users.append(per_user_quality(lists, tg, k=cfg.n))
+            return out, users
 
         val_baselines = arrive(draws[0])
         lambdas = tuple(dict.fromkeys((engine_cfg.mmr_lambda, *cfg.mmr_lambdas)))
         selection: dict[str, float] = {}
         for lam in lambdas:
-            ms = validate(f"l{lam:g}", dataclasses.replace(cfg_n, mmr_lambda=lam), draws[0])
+            ms, _ = validate(f"l{lam:g}", dataclasses.replace(cfg_n, mmr_lambda=lam), draws[0])
             selection[f"{lam:g}"] = float(np.mean([m["recall"] + m["ndcg"] for m in ms]))
         lam = max(lambdas, key=lambda x: selection[f"{x:g}"])
         progress(f"seed {seed}: MMR λ on validation users {selection} → {lam:g}")
         cfg_lam = dataclasses.replace(cfg_n, mmr_lambda=lam)
         # every policy on every draw of new items: one flat list of (draw, k) figures each
         val_policy_metrics: dict[str, list[list[dict[str, float]]]] = {}
+        val_policy_users: dict[str, list[dict[str, float]]] = {}
         val_content: list[list[float]] = []
         for d, new in enumerate(draws):
             bases = val_baselines if d == 0 else arrive(new)
             val_content.append([bases[str(k)]["content"]["cold_recall"] for k in cfg.ks])
             for pol in cfg.cold_policies:
-                ms = validate(
+                ms, users = validate(
                     f"p{pol[0]}-{pol[1]:g}-{pol[2]}-d{d}", with_cold_policy(cfg_lam, pol), new
                 )
                 val_policy_metrics.setdefault(_policy_key(pol), []).append(ms)
+                val_policy_users.setdefault(_policy_key(pol), []).extend(users)
         policy, policy_table = choose_cold_policy(
             cfg.cold_policies,
             lambda pol: [m for ms in val_policy_metrics[_policy_key(pol)] for m in ms],
             [c for cs in val_content for c in cs],
+            per_user=lambda pol: user_means(val_policy_users[_policy_key(pol)]),
+            noise_se=cfg.cold_policy_noise_se,
         )
         progress(
             f"seed {seed}: new-item policy on validation users ({len(draws)} draws of new "
@@ -616,14 +629,43 @@ def with_cold_policy(ecfg: EngineConfig, policy: ColdPolicy) -> EngineConfig:
     )
 
 
+def user_means(per_user: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Each user's mean over the runs (draws × k) they have targets in."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for run in per_user:
+        for user, q in run.items():
+            sums[user] = sums.get(user, 0.0) + q
+            counts[user] = counts.get(user, 0) + 1
+    return {user: total / counts[user] for user, total in sums.items()}
+
+
+def paired_gap(best: Mapping[str, float], other: Mapping[str, float]) -> tuple[float, float]:
+    """Mean and standard error of ``best - other`` over the users both have."""
+    common = best.keys() & other.keys()
+    if len(common) < 2:
+        return math.nan, math.nan
+    d = np.array([best[u] - other[u] for u in sorted(common)])
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
 def choose_cold_policy(
     policies: Sequence[ColdPolicy],
     validate: Callable[[ColdPolicy], Sequence[Mapping[str, float]]],
     content_cold: Sequence[float],
+    per_user: Callable[[ColdPolicy], Mapping[str, float]] | None = None,
+    noise_se: float = 0.0,
 ) -> tuple[ColdPolicy, dict[str, dict[str, float]]]:
-    """The new-item policy with the best mean Recall+NDCG on validation users among those whose
-    cold recall is above 0 and at least content-only's for every k; if none qualifies, the one
-    closest to that bar (largest worst-case cold recall minus content's).
+    """The new-item policy for the worker, chosen on validation users.
+
+    A policy qualifies if its cold recall is above 0 and at least content-only's for every k
+    (and draw); if none does, the one closest to that bar wins (largest worst-case cold recall
+    minus content's). Among qualifying ones the best mean Recall+NDCG wins, unless ``per_user``
+    (each validation user's Recall+NDCG under a policy) and ``noise_se`` > 0 are given: then
+    every qualifying policy whose paired gap to the best is at most ``noise_se`` standard errors
+    counts as tied with it, and the tied one with the largest worst-case margin over content
+    wins. Quality differences of a few thousandths between slot policies are within the
+    validation users' noise, while the margin is what keeps the new-item target on other items.
 
     ``validate`` returns one metrics dict per k (same order as ``content_cold``).
     """
@@ -647,11 +689,20 @@ def choose_cold_policy(
         }
         scored.append((ok, quality, float(min(margins)), pol))
     feasible = [t for t in scored if t[0]]
-    if feasible:
-        best = max(feasible, key=lambda t: t[1])
-    else:
-        best = max(scored, key=lambda t: (t[2], t[1]))
-    return best[3], table
+    if not feasible:
+        return max(scored, key=lambda t: (t[2], t[1]))[3], table
+    best = max(feasible, key=lambda t: t[1])
+    if per_user is None or noise_se <= 0:
+        return best[3], table
+    best_users = per_user(best[3])
+    tied = []
+    for t in feasible:
+        gap, se = (0.0, 0.0) if t is best else paired_gap(best_users, per_user(t[3]))
+        within = t is best or (not math.isnan(gap) and gap <= noise_se * se)
+        table[_policy_key(t[3])].update(gap=gap, gap_se=se, tied_with_best=float(within))
+        if within:
+            tied.append(t)
+    return max(tied, key=lambda t: (t[2], t[1]))[3], table
 
 
 def summarize(per_seed: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ __all__ = [
     "evaluate_lists",
     "hit_rate_at_k",
     "ndcg_at_k",
+    "per_user_quality",
     "recall_at_k",
 ]
 
@@ -140,3 +141,19 @@ def evaluate_lists(
         "cold_top_share": cold_top_share,
         "k": float(k),
     }
+
+
+def per_user_quality(
+    lists: Mapping[str, Sequence[str]], targets: Mapping[str, Collection[str]], k: int = 20
+) -> dict[str, float]:
+    """Recall@k + NDCG@k of every user with at least one target (no list: 0).
+
+    The per-user terms behind :func:`evaluate_lists`' means, for paired comparisons of two
+    systems on the same users (their difference's standard error).
+    """
+    out: dict[str, float] = {}
+    for user, tgt in targets.items():
+        if tgt:
+            ranked = list(lists.get(user, ()))[:k]
+            out[user] = recall_at_k(ranked, tgt, k) + ndcg_at_k(ranked, tgt, k)
+    return out

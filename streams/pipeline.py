@@ -205,11 +205,20 @@ class Pipeline:
         """Swap in a ranker or co-visitation snapshot whose file changed (hot reload)."""
         if self.models is None:
             return
-        ranker, covisit = await self._run(self.models.poll)
-        if covisit is not None:
-            self.engine.swap_covisit(covisit)
+        models, engine = self.models, self.engine
+
+        def poll_and_swap() -> Scorer | None:
+            # on the store thread, between two engine steps: a batch is never ranked by two
+            # scorers (nor labelled with the one it was not ranked by)
+            ranker, covisit = models.poll()
+            if covisit is not None:
+                engine.swap_covisit(covisit)
+            if ranker is not None:
+                engine.swap_scorer(ranker)
+            return ranker
+
+        ranker = await self._run(poll_and_swap)
         if ranker is not None:
-            self.engine.swap_scorer(ranker)
             metrics.set_ranker_version(ranker.version)
 
     # -- items --------------------------------------------------------------------------
@@ -393,7 +402,7 @@ class Pipeline:
                     }
                     for rank, item in enumerate(recs.items, start=1)
                 ],
-                "model": {"encoder": self.encoder_name, "ranker": self.engine.scorer.version},
+                "model": {"encoder": self.encoder_name, "ranker": recs.ranker},
                 "latency_ms": round(max(time.time() - trigger.arrival, 0.0) * 1000.0, 3),
             }
         )

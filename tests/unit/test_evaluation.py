@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,3 +165,68 @@ def test_a_policy_must_clear_content_on_every_draw() -> None:
     pol, info = choose_cold_policy(list(table), validate, [0.03, 0.03])
     assert pol == (1, 1.0, "recent")
     assert info["1/0/prior:1"]["ok"] == 0.0
+
+
+def test_paired_gap_and_user_means_by_hand() -> None:
+    from ranking.evaluation import paired_gap, user_means
+
+    # u1 has targets in both runs, u2 in one: each user's mean over their own runs
+    assert user_means([{"u1": 0.2, "u2": 0.4}, {"u1": 0.4}]) == pytest.approx(
+        {"u1": 0.3, "u2": 0.4}
+    )
+    best = {"a": 1.0, "b": 0.5, "c": 0.0, "only_best": 9.0}
+    other = {"a": 0.5, "b": 0.5, "c": 0.0}
+    gap, se = paired_gap(best, other)
+    # differences 0.5, 0, 0: mean 1/6, sample sd sqrt(1/12), se = sd / sqrt(3)
+    assert gap == pytest.approx(1 / 6)
+    assert se == pytest.approx(math.sqrt(1 / 12) / math.sqrt(3))
+    assert all(math.isnan(x) for x in paired_gap({"a": 1.0}, {"a": 0.0}))
+
+
+def _users(base: float, noise: list[float]) -> dict[str, float]:
+    return {f"u{j}": base + e for j, e in enumerate(noise)}
+
+
+def test_a_policy_tied_within_noise_with_a_larger_cold_margin_wins() -> None:
+    # "bet" is better by 0.002 on average, but per user the difference swings ±0.2: within
+    # one standard error, so the policy with the larger margin over content is chosen
+    table = {
+        (1, 0.0, "prior:1"): [(0.301, 0.401, 0.04)],
+        (1, 1.0, "prior:1"): [(0.300, 0.400, 0.09)],
+    }
+    swings = [0.2, -0.2, 0.2, -0.2, 0.2, -0.2, 0.2, -0.2, 0.012, 0.0]
+    users = {
+        (1, 0.0, "prior:1"): _users(0.702, [0.0] * 10),
+        (1, 1.0, "prior:1"): _users(0.700, swings),
+    }
+    validate = _validator(table)
+
+    pol, info = choose_cold_policy(
+        list(table), validate, [0.03], per_user=users.__getitem__, noise_se=1.0
+    )
+    assert pol == (1, 1.0, "prior:1")
+    assert info["1/1/prior:1"]["tied_with_best"] == 1.0
+    assert info["1/1/prior:1"]["gap"] == pytest.approx(0.0008)
+    # without the rule, the best Recall+NDCG alone
+    assert choose_cold_policy(list(table), validate, [0.03])[0] == (1, 0.0, "prior:1")
+    assert choose_cold_policy(
+        list(table), validate, [0.03], per_user=users.__getitem__, noise_se=0.0
+    )[0] == (1, 0.0, "prior:1")
+
+
+def test_a_policy_clearly_worse_is_not_tied_whatever_its_margin() -> None:
+    # every user loses 0.05 or 0.06 under "hedge": far beyond one standard error
+    table = {
+        (1, 0.0, "prior:1"): [(0.33, 0.43, 0.04)],
+        (1, 1.0, "recent"): [(0.30, 0.40, 0.20)],
+    }
+    users = {
+        (1, 0.0, "prior:1"): _users(0.76, [0.0] * 10),
+        (1, 1.0, "recent"): _users(0.70, [0.0, 0.01] * 5),
+    }
+    pol, info = choose_cold_policy(
+        list(table), _validator(table), [0.03], per_user=users.__getitem__, noise_se=1.0
+    )
+    assert pol == (1, 0.0, "prior:1")
+    assert info["1/1/recent"]["tied_with_best"] == 0.0
+    assert info["1/0/prior:1"]["tied_with_best"] == 1.0

@@ -11,6 +11,7 @@ from ranking.metrics import (
     evaluate_lists,
     hit_rate_at_k,
     ndcg_at_k,
+    per_user_quality,
     recall_at_k,
 )
 
@@ -111,3 +112,15 @@ def test_evaluate_lists_without_cold_or_catalog_is_nan() -> None:
     assert math.isnan(got["coverage"])
     assert math.isnan(got["cold_distinct"])
     assert math.isnan(got["cold_top_share"])
+
+
+def test_per_user_quality_is_the_terms_of_the_means() -> None:
+    lists = {"u1": ["a", "c1", "b"], "u2": ["x", "y"]}
+    targets = {"u1": {"a", "c1", "c2", "z"}, "u2": {"y"}, "u3": {"c1"}, "u4": set()}
+    got = per_user_quality(lists, targets, k=2)
+    assert got.keys() == {"u1", "u2", "u3"}  # no targets: not scored; no list: 0
+    assert got["u1"] == pytest.approx(0.5 + 1.0)
+    assert got["u2"] == pytest.approx(1.0 + d(2) / d(1))
+    assert got["u3"] == 0.0
+    means = evaluate_lists(lists, targets, k=2)
+    assert sum(got.values()) / len(got) == pytest.approx(means["recall"] + means["ndcg"])
