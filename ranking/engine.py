@@ -458,10 +458,11 @@ class BehaviorEngine:
         # ``prepare``'s channels mostly scored already (the rest in one pass)
         index.prime(p.recent_items[-cfg.covisit_window :] for p in with_vec)
         pools: list[tuple[Profile, Candidates]] = []
+        trending_only = [p for p in profiles if p.vector is None]
         for profile, hits, chans in zip(with_vec, results, extras, strict=True):
             cands = table.pool(profile, hits, chans, now, cfg)
             if cands is None:
-                out[profile.user_id] = self._trending_list(profile, popularity)
+                trending_only.append(profile)
             else:
                 pools.append((profile, cands))
         users = [p.vector for p, _ in pools if p.vector is not None]  # all of them: with_vec
@@ -477,9 +478,7 @@ class BehaviorEngine:
                 else (cands.vectors @ recent_vec).astype(np.float32)
             )
             out[profile.user_id] = self._rank(profile, cands, known_items, score, recent, picks)
-        for p in profiles:
-            if p.vector is None:
-                out[p.user_id] = self._trending_list(p, popularity)
+        out.update(self._trending_lists(trending_only, popularity, known_items))
         return out
 
     def _new_items(
@@ -657,10 +656,53 @@ class BehaviorEngine:
                 return mean / norm
         return None
 
-    def _trending_list(self, profile: Profile, popularity: MergedTrending) -> list[RecItem]:
-        ranked = popularity.top(self.cfg.recs_count, exclude=profile.seen)
-        top = max((score for _, score in ranked), default=1.0) or 1.0
-        return [RecItem(i, score / top, "trending", ["trending now"]) for i, score in ranked]
+    def _trending_lists(
+        self,
+        profiles: Sequence[Profile],
+        popularity: MergedTrending,
+        known_items: Mapping[str, StoredPoint],
+    ) -> dict[str, list[RecItem]]:
+        """The trending lists of users without a pool (no vector yet, or nothing recalled).
+
+        Trending counts events, not the catalog's state: a retired item keeps its count (and
+        its later events still count), so each list asks for more than it needs and drops the
+        retired ones, asking again with twice the room while retired items leave it short.
+        """
+        n = self.cfg.recs_count
+        retired: dict[str, bool] = {}
+        lists: dict[str, list[tuple[str, float]]] = {}
+        pending, room = list(profiles), n
+        while pending:
+            room *= 2
+            ranked = {p.user_id: popularity.top(room, exclude=p.seen) for p in pending}
+            self._learn_retired({i for r in ranked.values() for i, _ in r}, known_items, retired)
+            short = []
+            for p in pending:
+                kept = [(i, score) for i, score in ranked[p.user_id] if not retired[i]]
+                if len(kept) >= n or len(ranked[p.user_id]) < room:  # enough, or all there is
+                    lists[p.user_id] = kept[:n]
+                else:
+                    short.append(p)
+            pending = short
+        out: dict[str, list[RecItem]] = {}
+        for user, kept in lists.items():
+            top = max((score for _, score in kept), default=1.0) or 1.0
+            out[user] = [RecItem(i, score / top, "trending", ["trending now"]) for i, score in kept]
+        return out
+
+    def _learn_retired(
+        self, ids: set[str], known_items: Mapping[str, StoredPoint], retired: dict[str, bool]
+    ) -> None:
+        """Fill ``retired`` for ``ids``: the batch's points first, the store for the rest (an
+        id the store does not hold is not known to be retired)."""
+        ask = [i for i in ids if i not in retired and i not in known_items]
+        points = {i: known_items[i] for i in ids if i not in retired and i in known_items}
+        if ask:
+            points.update(self.store.retrieve(self.cfg.items_collection, ask, with_vectors=False))
+        for i in ids:
+            if i not in retired:
+                point = points.get(i)
+                retired[i] = point is not None and point.payload.get("active") is False
 
     def _anchors(self, profile: Profile, known: Mapping[str, StoredPoint]) -> list[Anchor]:
         anchors: list[Anchor] = []

@@ -910,6 +910,23 @@ def test_user_without_vector_gets_trending(store: QdrantStore) -> None:
 
 
 @integration
+def test_trending_lists_leave_retired_items_out(store: QdrantStore) -> None:
+    """Trending counts events, not the catalog's state: a retired item kept its count and was
+    the first item of every trending-only list (found by review)."""
+    engine = engine_for(store, recs_count=2)
+    _crowd(engine)  # a1 > a2 > a3 > a4
+    store.set_payload("items", ["a1", "a3"], {"active": False})
+    out = run(engine, [ev("newbie", "rate", "a2", rating=0.0)])  # no vector: trending only
+    (recs,) = out.recommendations
+    # twice the room (4) held a1, a3, a4: one round more found nothing else to fill with
+    assert [i.item_id for i in recs.items] == ["a4"]
+    fresh = engine.recommend([Profile("nobody"), Profile("other", seen=["a4"])], {})
+    assert [i.item_id for i in fresh["nobody"]] == ["a2", "a4"]
+    assert [i.item_id for i in fresh["other"]] == ["a2"]
+    assert fresh["nobody"][0].score == pytest.approx(1.0)
+
+
+@integration
 def test_cold_items_get_their_slots(store: QdrantStore) -> None:
     engine = engine_for(store, recs_count=4, cold_item_slots=2)
     _crowd(engine)
