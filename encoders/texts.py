@@ -22,6 +22,11 @@ def _clean(value: str | None) -> str:
     return _SPACE.sub(" ", value).strip().rstrip(".;,").strip()
 
 
+def has_text(value: str | None) -> bool:
+    """Whether ``value`` leaves any text once cleaned as :func:`item_text` cleans it."""
+    return bool(_clean(value))
+
+
 def item_text(
     title: str | None,
     category: str | None = None,

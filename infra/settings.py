@@ -189,6 +189,14 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(4096, ge=1)
     max_tags: int = Field(64, ge=0)
     max_id_chars: int = Field(256, ge=1)
+    max_label_chars: int = Field(256, ge=1, description="an item's category, brand and each tag")
+    max_future_ts_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="an event or item whose ts is further ahead of the worker's clock is "
+        "dead-lettered (schema): a far-future ts would stop a profile's decay, or keep an item "
+        "new, for good",
+    )
 
     # --- Profiles ------------------------------------------------------------------------
     weight_view: float = 1.0

@@ -28,7 +28,7 @@ from ranking.catalog import CatalogItem, item_points
 from ranking.covisit import CovisitModel
 from ranking.engine import BatchOutcome, BehaviorEngine, Interaction, UserRecs
 from ranking.scoring import Scorer
-from ranking.store import StoreUnavailable, VectorStore
+from ranking.store import StoredPoint, StoreUnavailable, VectorStore
 from streams.schemas import (
     RAW_PREVIEW_BYTES,
     BehaviorEvent,
@@ -72,6 +72,8 @@ def limits_from(settings: Settings) -> Limits:
         max_text_chars=settings.max_text_chars,
         max_tags=settings.max_tags,
         max_id_chars=settings.max_id_chars,
+        max_label_chars=settings.max_label_chars,
+        max_future_s=settings.max_future_ts_s,
     )
 
 
@@ -255,8 +257,7 @@ class Pipeline:
                 for i, r in active
             ]
             points = item_points(catalog, vectors)
-            name = self.settings.items_collection
-            await self._retrying(lambda: self._run(lambda: self.store.upsert(name, points)))
+            await self._retrying(lambda: self._run(lambda: self._index(points)))
             metrics.ITEMS_INDEXED.inc(len(points))
         if retired:
             found = await self._retrying(lambda: self._run(lambda: self._retire(retired)))
@@ -266,6 +267,17 @@ class Pipeline:
                     len(retired) - found
                 )
         return out
+
+    def _index(self, points: list[StoredPoint]) -> None:
+        """Upsert ``points``, each keeping the ``created_at`` of its first version: an update
+        (a price change, a catalog resync, a re-listing) does not make an item new again."""
+        name = self.settings.items_collection
+        stored = self.store.retrieve(name, [p.id for p in points], with_vectors=False)
+        for point in points:
+            first = stored[point.id].payload.get("created_at") if point.id in stored else None
+            if isinstance(first, int | float):
+                point.payload["created_at"] = float(first)
+        self.store.upsert(name, points)
 
     def _retire(self, item_ids: list[str]) -> int:
         name = self.settings.items_collection

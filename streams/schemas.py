@@ -7,6 +7,7 @@ are settings, not constants; :func:`decode` applies the byte-level checks before
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -20,6 +21,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from encoders.texts import has_text
 
 EventType = Literal[
     "view", "click", "add_to_cart", "purchase", "rate", "search", "review", "profile"
@@ -39,6 +42,10 @@ class Limits:
     max_text_chars: int = 4096
     max_tags: int = 64
     max_id_chars: int = 256
+    max_label_chars: int = 256  # an item's category, brand and each tag
+    # a ts further ahead of this process's clock than this is refused: a year-9999 event
+    # would stop its user's profile decay for good, a year-9999 item stay "new" for good
+    max_future_s: float = 86_400.0
 
 
 DEFAULT_LIMITS = Limits()
@@ -78,9 +85,14 @@ class _Input(BaseModel):
 
     @field_validator("ts", mode="after", check_fields=False)
     @classmethod
-    def _ts_aware(cls, value: datetime | None) -> datetime | None:
+    def _ts_aware(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
+            value = value.replace(tzinfo=UTC)
+        if value is not None:
+            ahead = value.timestamp() - time.time()
+            limit = _limits(info).max_future_s
+            if ahead > limit:
+                raise ValueError(f"{ahead:.0f} s in the future, the limit is {limit:g} s")
         return value
 
 
@@ -149,7 +161,7 @@ class ItemEvent(_Input):
     category: str | None = None
     tags: list[str] = Field(default_factory=list)
     brand: str | None = None
-    price: float | None = Field(None, ge=0)
+    price: float | None = Field(None, ge=0, allow_inf_nan=False)
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
     ts: datetime | None = None
     active: bool = True
@@ -172,18 +184,30 @@ class ItemEvent(_Input):
             raise ValueError(f"text is {len(value)} characters, the limit is {limit}")
         return value
 
+    @field_validator("category", "brand")
+    @classmethod
+    def _label_length(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limit = _limits(info).max_label_chars
+        if value is not None and len(value) > limit:
+            raise ValueError(f"{len(value)} characters, the limit is {limit}")
+        return value
+
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        limit = _limits(info).max_tags
-        if len(value) > limit:
-            raise ValueError(f"{len(value)} tags, the limit is {limit}")
+        limits = _limits(info)
+        if len(value) > limits.max_tags:
+            raise ValueError(f"{len(value)} tags, the limit is {limits.max_tags}")
+        longest, limit = max(map(len, value), default=0), limits.max_label_chars
+        if longest > limit:
+            raise ValueError(f"a tag of {longest} characters, the limit is {limit}")
         return value
 
     @model_validator(mode="after")
     def _has_text(self) -> ItemEvent:
+        # the text the encoder gets drops blanks and trailing stops: a title of "..." is none
         if self.active and not any(
-            (s or "").strip() for s in (self.title, self.description, self.category)
+            has_text(s) for s in (self.title, self.description, self.category)
         ):
             raise ValueError("an active item needs a title, description or category to encode")
         return self

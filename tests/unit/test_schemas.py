@@ -251,12 +251,45 @@ def test_too_many_tags_on_items() -> None:
         ({"active": "false"}, "active"),
         ({"title": "x" * 5000}, "title"),
         ({"item_id": ""}, "item_id"),
+        ({"category": "c" * 60_000}, "category"),
+        ({"brand": "b" * 257}, "brand"),
+        ({"tags": ["ok", "t" * 257]}, "tags"),
     ],
 )
 def test_bad_items(overrides: dict[str, Any], field: str) -> None:
     err = rejected(raw(item(**overrides)), ItemEvent)
     assert err.reason == "schema"
     assert err.message.startswith(f"{field}"), err.message
+
+
+def test_an_infinite_price_is_refused() -> None:
+    """``1e309`` is plain JSON and parses to inf, which passed ``ge=0`` and then failed the
+    store write as a ``processing_error`` after a record-by-record rerun (found by review)."""
+    err = rejected(b'{"item_id": "i9", "title": "A film", "price": 1e309}', ItemEvent)
+    assert (err.reason, err.message.split(":")[0]) == ("schema", "price")
+
+
+@pytest.mark.parametrize("title", ["...", " ; ", ",", "\t.;,\n"])
+def test_a_title_of_stops_only_is_no_text(title: str) -> None:
+    """The encoder's text drops trailing stops: such a title left nothing to encode and failed
+    the batch (found by review). With a description beside it, the item is fine."""
+    err = rejected(raw(item(title=title, category=None)), ItemEvent)
+    assert err.reason == "schema" and "needs a title" in err.message
+    assert decode(raw(item(title=title, category=None, description="a film")), ItemEvent)
+
+
+@pytest.mark.parametrize("model", [BehaviorEvent, ItemEvent])
+def test_a_far_future_ts_is_refused(model: type[BaseModel]) -> None:
+    now = datetime.now(UTC)
+    payload = event if model is BehaviorEvent else item
+    for ts in ("9999-12-31T23:59:59+00:00", int((now + timedelta(days=2)).timestamp() * 1000)):
+        err = rejected(raw(payload(ts=ts)), model)
+        assert err.reason == "schema" and err.message.startswith("ts: "), err.message
+    soon = (now + timedelta(hours=1)).isoformat()  # clocks disagree by minutes, not days
+    assert decode(raw(payload(ts=soon)), model)
+    assert decode(raw(payload(ts=soon)), model, limits=Limits(max_future_s=7200))
+    err = rejected(raw(payload(ts=soon)), model, limits=Limits(max_future_s=60))
+    assert "the limit is 60 s" in err.message
 
 
 def test_active_item_needs_text_but_retired_item_does_not() -> None:

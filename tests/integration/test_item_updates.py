@@ -1,0 +1,68 @@
+"""An update of a known item: a new version of its text and payload, not a new item.
+
+The items agent's batch code (``Pipeline.on_items``) over a real Qdrant Edge store and the real
+encoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.settings import Settings
+from streams.pipeline import Pipeline, Record
+from tests.integration import inprocess
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def running(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Pipeline, asyncio.AbstractEventLoop]]:
+    root: Path = tmp_path_factory.mktemp("item-updates")
+    with inprocess.drama_pipeline(Settings(data_dir=root / "data"), ["old-1"]) as running:
+        yield running
+
+
+def _item(item_id: str, arrival: float, **fields: Any) -> Record:
+    value = {"item_id": item_id, "title": f"Film {item_id}", "category": "drama", **fields}
+    return Record(
+        "items", 0, inprocess.next_offset(), item_id.encode(), json.dumps(value).encode(), arrival
+    )
+
+
+def _stored(pipeline: Pipeline, item_id: str) -> dict[str, Any]:
+    name = pipeline.settings.items_collection
+    return dict(pipeline.store.retrieve(name, [item_id], with_vectors=False)[item_id].payload)
+
+
+def test_an_update_keeps_the_first_publication_time(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    """Before, every update re-stamped ``created_at`` with its own time: a price change made an
+    item of any age "new" for ``cold_item_max_age_hours`` (new-item slots, the new-item query,
+    the ranker's age feature). Found by review."""
+    pipeline, loop = running
+    first = 1.0e9  # published long ago (the record's time: the event has no ts)
+    loop.run_until_complete(pipeline.on_items([_item("film-u", first)]))
+    assert _stored(pipeline, "film-u")["created_at"] == first
+    now = time.time()
+    update = _item("film-u", now, price=9.5, description="now with a director's cut")
+    stamped = _item("film-v", now, ts=int(now * 1000))  # a new item, in the same batch
+    loop.run_until_complete(pipeline.on_items([update, stamped]))
+    payload = _stored(pipeline, "film-u")
+    assert payload["price"] == 9.5  # the update itself is applied
+    assert payload["created_at"] == first
+    assert _stored(pipeline, "film-v")["created_at"] == pytest.approx(now, abs=0.01)
+    # a retired item published again is the same item, not a new one
+    loop.run_until_complete(pipeline.on_items([_item("film-u", now, active=False)]))
+    loop.run_until_complete(pipeline.on_items([_item("film-u", time.time())]))
+    payload = _stored(pipeline, "film-u")
+    assert (payload["active"], payload["created_at"]) == (True, first)
