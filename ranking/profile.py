@@ -26,6 +26,7 @@ class ProfileConfig:
     seen_max: int = 2000
     texts_max: int = 3
     event_ids_max: int = 64
+    categories_max: int = 256  # the strongest kept: a user's affinities stay a bounded dict
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Profile:
     vector: np.ndarray | None = None
     event_count: int = 0
     last_ts: float | None = None
+    # the latest event that moved ``vector``; its decay runs from there (an event of weight 0
+    # moves ``last_ts`` but not the vector)
+    vector_ts: float | None = None
     recent_items: list[str] = field(default_factory=list)
     recent_types: dict[str, str] = field(default_factory=dict)  # item → last event type on it
     seen: list[str] = field(default_factory=list)
@@ -65,6 +69,7 @@ class Profile:
         return {
             "event_count": self.event_count,
             "last_ts": self.last_ts,
+            "vector_ts": self.vector_ts,
             "recent_items": self.recent_items,
             "recent_types": self.recent_types,
             "seen": self.seen,
@@ -85,6 +90,8 @@ class Profile:
             vector=vector if payload.get("has_vector", vector is not None) else None,
             event_count=int(payload.get("event_count", 0)),
             last_ts=payload.get("last_ts"),
+            # profiles written before it existed: every event moved the vector, or none did
+            vector_ts=payload.get("vector_ts", payload.get("last_ts")),
             recent_items=list(payload.get("recent_items", [])),
             recent_types={str(k): str(v) for k, v in payload.get("recent_types", {}).items()},
             seen=list(payload.get("seen", [])),
@@ -142,13 +149,22 @@ def apply_signal(profile: Profile, signal: Signal, cfg: ProfileConfig) -> None:
         if profile.vector is None:
             profile.vector = normalize(v.copy())
         else:
-            profile.vector = normalize(keep * profile.vector + weight * v).astype(np.float32)
-    if signal.category:
+            since = signal.ts - (profile.vector_ts if profile.vector_ts is not None else signal.ts)
+            held = decay(since, cfg.half_life_s)
+            profile.vector = normalize(held * profile.vector + weight * v).astype(np.float32)
+        profile.vector_ts = (
+            signal.ts if profile.vector_ts is None else max(profile.vector_ts, signal.ts)
+        )
+    if keep < 1.0:  # every event moves last_ts, so every event decays (searches have no category)
         for key in profile.categories:
             profile.categories[key] *= keep
+    if signal.category:
         profile.categories[signal.category] = profile.categories.get(signal.category, 0.0) + max(
             weight, 0.0
         )
+        if len(profile.categories) > cfg.categories_max:
+            strongest = sorted(profile.categories.items(), key=lambda kv: kv[1], reverse=True)
+            profile.categories = dict(strongest[: cfg.categories_max])
     if signal.item_id is not None:
         _push_unique(profile.recent_items, signal.item_id, cfg.recent_max)
         profile.recent_types[signal.item_id] = signal.event_type

@@ -192,6 +192,54 @@ def test_category_affinity_decays() -> None:
     assert p.categories == pytest.approx({"Drama": 1.25, "Comedy": 2.0})
 
 
+def test_category_affinity_decays_across_an_event_without_a_category() -> None:
+    """A search moves ``last_ts`` but has no category: the categories skipped the decay of the
+    gap before it (found by review: {Drama: 0.9998, Comedy: 1.0} ten half-lives later)."""
+    p = Profile("u1")
+    apply_signal(p, sig(1, 0.0, e(0), "view", "a", category="Drama"), CFG)
+    apply_signal(p, sig(2, 10 * HOUR, e(1), "search", text="space opera"), CFG)
+    assert p.categories == pytest.approx({"Drama": 2**-10})
+    apply_signal(p, sig(3, 10 * HOUR + 1, e(1), "view", "b", category="Comedy"), CFG)
+    assert p.categories["Drama"] == pytest.approx(2**-10, rel=1e-3)
+    assert p.categories["Comedy"] == pytest.approx(1.0)
+
+
+def test_the_vector_decays_across_an_event_of_weight_zero() -> None:
+    """A rating of 0 moves ``last_ts`` without moving the vector; the decay of the gap before it
+    was lost (found by review: u = (0.707, 0.707) instead of ≈ (0.001, 1))."""
+    p, q = Profile("u1"), Profile("u1")
+    apply_signal(p, sig(1, 0.0, e(0), "view", "a"), CFG)
+    apply_signal(p, sig(2, 10 * HOUR, e(1), "rate", "b", rating=0.0), CFG)
+    apply_signal(p, sig(3, 10 * HOUR + 1, e(1), "view", "c"), CFG)
+    apply_signal(q, sig(1, 0.0, e(0), "view", "a"), CFG)
+    apply_signal(q, sig(3, 10 * HOUR + 1, e(1), "view", "c"), CFG)
+    assert p.vector is not None and q.vector is not None
+    keep = decay(10 * HOUR + 1, HOUR)
+    np.testing.assert_allclose(q.vector, normalize(keep * e(0) + e(1)), rtol=1e-6)
+    np.testing.assert_allclose(p.vector, q.vector, rtol=1e-6)
+    assert (p.vector_ts, p.last_ts) == (10 * HOUR + 1, 10 * HOUR + 1)
+
+
+def test_a_stored_profile_without_vector_ts_decays_from_its_last_event() -> None:
+    p = Profile("u1")
+    apply_signal(p, sig(1, 0.0, e(0), "view", "a"), CFG)
+    payload = json.loads(json.dumps(p.to_payload()))
+    del payload["vector_ts"]  # written before the field existed
+    back = Profile.from_payload("u1", p.vector, payload)
+    assert back.vector_ts == 0.0 == back.last_ts
+
+
+def test_categories_keep_the_strongest_when_over_the_cap() -> None:
+    cfg = ProfileConfig(weights=WEIGHTS, half_life_s=HOUR, categories_max=2)
+    p = Profile("u1")
+    apply_signal(p, sig(1, 0.0, e(0), "purchase", "a", category="Drama"), cfg)
+    apply_signal(p, sig(2, 0.0, e(0), "click", "b", category="Comedy"), cfg)
+    apply_signal(p, sig(3, 0.0, e(0), "view", "c", category="Horror"), cfg)
+    assert p.categories == pytest.approx({"Drama": 4.0, "Comedy": 1.5})
+    apply_signal(p, sig(4, 0.0, e(0), "purchase", "d", category="Horror"), cfg)
+    assert p.categories == pytest.approx({"Drama": 4.0, "Horror": 4.0})
+
+
 # --- bounded bookkeeping -----------------------------------------------------------------
 
 
