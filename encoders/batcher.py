@@ -86,6 +86,13 @@ class MicroBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._halt = threading.Event()  # tells the thread to skip the rest of a window on stop
+        self._pass_started: float | None = None  # monotonic start of the pass in the thread
+
+    def pass_running_s(self) -> float:
+        """How long the forward pass now in the thread has run (0 when none is): a device
+        that hangs instead of failing shows here and nowhere else."""
+        started = self._pass_started
+        return time.monotonic() - started if started is not None else 0.0
 
     @property
     def running(self) -> bool:
@@ -272,9 +279,12 @@ class MicroBatcher:
         the rows already handed over are not handed over twice.
         """
         try:
+            self._pass_started = time.monotonic()
             ids = self.encoder.token_ids([item.text for item in window])
         except Exception as exc:
             return [], window, exc
+        finally:
+            self._pass_started = None
         order = sorted(range(len(window)), key=lambda i: len(ids[i]))
         groups = split_sorted(order, self.max_batch)
         for k, group in enumerate(groups):
@@ -282,9 +292,12 @@ class MicroBatcher:
                 return [window[i] for rest in groups[k:] for i in rest], [], None
             started = time.perf_counter()
             try:
+                self._pass_started = time.monotonic()
                 vectors = self.encoder.encode_ids([ids[i] for i in group], batch_size=len(group))
             except Exception as exc:
                 return [], [window[i] for rest in groups[k:] for i in rest], exc
+            finally:
+                self._pass_started = None
             seconds = time.perf_counter() - started
             loop.call_soon_threadsafe(self._deliver, [window[i] for i in group], vectors, seconds)
         return [], [], None

@@ -249,7 +249,16 @@ class Settings(BaseSettings):
         "(a device left in an error state needs a new process); 0 = never",
     )
     health_encoder_recheck_s: float = Field(
-        5.0, gt=0, description="while the encoder is reported down, probe it this often"
+        5.0,
+        gt=0,
+        description="while the encoder is reported down, probe it this often (and this often, "
+        "look for a hung forward pass)",
+    )
+    health_encoder_pass_s: float = Field(
+        120.0,
+        ge=0,
+        description="a forward pass running longer reports the encoder down (a hung device "
+        "does not raise); liveness then fails after health_encoder_down_s. 0 = never",
     )
     web_enabled: bool = False
     web_port: int = Field(6066, ge=0, le=65535)

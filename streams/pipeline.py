@@ -193,8 +193,23 @@ class Pipeline:
     async def recheck_encoder(self) -> None:
         """While the encoder is reported down, probe it: a batch that saw it fail may have
         been given up (a rebalance) with no text to encode since, and liveness fails on an
-        encoder down too long (a timer calls this)."""
-        if not (self._started and HEALTH.is_down("encoder")):
+        encoder down too long (a timer calls this). A forward pass running past
+        ``health_encoder_pass_s`` reports the encoder down; its end brings it back up."""
+        if not self._started:
+            return
+        running, limit = self.batcher.pass_running_s(), self.settings.health_encoder_pass_s
+        if limit > 0 and running > limit:
+            # a hung device never raises: the pass and every caller behind it wait for good.
+            # Reported down, liveness fails after health_encoder_down_s and the process is
+            # replaced; a probe would only queue behind the pass
+            if not HEALTH.is_down("encoder"):
+                metrics.dependency_down(
+                    "encoder",
+                    TimeoutError(f"one forward pass has run for {running:.0f} s"),
+                    "waiting for it; liveness fails if it stays down",
+                )
+            return
+        if not HEALTH.is_down("encoder"):
             return
         try:
             answered = await self.batcher.answers()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -43,11 +44,14 @@ class Device:
         self.broken = False
         self.poison = "poisonpill"
         self.failed_passes = 0
+        self.gate: threading.Event | None = None  # set: a pass hangs until the event is set
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         return self.encoder.token_ids(texts)
 
     def encode_ids(self, ids: Sequence[Sequence[int]], *, batch_size: int | None = None) -> Any:
+        if self.gate is not None:
+            assert self.gate.wait(60), "the test never released the hung pass"
         texts = self.encoder.tokenizer.batch_decode(ids)
         if self.broken or any(self.poison in t for t in texts):
             self.failed_passes += 1
@@ -207,6 +211,46 @@ def test_an_encoder_reported_down_with_nothing_to_encode_is_probed_back_up(
     loop.run_until_complete(pipeline.recheck_encoder())
     assert not HEALTH.is_down("encoder")
     assert _sample("coldstream_dependency_up", {"dependency": "encoder"}) == 1.0
+
+
+def test_a_hung_forward_pass_reports_the_encoder_down_until_it_ends(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop, Device],
+) -> None:
+    """A device that hangs instead of failing never raises: the pass and every caller behind it
+    waited for good while /healthz stayed green, so nothing replaced the worker (found by
+    review). Past ``health_encoder_pass_s`` the timer now reports the encoder down, without a
+    probe (it would queue behind the pass); the pass's end brings it back up."""
+    pipeline, loop, device = running
+    settings = pipeline.settings
+    pipeline.settings = settings.model_copy(update={"health_encoder_pass_s": 0.3})
+    gate = device.gate = threading.Event()
+
+    async def scenario() -> tuple[bool, bool, float, dict[str, Any], Any]:
+        batch = asyncio.ensure_future(pipeline.on_items([_item("hung-1", "A hung film")]))
+        await asyncio.sleep(0.1)
+        await pipeline.recheck_encoder()
+        early = HEALTH.is_down("encoder")
+        await asyncio.sleep(0.4)
+        await asyncio.wait_for(pipeline.recheck_encoder(), 5)  # returns: no probe behind it
+        hung, running_s = HEALTH.is_down("encoder"), pipeline.batcher.pass_running_s()
+        live = HEALTH.liveness().detail
+        gate.set()
+        return early, hung, running_s, live, await batch
+
+    try:
+        early, hung, running_s, live, out = loop.run_until_complete(
+            asyncio.wait_for(scenario(), 60)
+        )
+    finally:
+        gate.set()
+        device.gate = None
+        pipeline.settings = settings
+    assert not early  # 0.1 s into the pass: not yet
+    assert hung and running_s > 0.3
+    assert "encoder" in live["down_for_s"]  # liveness fails once down for health_encoder_down_s
+    assert not out.dead_letters  # the item waited and was indexed
+    assert pipeline.batcher.pass_running_s() == 0.0
+    assert not HEALTH.is_down("encoder")  # the pass that ended reported the encoder up
 
 
 def test_the_probe_tells_a_broken_encoder_from_a_bad_text(

@@ -241,3 +241,22 @@ def test_an_error_outside_a_pass_fails_its_callers_and_the_batcher_goes_on() -> 
             np.testing.assert_array_equal((await batcher.encode(["ok"]))[0], _vector("ok"))
 
     asyncio.run(main())
+
+
+def test_the_running_pass_is_timed_and_the_clock_stops_with_it() -> None:
+    gate = threading.Event()
+    encoder = FakeEncoder(gate=gate)
+
+    async def main() -> tuple[float, float, float]:
+        async with _batcher(encoder) as batcher:
+            idle = batcher.pass_running_s()
+            call = asyncio.ensure_future(batcher.encode(["a text"]))
+            await asyncio.sleep(0.2)
+            during = batcher.pass_running_s()
+            gate.set()
+            await call
+            return idle, during, batcher.pass_running_s()
+
+    idle, during, after = asyncio.run(main())
+    assert idle == 0.0 and after == 0.0
+    assert during >= 0.15
