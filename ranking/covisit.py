@@ -324,6 +324,8 @@ class CovisitCounter:
         self._n_pairs += added
         if self._n_pairs > self.max_pairs * 1.2:
             self._prune()
+        if len(self._counts) > self.max_pairs * 1.2:
+            self._prune_counts()
 
     def _trim(self, a: int) -> int:
         """Cut ``a``'s row to its strongest ``row_cap`` neighbours (amortized over ``row_cap``
@@ -333,6 +335,17 @@ class CovisitCounter:
         keep = sorted(row.items(), key=itemgetter(1), reverse=True)[: self.row_cap]
         self._pairs[a] = dict(keep)
         return len(row) - len(keep)
+
+    def _prune_counts(self) -> None:
+        """Keep the ``max_pairs`` largest visit counts: pairs are capped, and without this the
+        counts kept one entry per item ever visited (a churning catalog grows it, and every
+        state write carries it). A dropped item counts 0 again, as if never visited here.
+        Among equal counts the item counted first goes first: a new item's first visits are
+        not the ones to forget."""
+        items = list(self._counts.items())  # in the order each item was first counted
+        keep = heapq.nlargest(self.max_pairs, range(len(items)), key=lambda k: (items[k][1], k))
+        self._counts = dict(items[k] for k in sorted(keep))
+        self.dirty_all = True
 
     def _prune(self) -> None:
         flat = ((v, a, b) for a, row in self._pairs.items() for b, v in row.items())

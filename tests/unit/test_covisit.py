@@ -85,6 +85,20 @@ def test_online_counter_prunes_to_max_pairs() -> None:
     assert "q9" in c.pairs["p9"]  # the strongest survive
 
 
+def test_online_visit_counts_are_bounded_too() -> None:
+    """Pairs were capped but visit counts kept one entry per item ever visited: a churning
+    catalog grew them, and every state write carried them (found by review)."""
+    c = CovisitCounter(max_pairs=100, row_cap=4)
+    for n in range(5000):
+        c.add([f"i{n}"], f"j{n}", weight=1.0 + (n == 4321))
+    assert len(c.counts) <= 120
+    assert c.counts["j4321"] == 2.0  # the largest stay
+    assert len(c.to_payload()["items"]) <= 3 * 120  # counted items and pairs' items
+    index = CovisitIndex(None, [c], recency=0.5, ids=c.ids, rows=RowCache())
+    assert index.count("j4321") == 2.0 and index.count("j0") == 0.0
+    assert index.count("j4999") == 1.0  # of equal counts, the latest visited stay
+
+
 def _visits(
     window: int, weights: st.SearchStrategy[float], max_size: int
 ) -> st.SearchStrategy[list[tuple[list[str], str, float]]]:
