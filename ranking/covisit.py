@@ -178,6 +178,7 @@ class CovisitModel:
             "item_ids": json.dumps(self.item_ids),
             "checksum": _checksum(tensors),
         }
+        meta["meta_checksum"] = _meta_checksum(meta)
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(path)  # readers never see a half-written snapshot
@@ -201,11 +202,21 @@ class CovisitModel:
             raise CovisitError(f"{path}: unexpected tensors {sorted(tensors)}")
         if meta.get("checksum") != _checksum(tensors):
             raise CovisitError(f"{path}: checksum mismatch (corrupt file)")
+        # the row of each item id is in the metadata: a changed id moves counts to another item
+        # (files written before 2026-11-27 have no metadata checksum)
+        if "meta_checksum" in meta and meta["meta_checksum"] != _meta_checksum(meta):
+            raise CovisitError(f"{path}: metadata checksum mismatch (corrupt file)")
         try:
             item_ids = json.loads(meta["item_ids"])
             window = int(meta["window"])
         except (KeyError, ValueError) as exc:
             raise CovisitError(f"{path}: bad metadata: {exc}") from exc
+        if not (isinstance(item_ids, list) and all(isinstance(i, str) for i in item_ids)):
+            raise CovisitError(f"{path}: bad metadata: item_ids is not a list of ids")
+        if len(item_ids) != len(tensors["counts"]):
+            raise CovisitError(
+                f"{path}: {len(item_ids)} item ids for {len(tensors['counts'])} counts"
+            )
         return cls(
             item_ids,
             tensors["counts"],
@@ -442,10 +453,14 @@ class CovisitCounter:
         intern = c.ids.id
         if fmt == _PAYLOAD_FORMAT:
             gid = np.fromiter((intern(str(i)) for i in payload["items"]), np.int64)
-            keys = gid[_unb64(payload["count_items"], np.int32)].tolist()
+            local = {k: _unb64(payload[k], np.int32) for k in ("count_items", "pair_a", "pair_b")}
+            for name, idx in local.items():  # a negative index would name the last item
+                if len(idx) and (idx.min() < 0 or idx.max() >= len(gid)):
+                    raise CovisitError(f"co-visitation counts: {name} outside the item list")
+            keys = gid[local["count_items"]].tolist()
             c._counts = dict(zip(keys, _unb64(payload["counts"], np.float64).tolist(), strict=True))
-            a = gid[_unb64(payload["pair_a"], np.int32)].tolist()
-            b = gid[_unb64(payload["pair_b"], np.int32)].tolist()
+            a = gid[local["pair_a"]].tolist()
+            b = gid[local["pair_b"]].tolist()
             v = _unb64(payload["pair_counts"], np.float64).tolist()
             for x, y, w in zip(a, b, v, strict=True):
                 row = c._pairs.get(x)
@@ -793,6 +808,17 @@ class CovisitScores:
         order = part[np.lexsort((self._keys[part], -values[part]))]
         names = self._ids.names
         return [names[int(self._keys[i])] for i in order]
+
+
+def _meta_checksum(meta: Mapping[str, str]) -> str:
+    """SHA-256 of the metadata but itself, in key order."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in meta if k != "meta_checksum"):
+        h.update(key.encode())
+        h.update(b"\0")
+        h.update(meta[key].encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _checksum(tensors: Mapping[str, np.ndarray]) -> str:

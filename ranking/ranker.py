@@ -377,14 +377,16 @@ class ArtifactWatcher(Generic[T]):
         self.loader = loader
         self.current: T | None = None
         self.last_error: str | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def _file_stamp(self) -> tuple[int, ...] | None:
+        """What tells a changed file: a file renamed in is a new inode, and ``cp -p`` or
+        ``rsync -a`` can bring the old size and mtime with it (its ctime is new)."""
         try:
             st = self.path.stat()
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
     def poll(self) -> T | None:
         stamp = self._file_stamp()
@@ -393,9 +395,9 @@ class ArtifactWatcher(Generic[T]):
         self._stamp = stamp
         try:
             loaded = self.loader(self.path)
-        except (RankerLoadError, ValueError, OSError) as exc:
-            self.last_error = str(exc)
-            log.error("keeping the previous model: %s", exc)
+        except Exception as exc:  # whatever a damaged file raises: it must not stop the worker
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("keeping the previous model: %s", self.last_error)
             return None
         self.current = loaded
         self.last_error = None

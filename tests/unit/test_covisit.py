@@ -301,3 +301,49 @@ def test_a_batch_primed_at_once_scores_the_same_floats_as_window_by_window(
         assert got.largest(100) == alone.largest(100)
         np.testing.assert_array_equal(got.of(gids), alone.of(gids))
         assert [got.get(i) for i in items] == [alone.get(i) for i in items]
+
+
+def test_a_snapshot_whose_item_ids_were_edited_is_refused(tmp_path: Path) -> None:
+    """The checksum covered the tensors only, and the ids that name their rows are metadata:
+    one byte changed gave the counts to another item (found by review)."""
+    m = CovisitModel.build([["a", "b"], ["a", "c"]], window=1, neighbors=10)
+    path = tmp_path / "c.safetensors"
+    m.save(path)
+    raw = path.read_bytes()
+    i = raw.index(b'\\"b\\"')  # the id "b" inside the JSON of the header
+    path.write_bytes(raw[: i + 2] + b"z" + raw[i + 3 :])
+    with pytest.raises(CovisitError, match="metadata checksum"):
+        CovisitModel.load(path)
+
+
+def test_a_snapshot_from_before_the_metadata_checksum_still_loads(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    m = CovisitModel.build([["a", "b"], ["a", "c"]], window=1, neighbors=10)
+    path = tmp_path / "c.safetensors"
+    m.save(path)
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = dict(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    del meta["meta_checksum"]
+    save_file(tensors, str(path), metadata=meta)
+    assert CovisitModel.load(path).item_ids == m.item_ids
+    meta["item_ids"] = "2"  # valid JSON of the wrong type: refused, not a TypeError
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CovisitError, match="item_ids"):
+        CovisitModel.load(path)
+
+
+def test_counts_whose_indices_leave_the_item_list_are_refused() -> None:
+    """An index past the list raised IndexError, which the assignment path did not catch; a
+    negative one named the last item (found by review)."""
+    import base64
+
+    c = CovisitCounter()
+    c.add(["a"], "b")
+    for bad in (7, -1):
+        payload = c.to_payload()
+        payload["pair_a"] = base64.b64encode(np.array([bad, 0], "<i4").tobytes()).decode()
+        with pytest.raises(CovisitError, match="pair_a outside"):
+            CovisitCounter.from_payload(payload)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -157,6 +158,35 @@ def test_generic_watcher_survives_loader_errors(tmp_path: Path) -> None:
     time.sleep(0.01)
     path.write_text("{broken")
     assert watcher.poll() is None and watcher.current == {"a": 1}
+
+
+def test_a_watcher_keeps_the_previous_model_whatever_the_loader_raises(tmp_path: Path) -> None:
+    """Only ValueError and OSError were caught: a damaged file raising TypeError (valid JSON of
+    the wrong type) escaped into the reload timer, which stops the app, and at start-up the
+    worker crash-looped until the file was removed (found by review)."""
+    path = tmp_path / "x.json"
+    watcher: ArtifactWatcher[int] = ArtifactWatcher(path, lambda p: len(json.loads(p.read_text())))
+    path.write_text("[1, 2]")
+    assert watcher.poll() == 2
+    time.sleep(0.01)
+    path.write_text("7")  # len(7): TypeError
+    assert watcher.poll() is None and watcher.current == 2
+    assert watcher.last_error is not None and watcher.last_error.startswith("TypeError")
+
+
+def test_a_watcher_sees_a_file_renamed_in_with_the_old_size_and_mtime(tmp_path: Path) -> None:
+    """``cp -p``, ``rsync -a`` or a save within the same tick keep size and mtime: the stamp
+    was (mtime, size), so the new model was never loaded (found by review)."""
+    path = tmp_path / "r.safetensors"
+    save_ranker(path, _scorer(0, version="v1"))
+    watcher = ranker_watcher(path, expect_dim=DIM)
+    assert watcher.poll() is not None
+    st = path.stat()
+    save_ranker(path, _scorer(1, version="v2"))  # same shapes: same size; a new inode
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    loaded = watcher.poll()
+    assert loaded is not None and loaded.version == "v2"
 
 
 @pytest.mark.unit
