@@ -70,8 +70,34 @@ class QdrantStore:
     # -- protocol -----------------------------------------------------------------------
     def ensure_collection(self, name: str, dim: int) -> None:
         def run() -> None:
-            if self._client.collection_exists(name):
+            created = False
+            if not self._client.collection_exists(name):
+                try:
+                    self._client.create_collection(
+                        name,
+                        vectors_config=models.VectorParams(
+                            size=dim, distance=models.Distance.COSINE
+                        ),
+                    )
+                    created = True
+                except UnexpectedResponse as exc:
+                    # workers starting together on a fresh server: another one created it
+                    # between the check and the create (Qdrant answers 409 Conflict)
+                    if exc.status_code != 409:
+                        raise
+            indexes: tuple[tuple[str, models.PayloadSchemaType], ...] = (
+                ("active", models.PayloadSchemaType.BOOL),
+                ("created_at", models.PayloadSchemaType.FLOAT),
+            )
+            if not created:
                 info = self._client.get_collection(name)
+                if self.location.startswith(("http://", "https://")):
+                    # a creator that died before its indexes left none (local mode ignores
+                    # payload indexes: there, only at creation, as before)
+                    have_indexes = info.payload_schema or {}
+                    indexes = tuple(i for i in indexes if i[0] not in have_indexes)
+                else:
+                    indexes = ()
                 params = info.config.params.vectors
                 have = params.size if isinstance(params, models.VectorParams) else None
                 if have is not None and have != dim:
@@ -79,16 +105,8 @@ class QdrantStore:
                         f"collection {name!r} has dimension {have}, the encoder gives {dim}: "
                         "use another collection name or data dir for another model"
                     )
-            else:
-                self._client.create_collection(
-                    name,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                )
-                for field, schema in (
-                    ("active", models.PayloadSchemaType.BOOL),
-                    ("created_at", models.PayloadSchemaType.FLOAT),
-                ):
-                    self._client.create_payload_index(name, field, field_schema=schema)
+            for field, schema in indexes:
+                self._client.create_payload_index(name, field, field_schema=schema)
 
         self._call("ensure_collection", run)
         self._dims[name] = dim

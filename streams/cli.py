@@ -75,8 +75,7 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker import run_worker
 
-    run_worker(settings)
-    return 0
+    return run_worker(settings)
 
 
 def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:

@@ -187,7 +187,8 @@ class Pipeline:
         except StoreUnavailable as exc:
             metrics.dependency_down("store", exc, "trending counts kept for the next save")
             return 0
-        metrics.dependency_up("store")
+        if saved:  # nothing to save is no call: it says nothing of a store reported down
+            metrics.dependency_up("store")
         return saved
 
     async def recheck_encoder(self) -> None:

@@ -186,10 +186,14 @@ def worker_app(
         pipeline.close()
 
 
-def run_worker(settings: Settings) -> None:
-    """``coldstream worker``: run until SIGTERM/SIGINT (embedded broker when none is configured)."""
+def run_worker(settings: Settings) -> int:
+    """``coldstream worker``: run until SIGTERM/SIGINT (embedded broker when none is configured).
+
+    Returns the exit status: 0 after a stop, non-zero after a crash (Faust exits 1), so a
+    supervisor that restarts on failure restarts it."""
     logging.basicConfig(level=settings.log_level)
     use_event_loop(settings.event_loop)
+    status: object = 0
     with kafka_bootstrap(
         settings.kafka_bootstrap,
         port=settings.embedded_broker_port,
@@ -207,5 +211,8 @@ def run_worker(settings: Settings) -> None:
             configure_gc(
                 freeze=settings.gc_freeze_at_start, gen0_threshold=settings.gc_gen0_threshold
             )
-            with contextlib.suppress(SystemExit):
+            try:
                 worker.execute_from_commandline()
+            except SystemExit as exc:
+                status = exc.code
+    return status if isinstance(status, int) else (0 if status is None else 1)

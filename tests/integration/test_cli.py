@@ -82,3 +82,30 @@ def test_schemas_and_config(tmp_path: Path) -> None:
     assert {"event_id", "user_id", "type", "ts"} <= set(events["required"])
     config = cli("config", env={"COLDSTREAM_TOPIC_EVENTS": "behavior"})
     assert json.loads(config.stdout)["topic_events"] == "behavior"
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_that_crashes_exits_non_zero(tmp_path: Path) -> None:
+    """Faust turns a crash into exit status 1, and ``run_worker`` swallowed it: a worker that
+    refused its store (here a users collection of another vector size) exited 0, so a
+    supervisor restarting on failure left it dead (found by review)."""
+    from infra.edge_store import EdgeStore
+
+    store = EdgeStore(tmp_path / "edge")
+    store.ensure_collection("users", 8)  # the encoder gives 384
+    store.close()
+    env = {
+        **os.environ,
+        "COLDSTREAM_DATA_DIR": str(tmp_path),
+        "COLDSTREAM_METRICS_PORT": str(free_port()),
+        "COLDSTREAM_ENCODER_DEVICE": "cpu",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert done.returncode != 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "has dimension 8, the encoder gives 384" in done.stdout + done.stderr

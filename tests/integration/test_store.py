@@ -206,3 +206,30 @@ def test_busy_and_failing_servers_are_outages_other_errors_are_not(
         store._call("search", lambda: answer(status))
     with pytest.raises(UnexpectedResponse):
         store._call("search", lambda: answer(400))
+
+
+def test_a_collection_another_worker_created_first_is_taken_as_it_is(
+    store: QdrantStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers starting together on a fresh server: both see no collection, one creates it,
+    the other's create gets 409 Conflict, which crashed that worker's start (found by
+    review). The conflict now means "it exists": its vector size is still checked."""
+    store.ensure_collection("raced", 4)  # the other worker's
+
+    def conflict(name: str, **_: object) -> None:
+        raise UnexpectedResponse(409, "Conflict", b'{"status": {"error": "exists"}}', Headers())
+
+    monkeypatch.setattr(store._client, "collection_exists", lambda name: False)
+    monkeypatch.setattr(store._client, "create_collection", conflict)
+    store.ensure_collection("raced", 4)
+    with pytest.raises(ValueError, match="has dimension 4, the encoder gives 5"):
+        store.ensure_collection("raced", 5)
+    monkeypatch.setattr(
+        store._client,
+        "create_collection",
+        lambda name, **_: (_ for _ in ()).throw(
+            UnexpectedResponse(400, "Bad Request", b"{}", Headers())
+        ),
+    )
+    with pytest.raises(UnexpectedResponse):  # any other refusal is still an error
+        store.ensure_collection("raced", 4)
