@@ -32,13 +32,17 @@ class Health:
         clock: Callable[[], float] = time.monotonic,
         *,
         restart_after_down_s: dict[str, float] | None = None,
+        start_grace_s: float | None = None,
     ):
         """``restart_after_down_s``: dependencies a restart can cure (the encoder: a device
         left in an error state by a failed pass stays so until the process ends), and how long
-        each may stay down before liveness fails."""
+        each may stay down before liveness fails. ``start_grace_s`` (default
+        ``stall_after_s``): how long start-up may take before the first beat (the encoder's
+        load, the store's optimize, the consumer group's join)."""
         if stall_after_s <= 0:
             raise ValueError("stall_after_s must be positive")
         self.stall_after_s = stall_after_s
+        self.start_grace_s = stall_after_s if start_grace_s is None else start_grace_s
         self.restart_after_down_s = dict(restart_after_down_s or {})
         self._clock = clock
         self._lock = threading.Lock()
@@ -80,9 +84,10 @@ class Health:
             self._down_since.clear()
 
     def liveness(self) -> Check:
-        """Alive while the event loop beat within ``stall_after_s`` (a blocked loop also stops
-        heartbeating the consumer group) and no dependency a restart can cure has been down
-        for longer than allowed: restarting is the cure for both."""
+        """Alive while the event loop beat within ``stall_after_s`` (``start_grace_s`` from
+        the start until its first beat; a blocked loop also stops heartbeating the consumer
+        group) and no dependency a restart can cure has been down for longer than allowed:
+        restarting is the cure for both."""
         with self._lock:
             now = self._clock()
             age = now - self._last_beat
@@ -93,7 +98,7 @@ class Health:
             for name, limit in self.restart_after_down_s.items()
             if limit > 0 and down_s.get(name, 0.0) > limit
         )
-        ok = age <= self.stall_after_s and not too_long
+        ok = age <= (self.stall_after_s if beats else self.start_grace_s) and not too_long
         detail: dict[str, Any] = {"loop_beat_age_s": round(age, 3), "beats": beats}
         if down_s:
             detail["down_for_s"] = {name: round(v, 3) for name, v in sorted(down_s.items())}

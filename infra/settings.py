@@ -239,7 +239,14 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="/healthz fails (503) once the event loop has not beaten for this long "
-        "(also the time from start-up to the first beat)",
+        "(from the start to the first beat: health_start_grace_s)",
+    )
+    health_start_grace_s: float = Field(
+        300.0,
+        gt=0,
+        description="/healthz allows this long from the start to the first beat: the encoder's "
+        "load, the store's optimize (it holds the GIL) and the consumer group's join (up to the "
+        "rebalance timeout while other members finish their batches) come first",
     )
     health_beat_every_s: float = Field(1.0, gt=0, description="the event loop's heartbeat")
     health_encoder_down_s: float = Field(

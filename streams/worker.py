@@ -203,6 +203,7 @@ def run_worker(settings: Settings) -> int:
             print(f"embedded broker: {bootstrap}", flush=True)
         if settings.metrics_port:
             HEALTH.stall_after_s = settings.health_stall_s
+            HEALTH.start_grace_s = settings.health_start_grace_s
             HEALTH.restart_after_down_s = {"encoder": settings.health_encoder_down_s}
             metrics.serve(settings.metrics_host, settings.metrics_port)
         store = open_store(settings)

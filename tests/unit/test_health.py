@@ -39,6 +39,21 @@ def test_alive_while_the_loop_beats_and_not_once_it_stalls() -> None:
     assert not health.liveness().ok
 
 
+def test_start_up_has_its_own_grace_before_the_first_beat() -> None:
+    """Model load, the store's optimize and the group's join come before the first beat: with
+    only ``stall_after_s`` for them, a slow start was killed over and over (found by review)."""
+    clock = Clock()
+    health = Health(stall_after_s=30.0, clock=clock, start_grace_s=300.0)
+    clock.now += 299.0
+    assert health.liveness().ok and health.liveness().detail["beats"] == 0
+    clock.now += 2.0
+    assert not health.liveness().ok
+    health.beat()  # from the first beat on, the stall limit
+    clock.now += 31.0
+    assert not health.liveness().ok
+    assert Health(stall_after_s=30.0).start_grace_s == 30.0
+
+
 def test_ready_only_when_beating_started_and_every_dependency_answers() -> None:
     clock = Clock()
     health = Health(stall_after_s=5.0, clock=clock)
