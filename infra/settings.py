@@ -228,7 +228,9 @@ class Settings(BaseSettings):
 
     # --- Worker / metrics ----------------------------------------------------------------
     lag_interval_s: float = Field(5.0, gt=0, description="how often consumer lag is measured")
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = Field(
+        "127.0.0.1", min_length=1, description="the address to bind; 0.0.0.0 for every interface"
+    )
     metrics_port: int = Field(
         9108,
         ge=0,

@@ -69,6 +69,19 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     )
     for name, parts in sorted(topics.items()):
         print(f"{name}\t{parts} partitions")
+    if args.action == "create":
+        wanted = settings.topic_partitions()
+        other = {name: parts for name, parts in topics.items() if parts != wanted[name]}
+        for name, parts in sorted(other.items()):
+            # an operator raising COLDSTREAM_PARTITIONS_* to scale out would keep the old
+            # parallelism without a word: existing topics are not changed
+            print(
+                f"topic {name} exists with {parts} partitions, the settings ask for "
+                f"{wanted[name]}: not changed (add partitions with the cluster's own tools; "
+                "events keyed by user_id move to other partitions then)",
+                file=sys.stderr,
+            )
+        return 1 if other else 0
     return 0
 
 

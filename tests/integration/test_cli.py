@@ -47,6 +47,11 @@ def test_broker_topics_produce_and_clean_stop(tmp_path: Path) -> None:
         assert listed.returncode == 0, listed.stderr
         for topic in ("events", "items", "recommendations", "dead-letter"):
             assert topic in listed.stdout
+        assert cli("topics", "create", env=env).returncode == 0  # all there, as asked
+        # more partitions asked for than the topic has: said, and not a success
+        more = cli("topics", "create", env={**env, "COLDSTREAM_PARTITIONS_EVENTS": "8"})
+        assert more.returncode == 1
+        assert "topic events exists with 4 partitions, the settings ask for 8" in more.stderr
 
         items = tmp_path / "items.jsonl"
         items.write_text(
