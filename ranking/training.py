@@ -103,9 +103,12 @@ class _List:
 
 
 def data_hash(log_df: pd.DataFrame, item_ids: Sequence[str]) -> str:
+    """Names the log a model was fitted on (in its version and metadata): every column the fit
+    reads, so a log with other ratings or event types is another log."""
     h = hashlib.sha256()
     h.update("\n".join(item_ids).encode())
-    cols = log_df[["user_id", "item_id", "ts"]].astype(str)
+    read = [c for c in ("user_id", "item_id", "ts", "type", "rating") if c in log_df.columns]
+    cols = log_df[read].astype(str)
     h.update(pd.util.hash_pandas_object(cols, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -136,7 +139,10 @@ def _lists_for_user(
     active: np.ndarray,
     engine_cfg: EngineConfig,
     prefix_lengths: Sequence[int],
+    created: np.ndarray | None = None,
 ) -> list[tuple[_List, set[str]]]:
+    """``created``: each item's publication time (0: unknown, always there). An item published
+    after a list's time is no candidate of it: the worker could not have shown it then."""
     out: list[tuple[_List, set[str]]] = []
     known = [
         (str(r.item_id), float(r.ts), str(r.type), None if pd.isna(r.rating) else float(r.rating))
@@ -172,8 +178,9 @@ def _lists_for_user(
         targets = {i for i, _, _, _ in known[L:]} - seen
         if not targets:
             continue
+        now = known[L - 1][1]
         sims = items.vectors @ profile.vector
-        mask = active.copy()
+        mask = active.copy() if created is None else active & (created <= now)
         mask[[row_of[i] for i in seen]] = False
         sims = np.where(mask, sims, -np.inf)
         n = min(engine_cfg.recall_top_n, int(mask.sum()))
@@ -182,9 +189,11 @@ def _lists_for_user(
         hits = [Hit(items.ids[r], float(sims[r]), items.payloads[r], items.vectors[r]) for r in top]
         recent = profile.recent_items[-engine_cfg.covisit_window :]
         chan = [(i, "covisit") for i in index.top(recent, engine_cfg.covisit_top_n, exclude=seen)]
-        now = known[L - 1][1]
+        extras = chan + popular
+        if created is not None:
+            extras = [(i, why) for i, why in extras if created[row_of[i]] <= now]
         cands = assemble_candidates(
-            profile, hits, chan + popular, _Points(items, row_of), {}, index, now, engine_cfg
+            profile, hits, extras, _Points(items, row_of), {}, index, now, engine_cfg
         )
         if cands is None:
             continue
@@ -193,6 +202,11 @@ def _lists_for_user(
         labels = np.array([1.0 if i in targets else 0.0 for i in cands.ids], dtype=np.float32)
         out.append((_List(profile.vector.copy(), rows, feats, labels, len(targets)), targets))
     return out
+
+
+def _created_at(payload: Mapping[str, Any]) -> float:
+    value = payload.get("created_at")
+    return float(value) if isinstance(value, int | float) and value > 0 else 0.0
 
 
 class _Points(Mapping[str, Any]):
@@ -386,6 +400,7 @@ def _fit_member(
     torch.manual_seed(cfg.seed)
     row_of = {item: r for r, item in enumerate(items.ids)}
     active = np.array([p.get("active", True) is not False for p in items.payloads], dtype=bool)
+    created = np.array([_created_at(p) for p in items.payloads], dtype=np.float64)
     fold_of = {
         u: int(f) for u, f in zip(users, rng.integers(0, cfg.folds, len(users)), strict=True)
     }
@@ -401,7 +416,15 @@ def _fit_member(
             if fold_of[u] != fold:
                 continue
             made = _lists_for_user(
-                seqs[u], items, row_of, index, popular, active, engine_cfg, cfg.prefix_lengths
+                seqs[u],
+                items,
+                row_of,
+                index,
+                popular,
+                active,
+                engine_cfg,
+                cfg.prefix_lengths,
+                created,
             )
             (val_lists if u in val_users else train_lists).extend(lst for lst, _ in made)
         say(f"fold {fold + 1}/{cfg.folds}: {len(train_lists)} train / {len(val_lists)} val lists")

@@ -339,3 +339,75 @@ def test_single_member_files_keep_the_unprefixed_layout(tmp_path: Path) -> None:
     path = save_ranker(tmp_path / "one.safetensors", _scorer())
     assert not any(k.startswith("member") for k in load_file(str(path)))
     assert load_ranker(path).meta.members == 1
+
+
+def test_training_lists_hold_no_item_published_after_their_time() -> None:
+    """A list at time t held items published long after t (even as positives), with age 0 and
+    other users' whole popularity: rows the worker can never show (found by review)."""
+    import pandas as pd
+
+    from ranking.covisit import CovisitIndex, CovisitModel
+    from ranking.engine import EngineConfig
+    from ranking.profile import ProfileConfig
+    from ranking.training import ItemTable, _lists_for_user
+
+    rng = np.random.default_rng(0)
+    n = 30
+    vecs = rng.normal(size=(n, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = [f"i{j}" for j in range(n)]
+    created = np.array([100.0] * 20 + [10_000.0] * 10)  # i20..i29 come after the lists
+    items = ItemTable(ids, vecs, [{"category": "c", "created_at": c} for c in created])
+    seq = pd.DataFrame(
+        {
+            "user_id": ["u"] * 3,
+            "item_id": ["i1", "i2", "i25"],
+            "ts": [200.0, 300.0, 20_000.0],
+            "type": ["view"] * 3,
+            "rating": [np.nan] * 3,
+            "text": [None] * 3,
+        }
+    )
+    cfg = EngineConfig(profile=ProfileConfig(weights={"view": 1.0}, half_life_s=1e9))
+    index = CovisitIndex(CovisitModel.build([ids], window=2, neighbors=5), [], 0.8)
+    row_of = {i: r for r, i in enumerate(ids)}
+    popular = [("i27", "trending"), ("i3", "trending")]
+
+    def pool(with_created: bool) -> list[str]:
+        made = _lists_for_user(
+            seq,
+            items,
+            row_of,
+            index,
+            popular,
+            np.ones(n, bool),
+            cfg,
+            (2,),
+            created if with_created else None,
+        )
+        return [ids[r] for r in made[0][0].rows]
+
+    before = pool(False)
+    assert any(row_of[i] >= 20 for i in before)  # what it was
+    after = pool(True)
+    assert after and all(created[row_of[i]] <= 300.0 for i in after)
+    assert "i3" in after
+
+
+def test_the_data_hash_changes_with_ratings_and_types() -> None:
+    import pandas as pd
+
+    from ranking.training import data_hash
+
+    df = pd.DataFrame(
+        {
+            "user_id": ["u", "u"],
+            "item_id": ["a", "b"],
+            "ts": [1.0, 2.0],
+            "type": ["rate"] * 2,
+            "rating": [5.0, 5.0],
+        }
+    )
+    assert data_hash(df, ["a", "b"]) == data_hash(df.copy(), ["a", "b"])
+    assert data_hash(df, ["a", "b"]) != data_hash(df.assign(rating=[1.0, 1.0]), ["a", "b"])
+    assert data_hash(df, ["a", "b"]) != data_hash(df.assign(type=["view", "rate"]), ["a", "b"])
