@@ -47,7 +47,8 @@ def _valid(user: str) -> st.SearchStrategy[dict[str, object]]:
             "user_id": st.just(user),
             "type": st.sampled_from(["view", "click", "add_to_cart", "purchase"]),
             "item_id": st.sampled_from(ITEM_IDS),
-            "ts": st.integers(1_600_000_000_000, 1_800_000_000_000),
+            # 2020-09 to 2026-09: all in the past (a ts over a day ahead is malformed)
+            "ts": st.integers(1_600_000_000_000, 1_790_000_000_000),
         }
     )
 
@@ -69,10 +70,20 @@ def _malformed(valid: dict[str, object], kind: str) -> bytes:
         bad["item_id"] = "no-such-item-" + uuid.uuid4().hex
     elif kind == "not_json":
         return b"{" + json.dumps(bad).encode()
+    elif kind == "far_future":
+        bad["ts"] = 253_402_300_799_000  # 9999-12-31
     return json.dumps(bad).encode()
 
 
-KINDS = ["bad_utf8", "wrong_type", "huge_field", "deep_json", "missing_key", "unknown_item"]
+KINDS = [
+    "bad_utf8",
+    "wrong_type",
+    "huge_field",
+    "deep_json",
+    "missing_key",
+    "unknown_item",
+    "far_future",
+]
 
 
 @st.composite
