@@ -1,16 +1,18 @@
-"""A ranker swapped in while a batch is being ranked: the batch keeps the scorer it started with.
+"""A ranker swapped in while batches run: each list is ranked by one scorer and names it.
 
 The worker's hot reload (``Pipeline.reload_models``) over the behavior agent's batch code, a real
-Qdrant Edge store and the real encoder. The scorers are the engine's own blend scorer; the first
-one holds its batch inside ``score`` until the test has asked for the swap.
+Qdrant Edge store and the real encoder. The scorers are the engine's own blend scorer; the
+first one notes the batches it ranks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,62 +36,81 @@ def running(
         yield run
 
 
-class HeldScorer(BlendScorer):
-    """The blend scorer, holding the first batch it scores until ``release`` is set."""
+class Noting(BlendScorer):
+    """The blend scorer; notes each call, and waits (a few seconds at most) for ``until``."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: str, until: Any = None) -> None:
         super().__init__(0.5)
-        self.version = "v1"
-        self.scoring = threading.Event()
-        self.release = threading.Event()
+        self.version = version
+        self.calls = 0
+        self.until = until
 
     def score(
         self, user: np.ndarray, cands: Candidates, category_affinity: dict[str, float]
     ) -> np.ndarray:
-        self.scoring.set()
-        assert self.release.wait(30), "the test never released the batch"
+        self.calls += 1
+        deadline = time.monotonic() + 3.0
+        while self.until is not None and not self.until() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return super().score(user, cands, category_affinity)
 
 
-class NewVersion:
-    """A model source whose next poll finds a new ranker file (``ModelSource``)."""
+class SlowNewVersion:
+    """A model source whose next poll finds ``scorer``; the poll takes a while, and on its way
+    out it keeps the event loop busy for a moment (``hold_loop``), as a loaded loop would."""
 
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, scorer: Scorer, loop: asyncio.AbstractEventLoop) -> None:
         self.scorer: Scorer | None = scorer
+        self.loop = loop
 
     def poll(self) -> tuple[Scorer | None, CovisitModel | None]:
         scorer, self.scorer = self.scorer, None
+        if scorer is not None:
+            time.sleep(0.3)  # meanwhile the batch's apply is queued behind this poll
+            self.loop.call_soon_threadsafe(time.sleep, 0.5)  # the loop is busy as it returns
         return scorer, None
 
 
-def test_a_swap_waits_for_the_batch_being_ranked_and_labels_follow_the_scorer(
+def test_a_batch_is_ranked_by_one_scorer_and_its_lists_name_that_one(
     running: tuple[Pipeline, asyncio.AbstractEventLoop],
 ) -> None:
+    """Before, the poll ran on the engine's thread but the swap on the event loop: a batch
+    whose apply ran right behind the poll was ranked by the old scorer while the loop swapped
+    in the new one, and its lists named the new one. The swap now happens on the engine's
+    thread, between two engine steps."""
     pipeline, loop = running
-    held = HeldScorer()
-    v2 = BlendScorer(0.5)
-    v2.version = "v2"
-    pipeline.engine.swap_scorer(held)
-    pipeline.models = NewVersion(v2)
+    engine = pipeline.engine
+    v2 = Noting("v2")
+    v1 = Noting("v1", until=lambda: engine.scorer is v2)
+    engine.swap_scorer(v1)
+    pipeline.models = SlowNewVersion(v2, loop)
+    prepare, gate = engine.prepare, threading.Event()
 
-    async def swap_during_the_batch() -> tuple[list[str], list[str], bool]:
-        _, first = inprocess.click("swap-u1", "a")
-        batch = asyncio.ensure_future(pipeline.on_events([first]))
-        await asyncio.to_thread(held.scoring.wait, 30)  # the batch is inside `score` now
-        reload = asyncio.ensure_future(pipeline.reload_models())
-        await asyncio.sleep(0.3)
-        swapped_early = reload.done() or pipeline.engine.scorer is v2
-        held.release.set()
+    def held_prepare(*args: Any, **kwargs: Any) -> Any:
+        assert gate.wait(10)
+        return prepare(*args, **kwargs)
+
+    engine.prepare = held_prepare  # type: ignore[method-assign]
+
+    async def swap_between_prepare_and_apply() -> list[str]:
+        _, click = inprocess.click("swap-u1", "a")
+        batch = asyncio.ensure_future(pipeline.on_events([click]))
+        await asyncio.sleep(0.1)  # the batch's prepare holds the engine's thread
+        reload = asyncio.ensure_future(pipeline.reload_models())  # its poll queues behind
+        await asyncio.sleep(0.1)
+        gate.set()
         out = await batch
         await reload
-        _, second = inprocess.click("swap-u1", "b")
-        later = await pipeline.on_events([second])
-        labels = [r.model.ranker for r in inprocess.recommendations_in(out)]
-        later_labels = [r.model.ranker for r in inprocess.recommendations_in(later)]
-        return labels, later_labels, swapped_early
+        return [r.model.ranker for r in inprocess.recommendations_in(out)]
 
-    labels, later_labels, swapped_early = loop.run_until_complete(swap_during_the_batch())
-    assert not swapped_early  # the swap waited for the batch on the engine's thread
-    assert labels == ["v1"]  # ranked by v1, labelled v1
-    assert later_labels == ["v2"]
-    assert pipeline.engine.scorer is v2
+    try:
+        labels = loop.run_until_complete(swap_between_prepare_and_apply())
+    finally:
+        engine.prepare = prepare  # type: ignore[method-assign]
+    ranked_by = [s.version for s in (v1, v2) if s.calls]
+    assert len(ranked_by) == 1, f"one batch ranked by {ranked_by}"
+    assert labels == ranked_by
+    assert engine.scorer is v2
+    _, click = inprocess.click("swap-u1", "b")
+    later = loop.run_until_complete(pipeline.on_events([click]))
+    assert [r.model.ranker for r in inprocess.recommendations_in(later)] == ["v2"]
