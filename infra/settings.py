@@ -193,9 +193,9 @@ class Settings(BaseSettings):
     max_future_ts_s: float = Field(
         86_400.0,
         gt=0,
-        description="an event or item whose ts is further ahead of the worker's clock is "
-        "dead-lettered (schema): a far-future ts would stop a profile's decay, or keep an item "
-        "new, for good",
+        description="an event whose ts is further ahead of the worker's clock is dead-lettered "
+        "(schema): a far-future ts would stop its user's profile decay for good (an item's ts "
+        "ahead is a release date: the item counts as published at its arrival)",
     )
 
     # --- Profiles ------------------------------------------------------------------------

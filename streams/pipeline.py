@@ -77,6 +77,14 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
+def _published(item: ItemEvent, record: Record, now: float) -> float:
+    """The item's ``ts``, else its arrival; a release date ahead (a pre-order) is stamped with
+    the arrival: the item is new from now, not for ``cold_item_max_age`` past a far date."""
+    if item.ts is None:
+        return record.timestamp
+    return min(item.ts.timestamp(), max(record.timestamp, now))
+
+
 def dead_letter(record: Record, reason: str, error: str) -> tuple[bytes | None, bytes]:
     letter = DeadLetter(
         topic=record.topic,
@@ -259,6 +267,7 @@ class Pipeline:
             vectors = await self._retrying(
                 lambda: self.batcher.encode_or_diagnose(texts), uses_store=False
             )
+            now = time.time()
             catalog = [
                 CatalogItem(
                     item_id=i.item_id,
@@ -268,7 +277,7 @@ class Pipeline:
                     brand=i.brand,
                     description=i.description,
                     price=i.price,
-                    created_at=i.ts.timestamp() if i.ts else r.timestamp,
+                    created_at=_published(i, r, now),
                 )
                 for i, r in active
             ]
@@ -285,14 +294,16 @@ class Pipeline:
         return out
 
     def _index(self, points: list[StoredPoint]) -> None:
-        """Upsert ``points``, each keeping the ``created_at`` of its first version: an update
-        (a price change, a catalog resync, a re-listing) does not make an item new again."""
+        """Upsert ``points``, each keeping the earliest ``created_at`` it has been given: an
+        update (a price change, a catalog resync, a re-listing) does not make an item new
+        again, and a later version carrying the true, earlier publication time corrects an
+        arrival time stamped on a first version without one."""
         name = self.settings.items_collection
         stored = self.store.retrieve(name, [p.id for p in points], with_vectors=False)
         for point in points:
             first = stored[point.id].payload.get("created_at") if point.id in stored else None
             if isinstance(first, int | float):
-                point.payload["created_at"] = float(first)
+                point.payload["created_at"] = min(float(first), point.payload["created_at"])
         self.store.upsert(name, points)
 
     def _retire(self, item_ids: list[str]) -> int:

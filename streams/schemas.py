@@ -43,8 +43,8 @@ class Limits:
     max_tags: int = 64
     max_id_chars: int = 256
     max_label_chars: int = 256  # an item's category, brand and each tag
-    # a ts further ahead of this process's clock than this is refused: a year-9999 event
-    # would stop its user's profile decay for good, a year-9999 item stay "new" for good
+    # an event's ts further ahead of this process's clock than this is refused: a year-9999
+    # event would stop its user's profile decay for good
     max_future_s: float = 86_400.0
 
 
@@ -85,14 +85,9 @@ class _Input(BaseModel):
 
     @field_validator("ts", mode="after", check_fields=False)
     @classmethod
-    def _ts_aware(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+    def _ts_aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        if value is not None:
-            ahead = value.timestamp() - time.time()
-            limit = _limits(info).max_future_s
-            if ahead > limit:
-                raise ValueError(f"{ahead:.0f} s in the future, the limit is {limit:g} s")
+            return value.replace(tzinfo=UTC)
         return value
 
 
@@ -109,6 +104,17 @@ class BehaviorEvent(_Input):
     text: str | None = None
     rating: float | None = Field(None, ge=0, le=10)
     ts: datetime
+
+    @field_validator("ts", mode="after")
+    @classmethod
+    def _not_far_ahead(cls, value: datetime, info: ValidationInfo) -> datetime:
+        # a year-9999 event would stop its user's profile decay for good: later events look
+        # older. (An item's ts may be ahead, a release date: the pipeline stamps its arrival.)
+        ahead = value.timestamp() - time.time()
+        limit = _limits(info).max_future_s
+        if ahead > limit:
+            raise ValueError(f"{ahead:.0f} s in the future, the limit is {limit:g} s")
+        return value
 
     @field_validator("event_id", "user_id", "item_id")
     @classmethod

@@ -66,3 +66,20 @@ def test_an_update_keeps_the_first_publication_time(
     loop.run_until_complete(pipeline.on_items([_item("film-u", time.time())]))
     payload = _stored(pipeline, "film-u")
     assert (payload["active"], payload["created_at"]) == (True, first)
+
+
+def test_the_earliest_publication_time_wins_and_a_release_date_ahead_counts_from_now(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    pipeline, loop = running
+    arrival = time.time()
+    loop.run_until_complete(pipeline.on_items([_item("film-w", arrival)]))  # no ts: arrival
+    assert _stored(pipeline, "film-w")["created_at"] == pytest.approx(arrival)
+    # a resync carrying the true, earlier publication time corrects it
+    loop.run_until_complete(pipeline.on_items([_item("film-w", time.time(), ts=1_000_000_000)]))
+    assert _stored(pipeline, "film-w")["created_at"] == pytest.approx(1_000_000.0)
+    # a pre-order announced with its release date three days ahead: new from its arrival
+    ahead = int((time.time() + 3 * 86_400) * 1000)
+    before = time.time()
+    loop.run_until_complete(pipeline.on_items([_item("film-x", before, ts=ahead)]))
+    assert before <= _stored(pipeline, "film-x")["created_at"] <= time.time()
