@@ -2,8 +2,10 @@
 
 Publishes the MovieLens catalog as items, then behavior events from synthetic shoppers at a fixed
 rate (open loop) or as fast as possible, for a bounded time; reads the output topic on a second
-thread and reports events/s in, recommendations/s out, event-sent → recommendation-produced
-latency percentiles, the backlog over time, and the worker's CPU and RSS.
+thread and reports events/s in, recommendations/s out, the backlog over time, the worker's CPU
+and RSS, and latency percentiles over every event a list answers: from when the event was due
+(open loop) to its list's production (the output record's timestamp, set when the worker hands
+it to its producer), and to its reading by this process's consumer.
 
 Traffic model: :class:`streams.traffic.ShopperTraffic` (browsing sessions of Zipf-popular
 clicks, interleaved), shared with ``bench engine``.
@@ -11,6 +13,7 @@ clicks, interleaved), shared with ``bench engine``.
 
 from __future__ import annotations
 
+import collections
 import json
 import sys
 import threading
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from tqdm import tqdm
 
 from infra import metrics
@@ -35,15 +39,43 @@ from streams.traffic import ShopperTraffic
 
 @dataclass
 class _Collector:
-    """Output-topic reader on its own thread: latency per trigger event."""
+    """Output-topic reader on its own thread: a latency for every event a list covers.
+
+    The worker lists each user once per batch, naming the user's last event of the batch as
+    the trigger; the user's earlier events of the batch are answered by the same list, and
+    they waited longest. So each list times every event of its user sent up to its trigger,
+    not the trigger alone (before 2026-11-27 only triggers were timed: the slower the run,
+    the bigger the batches and the fewer the events timed, 29% at 400-event batches).
+    """
 
     settings: Settings
     bootstrap: str
-    sent_at: dict[str, float]
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # sent → list produced
+    received_ms: list[float] = field(default_factory=list)  # sent → list read here
     sent_times: list[float] = field(default_factory=list)  # aligned with latencies_ms
     received: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
+    _pending: dict[str, collections.deque[tuple[str, float]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sent(self, user: str, event_id: str, at: float) -> None:
+        """An event of ``user`` is sent (``at``: when it was due); call before sending it."""
+        with self._lock:
+            self._pending.setdefault(user, collections.deque()).append((event_id, at))
+
+    def covered(self, user: str, trigger: str) -> list[tuple[str, float]]:
+        """The events of ``user`` up to ``trigger``, in send order, taken off the pending ones
+        (none when the trigger was answered already: a list sent again)."""
+        with self._lock:
+            pending = self._pending.get(user)
+            if not pending or all(event_id != trigger for event_id, _ in pending):
+                return []
+            out = []
+            while pending:
+                out.append(pending.popleft())
+                if out[-1][0] == trigger:
+                    break
+            return out
 
     def run(self) -> None:
         consumer = output_consumer(
@@ -55,12 +87,15 @@ class _Collector:
                     value = msg.value()
                     if msg.error() is not None or value is None:
                         continue
-                    trigger = json.loads(value)["trigger_event_id"]
-                    sent = self.sent_at.get(trigger)
+                    got = time.time()
+                    rec = json.loads(value)
                     self.received += 1
-                    if sent is not None:  # the output record's timestamp: when it was produced
-                        self.latencies_ms.append(msg.timestamp()[1] - sent * 1000.0)
-                        self.sent_times.append(sent)
+                    kind, produced_ms = msg.timestamp()  # the worker's hand-off to its producer
+                    for _event_id, sent in self.covered(rec["user_id"], rec["trigger_event_id"]):
+                        self.received_ms.append((got - sent) * 1000.0)
+                        if kind != TIMESTAMP_NOT_AVAILABLE:
+                            self.latencies_ms.append(produced_ms - sent * 1000.0)
+                            self.sent_times.append(sent)
         finally:
             consumer.close()
 
@@ -125,8 +160,7 @@ def run_bench(
             publisher.item(item_payload(item))
         publisher.flush()
         stack.worker.wait_for("coldstream_items_indexed_total", len(item_ids), timeout_s=300)
-        sent_at: dict[str, float] = {}
-        collector = _Collector(settings, stack.bootstrap, sent_at)
+        collector = _Collector(settings, stack.bootstrap)
         reader = threading.Thread(target=collector.run, name="bench-reader", daemon=True)
         reader.start()
         rss_start = worker.memory_info().rss
@@ -136,7 +170,9 @@ def run_bench(
         client_cpu_start = cpu_seconds(client)
         machine_start = psutil.cpu_times()
         backlog: list[tuple[float, float]] = []
+        applied_series: list[tuple[float, float]] = []
         sent = 0
+        send_lag_max = 0.0
         start = time.time()
         next_sample = start + 1.0
         with tqdm(total=int(duration_s), desc="bench", unit="s", file=sys.stderr) as bar:
@@ -146,15 +182,23 @@ def run_bench(
                     if sent >= due:
                         time.sleep(min(0.001, max(0.0, start + (sent + 1) / rate - now)))
                         continue
+                    # latency counts from when the event was due: a send held up (by the
+                    # scrape below, by this process) must not hide its wait (coordinated
+                    # omission)
+                    intended = start + (sent + 1) / rate
+                else:
+                    intended = time.time()
                 event = traffic.next_event(int(time.time() * 1000))
-                sent_at[str(event["event_id"])] = time.time()
+                collector.sent(str(event["user_id"]), str(event["event_id"]), intended)
                 publisher.event(event)
+                send_lag_max = max(send_lag_max, time.time() - intended)
                 sent += 1
                 if now >= next_sample:
-                    applied = metrics.total(
-                        stack.worker.metrics(), "coldstream_profile_updates_total"
-                    )
-                    backlog.append((round(now - start, 1), sent - applied))
+                    scraped = stack.worker.metrics()
+                    if scraped:  # a failed scrape is no sample (it read as nothing applied)
+                        applied = metrics.total(scraped, "coldstream_profile_updates_total")
+                        backlog.append((round(now - start, 1), sent - applied))
+                        applied_series.append((round(now - start, 1), applied))
                     bar.update(int(now - start) - bar.n)
                     next_sample += 1.0
         publisher.flush()
@@ -162,10 +206,13 @@ def run_bench(
         deadline = time.monotonic() + drain_timeout_s
         applied = 0.0
         while time.monotonic() < deadline:
-            applied = metrics.total(stack.worker.metrics(), "coldstream_profile_updates_total")
+            scraped = stack.worker.metrics()
+            if scraped:
+                applied = max(applied, metrics.total(scraped, "coldstream_profile_updates_total"))
             if applied >= sent:
                 break
             time.sleep(0.2)
+        drained = applied >= sent
         drained_at = time.time()
         time.sleep(1.0)  # let the last recommendations reach the reader
         collector.stop.set()
@@ -208,11 +255,18 @@ def run_bench(
         "events_applied": int(applied),
         "send_rate_per_s": round(sent / send_seconds, 1),
         "processed_rate_per_s": round(applied / total_s, 1),
+        # the applied counter's slope while sending, from a third of the run on: the drain
+        # after the last send (the load generator idle) does not flatter it
+        "applied_rate_per_s": backlog_growth(applied_series, duration_s),
+        "send_lag_max_ms": round(1000.0 * send_lag_max, 1),
+        "drained": drained,
         "recommendations": collector.received,
         "recommendations_per_s": round(collector.received / total_s, 1),
         "drain_s_after_send": round(drained_at - start - send_seconds, 2),
         "latency_ms": percentiles(collector.latencies_ms),
         "latency_samples": len(collector.latencies_ms),
+        # the same events, to the list read by this process's consumer (+ its fetch wait)
+        "latency_ms_received": percentiles(collector.received_ms),
         "latency_ms_first_tenth": percentiles(early),
         "latency_ms_last_tenth": percentiles(late_lat),
         "backlog_first_half_max": max(half, default=0),
@@ -287,23 +341,32 @@ def _ms(seconds: float | None) -> float | None:
 
 def format_report(report: dict[str, Any]) -> str:
     lat = report["latency_ms"]
+    rec = report["latency_ms_received"]
     return "\n".join(
         [
             f"coldstream bench — {report['mode']}, {report['duration_s']:g} s, "
             f"{report['users']} users, sessions of {report['session_mean']:g} events on average"
             f" ({report['concurrency']} at a time), {report['catalog_items']} items",
             f"events sent / applied      {report['events_sent']} / {report['events_applied']}"
-            f"  (send {report['send_rate_per_s']}/s, processed {report['processed_rate_per_s']}/s)",
+            f"  (send {report['send_rate_per_s']}/s, processed {report['processed_rate_per_s']}/s;"
+            f" applied while sending {report['applied_rate_per_s']}/s)",
             f"recommendations            {report['recommendations']}"
             f" ({report['recommendations_per_s']}/s)",
             f"event→recommendation ms    p50 {lat['p50']} · p95 {lat['p95']} · p99 {lat['p99']}"
-            f" · max {lat['max']}  ({report['latency_samples']} samples)",
+            f" · max {lat['max']}  ({report['latency_samples']} of {report['events_sent']} events"
+            " timed, from when each was due to its list's production)",
+            f"  … to a consumer's read   p50 {rec['p50']} · p95 {rec['p95']} · p99 {rec['p99']}"
+            f" · max {rec['max']}  (send lag max {report['send_lag_max_ms']} ms)",
             f"latency drift ms (p50/p99) first tenth {report['latency_ms_first_tenth']['p50']}"
             f"/{report['latency_ms_first_tenth']['p99']} · last tenth"
             f" {report['latency_ms_last_tenth']['p50']}/{report['latency_ms_last_tenth']['p99']}",
             f"backlog max (events)       first half {report['backlog_first_half_max']:.0f}"
             f" · second half {report['backlog_second_half_max']:.0f}"
-            f" · drained {report['drain_s_after_send']} s after the last send",
+            + (
+                f" · drained {report['drain_s_after_send']} s after the last send"
+                if report["drained"]
+                else f" · NOT drained {report['drain_s_after_send']} s after the last send"
+            ),
             f"backlog growth             {_growth(report)}",
             f"worker                     CPU {report['worker_cpu_percent']}% · RSS"
             f" {report['worker_rss_mb_start']} → {report['worker_rss_mb_end']} MB"
