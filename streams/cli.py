@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_bench_store)
     p.add_argument("--backend", choices=["edge", "qdrant-local"], default="edge")
     p.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
-    p.add_argument("--queries", type=int, default=500, help="single queries timed")
+    p.add_argument("--queries", type=int, default=2000, help="single queries timed")
     p.add_argument("--uniform", action="store_true", help="uniform vectors (HNSW worst case)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p = bsub.add_parser(

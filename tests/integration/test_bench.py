@@ -157,6 +157,9 @@ def test_bench_store_command_prints_and_writes_its_figures(
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == len(report) and all(line.split()[0] in report for line in printed)
     assert report["n_items"] == 300 and report["backend"] == "edge"
+    # searched before and after optimize, and with many of each query's nearest excluded
+    for prefix in ("search1_unoptimized", "search1", "search1_seen_near"):
+        assert 0 < report[f"{prefix}_p50_ms"] <= report[f"{prefix}_p99_ms"]
 
 
 def test_bench_engine_command_never_writes_to_a_configured_qdrant_server(
