@@ -166,8 +166,14 @@ def apply_signal(profile: Profile, signal: Signal, cfg: ProfileConfig) -> None:
             strongest = sorted(profile.categories.items(), key=lambda kv: kv[1], reverse=True)
             profile.categories = dict(strongest[: cfg.categories_max])
     if signal.item_id is not None:
-        _push_unique(profile.recent_items, signal.item_id, cfg.recent_max)
-        profile.recent_types[signal.item_id] = signal.event_type
+        if weight > 0:
+            _push_unique(profile.recent_items, signal.item_id, cfg.recent_max)
+            profile.recent_types[signal.item_id] = signal.event_type
+        elif signal.item_id in profile.recent_items:
+            # a weight of 0 (a rating of 0) says "not this": no recent interest, so no reason
+            # anchor ("similar to X you rated"), no part of the recent-items vector that orders
+            # the new-item slots, no co-visitation window (its visit is not counted either)
+            profile.recent_items.remove(signal.item_id)
         if len(profile.recent_types) > len(profile.recent_items):
             recent = set(profile.recent_items)
             profile.recent_types = {k: v for k, v in profile.recent_types.items() if k in recent}

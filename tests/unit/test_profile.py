@@ -176,6 +176,17 @@ def test_zero_weight_leaves_vector_but_records_event() -> None:
     assert p.event_count == 3
 
 
+def test_an_item_rated_0_is_seen_but_no_recent_interest() -> None:
+    """It anchored reasons ("similar to 'X' you rated") and the recent-items vector although
+    it adds nothing to the profile (found by review)."""
+    p = Profile("u1")
+    apply_signal(p, sig(1, 0.0, e(0), "view", "a"), CFG)
+    apply_signal(p, sig(2, 1.0, e(1), "rate", "b", rating=0.0), CFG)
+    assert (p.recent_items, p.seen) == (["a"], ["a", "b"])
+    apply_signal(p, sig(3, 2.0, e(0), "rate", "a", rating=0.0), CFG)  # "not this" after all
+    assert (p.recent_items, p.recent_types, p.seen) == ([], {}, ["b", "a"])
+
+
 def test_signal_without_vector_keeps_bookkeeping() -> None:
     p = Profile("u1")
     apply_signal(p, sig(1, 5.0, None, "view", "a", partition=1, offset=7), CFG)
