@@ -695,14 +695,14 @@ class BehaviorEngine:
     ) -> None:
         """Fill ``retired`` for ``ids``: the batch's points first, the store for the rest (an
         id the store does not hold is not known to be retired)."""
-        ask = [i for i in ids if i not in retired and i not in known_items]
-        points = {i: known_items[i] for i in ids if i not in retired and i in known_items}
-        if ask:
-            points.update(self.store.retrieve(self.cfg.items_collection, ask, with_vectors=False))
-        for i in ids:
-            if i not in retired:
-                point = points.get(i)
-                retired[i] = point is not None and point.payload.get("active") is False
+        todo = [i for i in ids if i not in retired]
+        ask = [i for i in todo if i not in known_items]
+        fetched = (
+            self.store.retrieve(self.cfg.items_collection, ask, with_vectors=False) if ask else {}
+        )
+        for i in todo:
+            point = known_items.get(i) or fetched.get(i)
+            retired[i] = point is not None and point.payload.get("active") is False
 
     def _anchors(self, profile: Profile, known: Mapping[str, StoredPoint]) -> list[Anchor]:
         anchors: list[Anchor] = []
@@ -754,7 +754,7 @@ class BehaviorEngine:
                     self.trending[part] = TrendingCounter.from_payload(
                         point.payload, self.cfg.trending_half_life_s
                     )
-                except (ValueError, TypeError, AttributeError) as exc:
+                except _UNREADABLE as exc:
                     log.error("partition %d: trending counts unreadable (%s); from none", part, exc)
             point = stored.get(covisit_key(part))
             if point is not None:
@@ -765,7 +765,7 @@ class BehaviorEngine:
                         self.cfg.covisit_row_cap,
                         self.item_ids,
                     )
-                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                except _UNREADABLE as exc:
                     log.error(
                         "partition %d: co-visitation counts unreadable (%s); from none", part, exc
                     )
@@ -791,6 +791,10 @@ class BehaviorEngine:
             self.store.upsert(self.cfg.state_collection, points)
         self._dirty.clear()
         return len(dirty)
+
+
+# what stored counts of another version or a damaged payload raise when read
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError)
 
 
 def trending_key(partition: int) -> str:

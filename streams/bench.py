@@ -86,8 +86,7 @@ class _Collector:
         )
         try:
             while not self.stop.is_set() and not self.ready.is_set():
-                for msg in consumer.consume(1000, 0.1):  # nothing is sent yet: no lists
-                    self.received += msg.error() is None
+                consumer.consume(1000, 0.1)  # joins the group; nothing is sent yet: no lists
                 if consumer.assignment():
                     self.ready.set()
             while not self.stop.is_set():
