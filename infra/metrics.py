@@ -39,7 +39,8 @@ EVENTS_CONSUMED = Counter(
 )
 EVENTS_SKIPPED = Counter(
     "coldstream_events_skipped_total",
-    "Events not applied, by reason (replayed offset, duplicate event id)",
+    "Records not applied, by reason: replayed_offset (a redelivery), duplicate_event (an "
+    "applied event id again), retire_unknown_item (an item retirement naming no stored item)",
     ["reason"],
     registry=REGISTRY,
 )

@@ -109,6 +109,17 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """An event not applied because its profile holds it already: ``replayed_offset`` (a
+    redelivery: its offset is at or below the last one applied from its partition) or
+    ``duplicate_event`` (a new record repeating an applied event id, or an earlier one of the
+    same batch)."""
+
+    interaction: Interaction
+    reason: str
+
+
+@dataclass(frozen=True)
 class RecItem:
     item_id: str
     score: float
@@ -131,7 +142,7 @@ class Prepared:
 
     to_apply: list[Interaction]
     rejected: list[Rejected]
-    skipped: list[Interaction]
+    skipped: list[Skipped]
     profiles: dict[str, Profile]
     items: dict[str, StoredPoint]
     texts: list[tuple[str, str]]  # (event type, text) to encode, in event order
@@ -154,7 +165,7 @@ class Prepared:
 class BatchOutcome:
     recommendations: list[UserRecs]
     rejected: list[Rejected]
-    skipped: list[Interaction]
+    skipped: list[Skipped]
     applied: int
     held: list[Interaction] = field(default_factory=list)  # see Prepared.held
 
@@ -255,7 +266,7 @@ class BehaviorEngine:
         items = self.store.retrieve(self.cfg.items_collection, list(wanted), with_vectors=True)
         to_apply: list[Interaction] = []
         rejected: list[Rejected] = []
-        skipped: list[Interaction] = []
+        skipped: list[Skipped] = []
         # (user, event id) applied or rejected in this batch: a repeat is per user, as the
         # profile's event ids are (two users' events sharing an id are both applied)
         seen_in_batch: set[tuple[str, str]] = set()
@@ -284,9 +295,11 @@ class BehaviorEngine:
                     seen_in_batch.add(key)
                     rejected.append(Rejected(e, "unknown_item", f"unknown item_id {e.item_id!r}"))
                     continue
-                skipped.append(e)
                 if profile.replays(e.partition, e.offset):
+                    skipped.append(Skipped(e, "replayed_offset"))
                     replayed[e.user_id] = e
+                else:
+                    skipped.append(Skipped(e, "duplicate_event"))
                 continue
             seen_in_batch.add(key)
             if e.item_id is not None and e.item_id not in items:

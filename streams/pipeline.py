@@ -369,8 +369,7 @@ class Pipeline:
         for rej in outcome.rejected:
             self._reject(out, by_event[id(rej.interaction)], rej.reason, rej.message)
         for skipped in outcome.skipped:
-            reason = "replayed_offset" if skipped.offset is not None else "duplicate_event"
-            metrics.EVENTS_SKIPPED.labels(reason=reason).inc()
+            metrics.EVENTS_SKIPPED.labels(reason=skipped.reason).inc()
         metrics.PROFILE_UPDATES.inc(outcome.applied)
         for recs in outcome.recommendations:
             out.recommendations.append(self._recommendation(recs))

@@ -19,9 +19,9 @@ import pytest
 from infra import metrics
 from infra.settings import Settings
 from ranking.store import Hit, Query, StoreUnavailable
-from streams.pipeline import Pipeline
+from streams.pipeline import Pipeline, Record
 from streams.worker import build_pipeline
-from tests.integration.inprocess import click, drama_pipeline, recommendations_in
+from tests.integration.inprocess import click, drama_pipeline, next_offset, recommendations_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -37,10 +37,8 @@ def running(
         yield running
 
 
-def _replays_skipped() -> float:
-    value = metrics.REGISTRY.get_sample_value(
-        "coldstream_events_skipped_total", {"reason": "replayed_offset"}
-    )
+def _skipped(reason: str = "replayed_offset") -> float:
+    value = metrics.REGISTRY.get_sample_value("coldstream_events_skipped_total", {"reason": reason})
     return value or 0.0
 
 
@@ -81,15 +79,34 @@ def test_a_redelivered_batch_emits_its_lists_again(
     events = [click(a, "film-2"), click(b, "film-3"), click(a, "film-4")]
     batch = [record for _, record in events]
     first = loop.run_until_complete(pipeline.on_events(batch))
-    skipped = _replays_skipped()
+    skipped = _skipped()
     again = loop.run_until_complete(pipeline.on_events(batch))  # a crash before the commit
-    assert _replays_skipped() == skipped + 3
+    assert _skipped() == skipped + 3
     expected = [(a, events[2][0], 2), (b, events[1][0], 1)]
     for out in (first, again):
         assert [
             (r.user_id, r.trigger_event_id, r.profile_events) for r in recommendations_in(out)
         ] == expected
     assert again.dead_letters == []
+
+
+def test_a_producer_retry_is_counted_as_a_duplicate_not_a_replay(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    """The same event id in a new record (a producer's retry) is skipped and labelled
+    ``duplicate_event``: every stream event has an offset, and the label was once chosen by
+    that, so all skips read as replays."""
+    pipeline, loop = running
+    user = f"d-{uuid.uuid4().hex[:8]}"
+    _, record = click(user, "film-6")
+    loop.run_until_complete(pipeline.on_events([record]))
+    replays, duplicates = _skipped(), _skipped("duplicate_event")
+    retry = Record(
+        record.topic, record.partition, next_offset(), record.key, record.value, record.timestamp
+    )
+    out = loop.run_until_complete(pipeline.on_events([retry]))
+    assert (_skipped(), _skipped("duplicate_event")) == (replays, duplicates + 1)
+    assert recommendations_in(out) == [] and out.dead_letters == []
 
 
 def test_saving_the_counts_with_the_store_down_keeps_them_for_the_next_save(

@@ -677,7 +677,13 @@ def test_prepare_skips_replays_and_duplicates(store: QdrantStore) -> None:
     prep = engine.prepare(
         [replay_same, replay_older, dup_id_new_offset, fresh, same_in_batch, other_partition]
     )
-    assert prep.skipped == [replay_same, replay_older, dup_id_new_offset, same_in_batch]
+    # the reason is what the skipped-events metric is labelled with
+    assert [(s.interaction, s.reason) for s in prep.skipped] == [
+        (replay_same, "replayed_offset"),
+        (replay_older, "replayed_offset"),
+        (dup_id_new_offset, "duplicate_event"),
+        (same_in_batch, "duplicate_event"),
+    ]
     assert prep.to_apply == [fresh, other_partition]
     out = engine.apply(prep, None)
     assert out.applied == 2
@@ -691,7 +697,8 @@ def test_prepare_skips_replays_and_duplicates(store: QdrantStore) -> None:
     theirs = ev("u3", "view", "a1", event_id="shared", partition=0, offset=21)
     again = ev("u3", "view", "a1", event_id="shared", partition=0, offset=22)
     out = run(engine, [mine, theirs, again])
-    assert out.applied == 2 and out.skipped == [again]
+    assert out.applied == 2
+    assert [(s.interaction, s.reason) for s in out.skipped] == [(again, "duplicate_event")]
 
 
 @integration
@@ -710,7 +717,8 @@ def test_a_replayed_batch_lists_its_users_again(store: QdrantStore) -> None:
         ("u2", "e-2"),
     ]
     again = run(engine, batch)
-    assert again.applied == 0 and again.skipped == batch
+    assert again.applied == 0 and [s.interaction for s in again.skipped] == batch
+    assert {s.reason for s in again.skipped} == {"replayed_offset"}
     assert [(r.user_id, r.trigger.event_id, r.profile_events) for r in again.recommendations] == [
         ("u1", "e-3", 2),
         ("u2", "e-2", 1),
@@ -718,7 +726,8 @@ def test_a_replayed_batch_lists_its_users_again(store: QdrantStore) -> None:
     # a new record repeating an applied event id is a duplicate, not a replay: no list
     dup = ev("u1", "view", "a0", event_id="e-1", partition=0, offset=8)
     out = run(engine, [dup])
-    assert out.skipped == [dup] and out.recommendations == []
+    assert [(s.interaction, s.reason) for s in out.skipped] == [(dup, "duplicate_event")]
+    assert out.recommendations == []
     # a replay beside a new event of the same user: one list, triggered by the new event
     new = ev("u2", "view", "b0", event_id="e-4", partition=0, offset=9)
     out = run(engine, [batch[1], new])
@@ -764,7 +773,7 @@ def test_a_replayed_event_on_an_unknown_item_is_dead_lettered_again(store: Qdran
     again = engine.prepare(batch, hold_unknown=True)
     assert again.held == [] and again.to_apply == []
     assert [(r.interaction.event_id, r.reason) for r in again.rejected] == [("e-1", "unknown_item")]
-    assert again.skipped == [batch[1]] and list(again.relist) == ["u1"]
+    assert [s.interaction for s in again.skipped] == [batch[1]] and list(again.relist) == ["u1"]
 
 
 @integration
