@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -32,6 +33,50 @@ ITEM_EVENT_TYPES: frozenset[str] = frozenset(
 )
 TEXT_EVENT_TYPES: frozenset[str] = frozenset({"search", "profile"})
 Source = Literal["content", "covisit", "trending"]
+# why a record went to the dead-letter topic (README, "Wire contracts")
+DeadLetterReason = Literal[
+    "empty", "too_large", "bad_utf8", "bad_json", "schema", "unknown_item", "processing_error"
+]
+
+# what ``_to_datetime`` accepts, for the published JSON Schema (pydantic would say "date-time
+# string" only, and a client validating with it would refuse epoch milliseconds)
+Timestamp = Annotated[
+    datetime,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "number", "description": "epoch milliseconds"},
+            ],
+            "description": "ISO-8601 (no offset = UTC) or epoch milliseconds",
+        }
+    ),
+]
+
+
+def _rules_by_type(schema: dict[str, Any]) -> None:
+    """The per-type requirements of :meth:`BehaviorEvent._required_by_type`, in JSON Schema
+    (a model validator is invisible to pydantic's schema)."""
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"type": {"enum": sorted(ITEM_EVENT_TYPES)}}},
+            "then": {
+                "required": ["item_id"],
+                "properties": {"item_id": {"type": "string", "minLength": 1}},
+            },
+        },
+        {
+            "if": {"properties": {"type": {"enum": sorted(TEXT_EVENT_TYPES)}}},
+            "then": {
+                "required": ["text"],
+                "properties": {"text": {"type": "string", "pattern": "\\S"}},
+            },
+        },
+        {
+            "if": {"properties": {"type": {"const": "rate"}}},
+            "then": {"required": ["rating"], "properties": {"rating": {"type": "number"}}},
+        },
+    ]
 
 
 @dataclass(frozen=True)
@@ -97,13 +142,15 @@ NonEmptyId = Annotated[str, Field(min_length=1)]
 class BehaviorEvent(_Input):
     """One user-behavior event from the ``events`` topic (key = user_id)."""
 
+    model_config = ConfigDict(json_schema_extra=_rules_by_type)
+
     event_id: NonEmptyId
     user_id: NonEmptyId
     type: EventType
     item_id: str | None = None
     text: str | None = None
     rating: float | None = Field(None, ge=0, le=10)
-    ts: datetime
+    ts: Timestamp
 
     @field_validator("ts", mode="after")
     @classmethod
@@ -169,7 +216,7 @@ class ItemEvent(_Input):
     brand: str | None = None
     price: float | None = Field(None, ge=0, allow_inf_nan=False)
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    ts: datetime | None = None
+    ts: Timestamp | None = None
     active: bool = True
 
     @field_validator("item_id")
@@ -261,7 +308,7 @@ class DeadLetter(BaseModel):
     key: str | None
     raw: str
     error: str
-    reason: str
+    reason: DeadLetterReason
     ts: datetime
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, get_args
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from streams.schemas import (
     DEFAULT_LIMITS,
     RAW_PREVIEW_BYTES,
     BehaviorEvent,
     DeadLetter,
+    DeadLetterReason,
     InvalidPayload,
     ItemEvent,
     Limits,
@@ -428,6 +430,68 @@ def test_json_schemas_cover_every_topic() -> None:
     json.dumps(schemas)
 
 
+def _valid_by_schema(topic: str, value: Any) -> bool:
+    try:
+        jsonschema.validate(value, json_schemas()[topic])
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        event(ts=1714564800000),  # epoch milliseconds: the contract's other form
+        event(ts=1714564800000.5),
+        event(type="rate", rating=4),
+        event(type="search", item_id=..., text="crime movie"),
+        event(type="review", text="loved it", rating=5),
+    ],
+)
+def test_the_published_schema_accepts_what_the_worker_accepts(value: dict[str, Any]) -> None:
+    decode(json.dumps(value).encode(), BehaviorEvent)
+    assert _valid_by_schema("events", value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        event(item_id=...),  # an item event without its item
+        event(item_id=""),
+        event(type="search", item_id=..., text=...),
+        event(type="profile", item_id=..., text="   "),
+        event(type="rate"),  # no rating
+        event(ts=True),
+    ],
+)
+def test_the_published_schema_refuses_the_per_type_violations(value: dict[str, Any]) -> None:
+    """The per-type rules live in a model validator, which pydantic's schema does not show:
+    a producer validating with the published schema must be refused what the worker refuses."""
+    with pytest.raises(InvalidPayload):
+        decode(json.dumps(value).encode(), BehaviorEvent)
+    assert not _valid_by_schema("events", value)
+
+
+def test_an_item_with_an_epoch_ts_is_valid_by_the_schema() -> None:
+    value = item(ts=1714564800000)
+    assert decode(json.dumps(value).encode(), ItemEvent).ts == TS_DT
+    assert _valid_by_schema("items", value)
+
+
+def test_dead_letter_reasons_are_a_closed_set() -> None:
+    """Every reason a dead letter can carry is in the contract (and its schema's enum); an
+    unknown one is refused when the letter is built, not left for consumers to discover."""
+    reasons = set(get_args(DeadLetterReason))
+    assert set(json_schemas()["dead-letter"]["properties"]["reason"]["enum"]) == reasons
+    assert {"empty", "too_large", "bad_utf8", "bad_json", "schema"} < reasons
+    assert {"unknown_item", "processing_error"} < reasons  # the engine's and the agent's
+    letter = {"topic": "events", "partition": 0, "offset": 1, "key": None, "raw": "x"}
+    letter |= {"error": "e", "ts": TS}
+    assert DeadLetter.model_validate({**letter, "reason": "schema"}).reason == "schema"
+    with pytest.raises(ValidationError):
+        DeadLetter.model_validate({**letter, "reason": "invalid_json"})
+
+
 # --- property: decode never raises anything but InvalidPayload ---------------------------
 
 json_values = st.recursive(
@@ -487,6 +551,10 @@ def _decode_or_invalid(payload: bytes | None, model: type[BaseModel], limits: Li
         assert err.message
     else:
         assert isinstance(result, model)
+        # what the worker accepts, a producer validating with the published schema may send
+        assert payload is not None
+        topic = "events" if model is BehaviorEvent else "items"
+        assert _valid_by_schema(topic, json.loads(payload))
 
 
 common = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -517,6 +585,33 @@ def test_event_shaped_json_never_crashes(
     _decode_or_invalid(payload, model, limits)
 
 
+# events of every type, mostly well formed (the shapes above are mostly refused), with the
+# optional fields present or not: what decode accepts must pass the published schema
+plausible_events = st.fixed_dictionaries(
+    {
+        "event_id": st.text(min_size=1, max_size=8),
+        "user_id": st.text(min_size=1, max_size=8),
+        "type": st.sampled_from(sorted(get_args(BehaviorEvent.model_fields["type"].annotation))),
+        "ts": st.sampled_from([TS, "2024-05-01T12:00:00", "2024-05-01T12:00:00Z"])
+        | st.integers(min_value=0, max_value=1_700_000_000_000)
+        | st.floats(min_value=0, max_value=1.7e12),
+    },
+    optional={
+        "item_id": st.text(max_size=8),
+        "text": st.text(max_size=12),
+        "rating": st.floats(min_value=0, max_value=10) | st.integers(min_value=0, max_value=10),
+    },
+)
+
+
+@common
+@given(value=plausible_events)
+def test_an_event_the_worker_accepts_is_valid_by_the_published_schema(
+    value: dict[str, Any],
+) -> None:
+    _decode_or_invalid(json.dumps(value).encode(), BehaviorEvent, DEFAULT_LIMITS)
+
+
 @common
 @given(value=event_like, cut=st.integers(min_value=0, max_value=400))
 def test_truncated_json_never_crashes(value: dict[str, Any], cut: int) -> None:
@@ -532,7 +627,7 @@ def test_a_dead_letter_keeps_a_huge_key_to_the_preview_size() -> None:
 
     key = b"\xff" * 250_000
     record = Record("events", 0, 7, key, b"not json", 1.7e9)
-    kafka_key, value = dead_letter(record, "invalid_json", "not JSON")
+    kafka_key, value = dead_letter(record, "bad_json", "not JSON")
     letter = DeadLetter.model_validate_json(value)
     assert kafka_key == key[:RAW_PREVIEW_BYTES]
     assert letter.key == raw_preview(key) and len(value) < 8 * RAW_PREVIEW_BYTES
