@@ -51,6 +51,13 @@ def ev(user: str, item: str, partition: int = 0) -> Interaction:
     return Interaction(f"e{n}", user, "view", T0 + n, item_id=item, partition=partition, offset=n)
 
 
+def _rated_zero(user: str, item: str) -> Interaction:
+    n = next(_n)
+    return Interaction(
+        f"e{n}", user, "rate", T0 + n, item_id=item, rating=0.0, partition=0, offset=n
+    )
+
+
 def _run(engine: BehaviorEngine, events: list[Interaction]) -> dict[str, list[tuple[str, str]]]:
     out = engine.apply(engine.prepare(events), None)
     return {r.user_id: [(i.item_id, i.source) for i in r.items] for r in out.recommendations}
@@ -65,6 +72,25 @@ def test_online_pairs_feed_the_covisit_channel(store: QdrantStore) -> None:
     recs = _run(engine, [ev("newbie", "i0")])["newbie"]
     assert ("i7", "covisit") in recs
     assert all(src == "content" for item, src in recs if item != "i7")
+
+
+def test_a_rating_of_zero_opens_no_covisitation_window_in_its_own_batch(
+    store: QdrantStore,
+) -> None:
+    """A rating of 0 says "not this": its item is no recent interest (``apply_signal``), so
+    the channel must not read it either, also in the batch that carries it (the channel is
+    read before the batch is applied); a view of the item in the same batch afterwards does
+    bring it back."""
+    engine = _engine(store, popular_top_n=0)
+    _run(engine, [ev(f"crowd{k}", "i0") for k in range(3)])
+    _run(engine, [ev(f"crowd{k}", "i7") for k in range(3)])
+    _run(engine, [ev("newbie", "i1")])
+    rate0 = _rated_zero("newbie", "i0")
+    recs = _run(engine, [rate0])["newbie"]
+    assert ("i7", "covisit") not in recs
+    # rated 0, then viewed in the same batch: the view opens the window again
+    recs = _run(engine, [_rated_zero("other", "i0"), ev("other", "i0")])["other"]
+    assert ("i7", "covisit") in recs
 
 
 def test_snapshot_channel_and_persisted_online_state(store: QdrantStore) -> None:
