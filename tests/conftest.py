@@ -14,6 +14,12 @@
   after the test.
 
 Tests using ``broker`` or ``store`` must be marked ``pytest.mark.integration``.
+
+Every test starts with no ``COLDSTREAM_*`` variable in its environment (settings read them: a
+shell's ``COLDSTREAM_WEIGHT_VIEW=0`` failed 13 tests, and a ``COLDSTREAM_QDRANT_URL`` would point
+them at a real service); a test that wants one sets it with ``monkeypatch``. Hypothesis runs
+without its per-example deadline: the suite runs on a loaded 2-core machine, and speed targets
+belong in the benchmarks.
 """
 
 from __future__ import annotations
@@ -25,10 +31,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from infra.broker import EmbeddedBroker
 from infra.qdrant_store import QdrantStore
 from infra.settings import Settings
+
+hypothesis_settings.register_profile("coldstream", deadline=None)
+hypothesis_settings.load_profile("coldstream")
+
+
+@pytest.fixture(autouse=True)
+def _no_coldstream_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come from the test, not from the shell that runs it."""
+    for name in list(os.environ):
+        if name.startswith("COLDSTREAM_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture
