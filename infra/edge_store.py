@@ -32,7 +32,7 @@ import numpy as np
 import pydantic_core
 import qdrant_edge as qe
 
-from infra.qdrant_store import parse_vector, point_uuid, vector_list
+from infra.qdrant_store import finite_list, parse_vector, point_uuid, vector_list
 from ranking.store import TIE_SLACK, Hit, Query, StoredPoint, StoreUnavailable, payload_copy
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ class EdgeStore:
     def ensure_collection(self, name: str, dim: int) -> None:
         def run() -> None:
             with self._lock:
+                if self._closed:  # reopening would take the directory's lock again
+                    raise StoreUnavailable(f"vector store {self.location} is closed")
                 have = self._dims.get(name)
                 if have is None and (self.path / name / _CONFIG_FILE).exists():
                     have = _stored_dim(self.path / name)
@@ -146,8 +148,7 @@ class EdgeStore:
         self._call("upsert", run)
         cache = self._cache_for(collection)
         for p in points:
-            vector = None if p.vector is None else np.asarray(p.vector, dtype=np.float32)
-            cache.put(p.id, vector, dict(p.payload))
+            cache.put(p.id, p.vector, p.payload)
         self._pending[collection] = self._pending.get(collection, 0) + len(points)
         if self._optimize_every is not None and self._pending[collection] >= self._optimize_every:
             self.optimize(collection)
@@ -174,14 +175,18 @@ class EdgeStore:
                 pid = self._point_ids[collection]
                 return shard.retrieve([pid(i) for i in missing], True, with_vectors)
 
+            since = cache.writes
             records = self._call("retrieve", read)
+            fills: list[tuple[str, np.ndarray | None, dict[str, Any]]] = []
             for rec in records:
                 payload = _unpack(rec.payload)
                 sid = str(payload.pop(_ID_KEY, rec.id))
                 vector = parse_vector(rec.vector) if with_vectors else None
                 if with_vectors:
-                    cache.put(sid, vector, payload)
-                out[sid] = StoredPoint(sid, vector, dict(payload))
+                    fills.append((sid, vector, payload))  # the cache keeps the read's objects
+                out[sid] = StoredPoint(sid, vector, _owned_payload(payload))
+            if fills:
+                cache.fill(fills, since)
         return out
 
     def search(self, collection: str, queries: Sequence[Query]) -> list[list[Hit]]:
@@ -227,7 +232,7 @@ class EdgeStore:
         requests = [
             qe.QueryRequest(
                 limit=q.limit + more + ties,
-                query=qe.Query.Nearest(np.asarray(q.vector, dtype=np.float32).tolist()),
+                query=qe.Query.Nearest(finite_list(q.vector)),
                 filter=_filter(q, pid if not late else None),
                 with_payload=False,
                 with_vector=False,
@@ -344,10 +349,14 @@ class EdgeStore:
         with self._lock:
             self._closed = True
             shards, self._shards = self._shards, {}
+            self._caches = {}  # no answers from memory after the close
         for name, shard in shards.items():
             try:
                 shard.flush()
-                shard.close()
+            except Exception:  # pragma: no cover - closing must never raise
+                log.debug("flushing edge shard %s failed", name, exc_info=True)
+            try:
+                shard.close()  # releases the WAL lock, also when the flush failed
             except Exception:  # pragma: no cover - closing must never raise
                 log.debug("closing edge shard %s failed", name, exc_info=True)
 
@@ -358,6 +367,12 @@ class EdgeStore:
         return cache
 
     # -- beyond the protocol ----------------------------------------------------------------
+    def exists(self, collection: str) -> bool:
+        """Whether the collection's shard was created whole: the engine writes its config
+        last, so a first creation cut short (a kill, a full disk) leaves a directory without
+        one, which ``ensure_collection`` completes and every other call refuses."""
+        return (self.path / collection / _CONFIG_FILE).exists()
+
     def optimize(self, collection: str | None = None) -> bool:
         """Build HNSW/quantization and merge segments; returns whether anything changed.
 
@@ -584,27 +599,71 @@ class _PointCache:
 
     An Edge shard is held by one process at a time and every write goes through this object,
     so the cache only has to follow its own upserts and payload updates. Bounded: the oldest
-    entries go first.
+    entries go first. Several threads may use one store (in-process workers): writers take a
+    lock, and a read's fill is dropped when a write came in since the read began (it could put
+    an older copy over the write). Entries are the cache's own: vectors are read-only copies,
+    and containers in payloads are copied one level deep (a caller's later change to its list
+    or dict, such as a counter decaying its scores in place, must not change what was stored).
     """
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._points: dict[str, tuple[np.ndarray | None, MappingProxyType[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self.writes = 0  # bumped by every write: a read's fill checks it
 
     def get(self, sid: str) -> tuple[np.ndarray | None, MappingProxyType[str, Any]] | None:
         return self._points.get(sid)
 
-    def put(self, sid: str, vector: np.ndarray | None, payload: dict[str, Any]) -> None:
+    def put(self, sid: str, vector: np.ndarray | None, payload: Mapping[str, Any]) -> None:
+        """A write's copy of the point."""
+        with self._lock:
+            self.writes += 1
+            self._set(sid, _owned_vector(vector, copy=True), _owned_payload(payload))
+
+    def fill(
+        self, points: Sequence[tuple[str, np.ndarray | None, dict[str, Any]]], since: int
+    ) -> bool:
+        """A read's points (fresh objects of the read's own), unless a write came in since
+        ``since`` (the value of :attr:`writes` before the read). Returns whether they went in."""
+        with self._lock:
+            if self.writes != since:
+                return False
+            for sid, vector, payload in points:
+                self._set(sid, _owned_vector(vector, copy=False), payload)
+            return True
+
+    def _set(self, sid: str, vector: np.ndarray | None, payload: dict[str, Any]) -> None:
         if self.max_entries <= 0:
             return
-        self._points.pop(sid, None)
+        points = self._points
+        points.pop(sid, None)
         # a read-only view, made once: search hits share it instead of copying per hit
-        self._points[sid] = (vector, MappingProxyType(payload))
-        while len(self._points) > self.max_entries:
-            self._points.pop(next(iter(self._points)))
+        points[sid] = (vector, MappingProxyType(payload))
+        while len(points) > self.max_entries:
+            points.pop(next(iter(points)), None)
 
     def merge(self, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
-        for sid in ids:
-            cached = self._points.get(sid)
-            if cached is not None:
-                self._points[sid] = (cached[0], MappingProxyType({**cached[1], **payload}))
+        with self._lock:
+            self.writes += 1
+            for sid in ids:
+                cached = self._points.get(sid)
+                if cached is not None:
+                    merged = {**cached[1], **_owned_payload(payload)}
+                    self._points[sid] = (cached[0], MappingProxyType(merged))
+
+
+def _owned_vector(vector: np.ndarray | None, *, copy: bool) -> np.ndarray | None:
+    """A read-only float32 array the cache alone holds (``copy``: the caller keeps its own)."""
+    if vector is None:
+        return None
+    out = np.array(vector, dtype=np.float32, copy=True) if copy else vector
+    out.setflags(write=False)
+    return out
+
+
+def _owned_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+        for k, v in payload.items()
+    }

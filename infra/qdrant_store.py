@@ -150,7 +150,7 @@ class QdrantStore:
             return []
         requests = [
             models.QueryRequest(
-                query=q.vector.astype(np.float32).tolist(),
+                query=finite_list(q.vector),
                 filter=_filter(q),
                 limit=q.limit + self._tie_slack,  # to order ties: ranking.store.TIE_SLACK
                 with_payload=True if q.payload_fields is None else [*q.payload_fields, _ID_KEY],
@@ -238,7 +238,17 @@ def vector_list(vector: np.ndarray | None, dim: int | None) -> list[float]:
         if dim is None:
             raise ValueError("a point without a vector needs a known collection dimension")
         return [1.0] + [0.0] * (dim - 1)  # cosine cannot normalize a zero vector
-    return np.asarray(vector, dtype=np.float32).tolist()
+    return finite_list(vector)
+
+
+def finite_list(vector: np.ndarray) -> list[float]:
+    """A point's or a query's vector for the client, refused when it holds NaN or infinity:
+    qdrant-client's local mode refuses one, Edge stores it as all NaN (never found again), so
+    bad encoder output fails its batch instead of leaving a point or a profile silently dead."""
+    arr = np.asarray(vector, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError("vector holds NaN or infinite values")
+    return arr.tolist()
 
 
 def parse_vector(raw: Any) -> np.ndarray | None:

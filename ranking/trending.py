@@ -50,7 +50,7 @@ class TrendingCounter:
         self.scores = dict(keep)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"ref_ts": self.ref_ts, "scores": self.scores}
+        return {"ref_ts": self.ref_ts, "scores": dict(self.scores)}  # a snapshot, not the live dict
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], half_life_s: float) -> TrendingCounter:

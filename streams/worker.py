@@ -95,10 +95,7 @@ def open_store(settings: Settings) -> VectorStore:
             exclude_after_max=settings.store_exclude_after_max,
             exclude_slack=settings.store_exclude_slack,
         )
-        if (
-            settings.store_optimize_on_start
-            and (settings.edge_path / settings.items_collection).exists()
-        ):
+        if settings.store_optimize_on_start and store.exists(settings.items_collection):
             store.optimize(settings.items_collection)  # before Faust starts: it blocks
         return store
     if settings.embedded_qdrant:

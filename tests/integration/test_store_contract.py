@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import qdrant_edge as qe
 
 from infra.edge_store import EdgeStore, point_u64
 from infra.qdrant_store import QdrantStore, point_uuid
-from ranking.store import Query, StoredPoint, VectorStore
+from ranking.store import Query, StoredPoint, StoreUnavailable, VectorStore
 
 pytestmark = pytest.mark.integration
 
@@ -21,6 +23,8 @@ Opener = Callable[[Path], VectorStore]
 OPENERS: dict[str, Opener] = {
     "qdrant-local": lambda path: QdrantStore(path=path),
     "edge": lambda path: EdgeStore(path),
+    # what Edge holds on disk: its point cache answers most reads, and must not differ
+    "edge-uncached": lambda path: EdgeStore(path, cache_size=0),
 }
 
 
@@ -387,3 +391,149 @@ def test_edge_bad_point_id_marker_is_refused(tmp_path: Path, content: str, messa
         assert again.count("items") == 20
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_vectors_are_refused(store: VectorStore, bad: float) -> None:
+    """Edge stored a NaN vector as all NaN, never found by a search again (and a NaN profile
+    would have lost its content recall for good); qdrant-client refused it. Both refuse it."""
+    vector = _unit(1)
+    vector[2] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        store.upsert("items", [StoredPoint("broken", vector, {"active": True})])
+    assert store.retrieve("items", ["broken"]) == {}
+    store.upsert("items", _items(4))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        store.search("items", [Query(vector, limit=2)])
+
+
+def test_what_a_caller_changes_after_a_write_or_a_read_is_not_stored(store: VectorStore) -> None:
+    """The store keeps its own copies: a caller that goes on changing the list, dict or array
+    it wrote (a counter decaying its scores in place) changes nothing stored; Edge's cache once
+    held the caller's objects. A vector handed back is the caller's to change, or read-only
+    (Edge's, shared with its cache). Nested values of a payload handed back are shared with
+    Edge's cache and must not be changed (``ranking.store.VectorStore``): copying them on every
+    read would cost the hot path more than any caller needs."""
+    vector = _unit(5)
+    payload = {"active": True, "tags": ["a"], "scores": {"x": 1.0}}
+    store.upsert("items", [StoredPoint("p", vector, payload)])
+    payload["tags"].append("written-after")  # type: ignore[attr-defined]
+    payload["scores"]["x"] = 0.5  # type: ignore[index]
+    vector[:] = 0.0
+    got = store.retrieve("items", ["p"])["p"]
+    assert got.payload == {"active": True, "tags": ["a"], "scores": {"x": 1.0}}
+    np.testing.assert_allclose(got.vector, _unit(5), atol=1e-5)  # type: ignore[arg-type]
+    assert got.vector is not None
+    with contextlib.suppress(ValueError):  # Edge hands out read-only arrays
+        got.vector[:] = 0.0
+    got.payload["active"] = False  # the top level is the caller's own
+    (hit,) = store.search("items", [Query(_unit(5), limit=1, with_vectors=True)])[0]
+    again = store.retrieve("items", ["p"])["p"]
+    assert again.payload["active"] is True and hit.payload["active"] is True
+    np.testing.assert_allclose(again.vector, _unit(5), atol=1e-5)  # type: ignore[arg-type]
+    np.testing.assert_allclose(hit.vector, _unit(5), atol=1e-5)  # type: ignore[arg-type]
+
+
+def test_edge_cache_read_racing_a_write_keeps_the_write(tmp_path: Path) -> None:
+    """A read that misses the cache and reads the shard, while another thread writes the same
+    point, must not put its older copy over the write (the retired item would look active
+    until evicted). Forced: the write lands between the read's shard call and its fill."""
+    s = EdgeStore(tmp_path / "store")
+    try:
+        s.ensure_collection("items", DIM)
+        s.upsert("items", [StoredPoint("x", _unit(1), {"active": True})])
+        s.close()
+        s = EdgeStore(tmp_path / "store")  # an empty cache: the next read goes to the shard
+        s.ensure_collection("items", DIM)
+        shard = s._shard("items")
+        real_retrieve = shard.retrieve
+
+        class Racing:
+            """The shard, whose retrieve lets another thread retire the point after reading."""
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(shard, name)
+
+            def retrieve(self, *args: object) -> object:
+                read = real_retrieve(*args)
+                writer = threading.Thread(
+                    target=s.set_payload, args=("items", ["x"], {"active": False})
+                )
+                s._shards["items"] = shard  # the write goes to the real shard
+                writer.start()
+                writer.join()
+                return read
+
+        s._shards["items"] = Racing()  # type: ignore[assignment]
+        assert s.retrieve("items", ["x"])["x"].payload["active"] is True  # read before the write
+        assert s.retrieve("items", ["x"])["x"].payload["active"] is False
+    finally:
+        s.close()
+
+
+def test_edge_cache_survives_writers_on_several_threads(tmp_path: Path) -> None:
+    """In-process workers share one store; each has its own store thread. Evictions by two
+    writers at once raised KeyError or RuntimeError after the shard write had gone through."""
+    import sys
+
+    s = EdgeStore(tmp_path / "store", cache_size=50)
+    errors: list[BaseException] = []
+    s.ensure_collection("items", DIM)
+
+    def write(start: int) -> None:
+        try:
+            for n in range(start, start + 300):
+                s.upsert("items", [StoredPoint(f"p{n}", _unit(n), {"n": n})])
+        except BaseException as exc:  # collected for the assertion
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches inside the cache's eviction loop
+    try:
+        threads = [threading.Thread(target=write, args=(k * 1000,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    try:
+        assert errors == []
+        assert s.count("items") == 1200
+    finally:
+        s.close()
+
+
+def test_edge_half_created_shard_is_completed_not_fatal(tmp_path: Path) -> None:
+    """A first creation cut short leaves the directory without the engine's config (it is
+    written last); the worker's start-up optimize used to find the directory and crash on it
+    at every start. ``exists`` says no, and ``ensure_collection`` completes the shard."""
+    s = EdgeStore(tmp_path / "store")
+    try:
+        (tmp_path / "store" / "items" / "wal").mkdir(parents=True)
+        assert not s.exists("items")
+        s.ensure_collection("items", DIM)
+        assert s.exists("items")
+        s.upsert("items", _items(3))
+        assert s.count("items") == 3
+    finally:
+        s.close()
+
+
+def test_edge_store_after_close_refuses_to_reopen(tmp_path: Path) -> None:
+    """``ensure_collection`` after ``close`` reopened the shard and took the directory's lock
+    again; it refuses now, and nothing is answered from memory."""
+    s = EdgeStore(tmp_path / "store")
+    s.ensure_collection("items", DIM)
+    s.upsert("items", _items(2))
+    s.close()
+    with pytest.raises(StoreUnavailable):
+        s.ensure_collection("items", DIM)
+    with pytest.raises(StoreUnavailable):
+        s.retrieve("items", ["item-1"])
+    other = EdgeStore(tmp_path / "store")  # the directory is free
+    try:
+        other.ensure_collection("items", DIM)
+        assert other.count("items") == 2
+    finally:
+        other.close()
