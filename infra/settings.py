@@ -7,6 +7,7 @@ Empty ``kafka_bootstrap`` means "start the embedded broker"; empty ``qdrant_url`
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 EventType = Literal[
     "view", "click", "add_to_cart", "purchase", "rate", "search", "review", "profile"
 ]
+
+
+# the embedded broker's consumer timings: it holds a fetch for the whole wait (new data does
+# not wake it), and answers a join about half the session timeout after it arrives
+EMBEDDED_FETCH_MAX_WAIT_MS = 10
+EMBEDDED_SESSION_TIMEOUT_S = 6.0
 
 
 def _default_data_dir() -> Path:
@@ -33,13 +40,19 @@ class Settings(BaseSettings):
 
     # --- Kafka -------------------------------------------------------------------------
     kafka_bootstrap: str = Field("", description="host:port list; empty = embedded broker")
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: SecretStr = SecretStr("")
-    kafka_ssl_cafile: str = ""
-    kafka_ssl_certfile: str = ""
-    kafka_ssl_keyfile: str = ""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="security protocol of every Kafka client the project creates"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (with a SASL_* protocol)"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name")
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="SASL password (masked by `coldstream config`)"
+    )
+    kafka_ssl_cafile: str = Field("", description="CA certificate file (PEM) for SSL")
+    kafka_ssl_certfile: str = Field("", description="client certificate file (PEM) for SSL")
+    kafka_ssl_keyfile: str = Field("", description="client key file (PEM) for SSL")
     kafka_session_timeout_s: float | None = Field(
         None, description="consumer-group session timeout; default 6 s embedded, 30 s otherwise"
     )
@@ -51,24 +64,41 @@ class Settings(BaseSettings):
         description="hand fetched messages to the agents without scheduling tasks when the "
         "hand-over does not wait (streams.transport); false = Faust's own path",
     )
-    kafka_consumer_group: str = "coldstream"
+    kafka_consumer_group: str = Field(
+        "coldstream",
+        description="the workers' consumer group: workers of one group share the partitions",
+    )
     embedded_broker_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
-    embedded_broker_start_timeout_s: float = 20.0
+    embedded_broker_start_timeout_s: float = Field(
+        20.0, description="how long to wait for the embedded broker to listen"
+    )
 
     # --- Topics --------------------------------------------------------------------------
-    topic_events: str = "events"
-    topic_items: str = "items"
-    topic_recommendations: str = "recommendations"
-    topic_dead_letter: str = "dead-letter"
-    partitions_events: int = Field(4, ge=1)
-    partitions_items: int = Field(2, ge=1)
-    partitions_recommendations: int = Field(4, ge=1)
-    partitions_dead_letter: int = Field(1, ge=1)
-    topic_replication_factor: int = Field(1, ge=1)
+    topic_events: str = Field("events", description="behavior events in (key = user_id)")
+    topic_items: str = Field("items", description="catalog items in (key = item_id)")
+    topic_recommendations: str = Field(
+        "recommendations", description="recommendation lists out (key = user_id)"
+    )
+    topic_dead_letter: str = Field(
+        "dead-letter", description="records that cannot be applied, with their reason"
+    )
+    partitions_events: int = Field(
+        4, ge=1, description="partitions of the events topic (the most workers that share the work)"
+    )
+    partitions_items: int = Field(2, ge=1, description="partitions of the items topic")
+    partitions_recommendations: int = Field(
+        4, ge=1, description="partitions of the recommendations topic"
+    )
+    partitions_dead_letter: int = Field(1, ge=1, description="partitions of the dead-letter topic")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="replication factor of topics `coldstream topics create` makes"
+    )
 
     # --- Vector store --------------------------------------------------------------------
     qdrant_url: str = Field("", description="Qdrant server URL; empty = embedded store")
-    qdrant_api_key: SecretStr = SecretStr("")
+    qdrant_api_key: SecretStr = Field(
+        SecretStr(""), description="Qdrant server API key (masked by `coldstream config`)"
+    )
     store_backend: Literal["edge", "qdrant-local"] = Field(
         "edge",
         description="embedded engine when qdrant_url is empty: Qdrant Edge (fast, default) or "
@@ -91,23 +121,44 @@ class Settings(BaseSettings):
         "took more of its nearest is asked again with all of them (bench traffic: 2.6 excluded "
         "among the nearest on average, at most 9)",
     )
-    data_dir: Path = Field(default_factory=_default_data_dir)
-    items_collection: str = "items"
-    users_collection: str = "users"
-    state_collection: str = "coldstream_state"
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="embedded store and Faust data; default $XDG_DATA_HOME/coldstream, else "
+        "~/.local/share/coldstream",
+    )
+    items_collection: str = Field("items", description="the store's collection of catalog items")
+    users_collection: str = Field("users", description="the store's collection of user profiles")
+    state_collection: str = Field(
+        "coldstream_state",
+        description="the store's collection of trending and co-visitation counts",
+    )
 
     # --- Encoder -------------------------------------------------------------------------
     encoder_model_path: str = Field(
         "", description="local Hugging Face model directory; empty = packaged all-MiniLM-L6-v2"
     )
-    encoder_device: Literal["auto", "cpu", "cuda"] = "auto"
-    encoder_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    encoder_max_length: int = Field(128, ge=8, le=512)
+    encoder_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto = CUDA when present, else CPU"
+    )
+    encoder_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="auto = bf16 on CUDA (fp16 without bf16), bf16 on a CPU that supports it, "
+        "else fp32",
+    )
+    encoder_max_length: int = Field(
+        128, ge=8, le=512, description="tokenizer truncation, in tokens"
+    )
     encoder_batch_size: int = Field(
         0, ge=0, description="texts per forward pass; 0 = by device: 64 on CPU, 256 on CUDA"
     )
-    encoder_max_wait_ms: float = Field(2.0, ge=0)
-    encoder_queue_size: int = Field(4096, ge=1)
+    encoder_max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="the longest a text waits in the micro-batcher for others to share its pass",
+    )
+    encoder_queue_size: int = Field(
+        4096, ge=1, description="texts the micro-batcher queues at most (callers wait beyond it)"
+    )
     encoder_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")
     encoder_cudnn_attention: bool = Field(
         False,
@@ -140,7 +191,7 @@ class Settings(BaseSettings):
     )
 
     # --- Stream batching -----------------------------------------------------------------
-    batch_max_events: int = Field(512, ge=1)
+    batch_max_events: int = Field(512, ge=1, description="behavior events per batch at most")
     batch_within_s: float = Field(
         0.005,
         gt=0,
@@ -172,8 +223,13 @@ class Settings(BaseSettings):
         "only once every output is (streams.agents.DeferredAcks); a batch taken while more "
         "events waited always waits for its acks; 0 = every batch waits before the next",
     )
-    item_batch_max: int = Field(256, ge=1)
-    item_batch_within_s: float = Field(0.05, gt=0)
+    item_batch_max: int = Field(256, ge=1, description="item events per batch at most")
+    item_batch_within_s: float = Field(
+        0.05,
+        gt=0,
+        description="the longest an item batch waits for more items (and how often a held "
+        "event checks for its item)",
+    )
     unknown_item_wait_s: float = Field(
         0.25,
         ge=0,
@@ -185,10 +241,19 @@ class Settings(BaseSettings):
     )
 
     # --- Input limits --------------------------------------------------------------------
-    max_payload_bytes: int = Field(64 * 1024, ge=256)
-    max_text_chars: int = Field(4096, ge=1)
-    max_tags: int = Field(64, ge=0)
-    max_id_chars: int = Field(256, ge=1)
+    max_payload_bytes: int = Field(
+        64 * 1024, ge=256, description="a record larger than this is dead-lettered (too_large)"
+    )
+    max_text_chars: int = Field(
+        4096,
+        ge=1,
+        description="texts (search, review, title, description) longer than this are "
+        "dead-lettered (schema)",
+    )
+    max_tags: int = Field(64, ge=0, description="an item with more tags is dead-lettered (schema)")
+    max_id_chars: int = Field(
+        256, ge=1, description="ids longer than this are dead-lettered (schema)"
+    )
     max_label_chars: int = Field(256, ge=1, description="an item's category, brand and each tag")
     max_future_ts_s: float = Field(
         86_400.0,
@@ -199,32 +264,55 @@ class Settings(BaseSettings):
     )
 
     # --- Profiles ------------------------------------------------------------------------
-    weight_view: float = 1.0
-    weight_click: float = 1.5
-    weight_add_to_cart: float = 2.5
-    weight_purchase: float = 4.0
-    weight_rate: float = 2.0
-    weight_search: float = 1.5
-    weight_review: float = 2.0
-    weight_profile: float = 3.0
-    profile_half_life_hours: float = Field(72.0, gt=0)
-    profile_recent_items: int = Field(20, ge=1)
-    profile_seen_max: int = Field(2000, ge=1)
+    weight_view: float = Field(1.0, description="profile weight of a view")
+    weight_click: float = Field(1.5, description="profile weight of a click")
+    weight_add_to_cart: float = Field(2.5, description="profile weight of an add to cart")
+    weight_purchase: float = Field(4.0, description="profile weight of a purchase")
+    weight_rate: float = Field(
+        2.0,
+        description="profile weight of a rating of 5 (a rating scales it: rating/5, above 5 "
+        "counts as 5)",
+    )
+    weight_search: float = Field(1.5, description="profile weight of a search text")
+    weight_review: float = Field(2.0, description="profile weight of a review")
+    weight_profile: float = Field(3.0, description="profile weight of an onboarding/profile text")
+    profile_half_life_hours: float = Field(
+        72.0, gt=0, description="a profile's older signals weigh half after this long"
+    )
+    profile_recent_items: int = Field(
+        20, ge=1, description="recent items a profile keeps (reason anchors, co-visitation windows)"
+    )
+    profile_seen_max: int = Field(
+        2000, ge=1, description="items a profile remembers as seen (excluded from lists)"
+    )
 
     # --- Recommendations ----------------------------------------------------------------
-    recs_count: int = Field(10, ge=1)
-    recall_top_n: int = Field(50, ge=1)
-    mmr_lambda: float = Field(0.8, ge=0, le=1)
-    popularity_weight: float = Field(0.3, ge=0, le=1)
+    recs_count: int = Field(10, ge=1, description="items per emitted list")
+    recall_top_n: int = Field(50, ge=1, description="content recall: nearest items per user")
+    mmr_lambda: float = Field(
+        0.8, ge=0, le=1, description="MMR: 1 = relevance only, lower = more diversity"
+    )
+    popularity_weight: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="without a trained ranker: the popularity prior's weight in the cosine blend",
+    )
     popularity_half_count: float = Field(
         5.0, gt=0, description="decayed interaction count at which the prior is worth half"
     )
     cold_item_slots: int = Field(
         1, ge=0, description="minimum new-item slots (chosen on validation users, see README)"
     )
-    cold_item_max_age_hours: float = Field(72.0, gt=0)
-    trending_half_life_hours: float = Field(24.0, gt=0)
-    trending_persist_every_s: float = Field(10.0, gt=0)
+    cold_item_max_age_hours: float = Field(
+        72.0, gt=0, description="an item is new (slot-eligible) for this long after its publication"
+    )
+    trending_half_life_hours: float = Field(
+        24.0, gt=0, description="trending counts weigh half after this long"
+    )
+    trending_persist_every_s: float = Field(
+        10.0, gt=0, description="how often trending and co-visitation counts are saved to the store"
+    )
 
     # --- Worker / metrics ----------------------------------------------------------------
     lag_interval_s: float = Field(5.0, gt=0, description="how often consumer lag is measured")
@@ -269,9 +357,13 @@ class Settings(BaseSettings):
         description="a forward pass running longer reports the encoder down (a hung device "
         "does not raise); liveness then fails after health_encoder_down_s. 0 = never",
     )
-    web_enabled: bool = False
-    web_port: int = Field(6066, ge=0, le=65535)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    web_enabled: bool = Field(
+        False, description="Faust's own web server (the worker's metrics and probes do not need it)"
+    )
+    web_port: int = Field(6066, ge=0, le=65535, description="Faust's web server port, when enabled")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level of every coldstream process"
+    )
 
     @model_validator(mode="after")
     def _beat_within_stall(self) -> Settings:
@@ -309,13 +401,13 @@ class Settings(BaseSettings):
         """The embedded broker holds a fetch for the whole wait (it is not woken by new data)."""
         if self.kafka_fetch_max_wait_ms is not None:
             return self.kafka_fetch_max_wait_ms
-        return 10 if self.embedded_kafka else 500
+        return EMBEDDED_FETCH_MAX_WAIT_MS if self.embedded_kafka else 500
 
     @property
     def effective_session_timeout_s(self) -> float:
         if self.kafka_session_timeout_s is not None:
             return self.kafka_session_timeout_s
-        return 6.0 if self.embedded_kafka else 30.0
+        return EMBEDDED_SESSION_TIMEOUT_S if self.embedded_kafka else 30.0
 
     def event_weights(self) -> dict[str, float]:
         """Weight of each behavior type in the profile update rule."""
@@ -395,8 +487,14 @@ class Settings(BaseSettings):
     cold_slots_follow_content: bool = Field(
         True, description="give new items more slots when content alone ranks more of them"
     )
-    ranker_hidden: int = Field(32, ge=1)
-    ranker_epochs: int = Field(15, ge=1)
+    ranker_hidden: int = Field(
+        32, ge=1, description="`coldstream train`: the ranker MLP's hidden width"
+    )
+    ranker_epochs: int = Field(
+        15,
+        ge=1,
+        description="`coldstream train`: epochs at most (early stopping on validation users)",
+    )
     ranker_ensemble: int = Field(
         3, ge=1, le=16, description="rankers fitted under different seeds, relevances averaged"
     )
@@ -462,6 +560,51 @@ class Settings(BaseSettings):
             if self.covisit_path
             else self.data_dir / "model" / "covisit.safetensors"
         )
+
+
+ENV_PREFIX = "COLDSTREAM_"
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``COLDSTREAM_*`` variables that name no setting: settings ignore them, so a misspelled
+    one (``COLDSTREAM_BATCH_SIZE`` for ``COLDSTREAM_ENCODER_BATCH_SIZE``) would change nothing
+    without a word. The commands log each one at start."""
+    env = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(n for n in env if n.upper().startswith(ENV_PREFIX) and n.upper() not in known)
+
+
+def reference() -> str:
+    """Every setting as a Markdown table (variable, default, meaning): ``docs/settings.md`` is
+    this text (a test keeps the two equal), printed by ``coldstream config --reference``."""
+    rows = [
+        "# Settings",
+        "",
+        "Every setting is an environment variable with the prefix `COLDSTREAM_` (generated by",
+        "`coldstream config --reference` from `infra/settings.py`; `coldstream config` prints the",
+        "effective values). A `COLDSTREAM_*` variable that names no setting is ignored, with a",
+        "warning in the log of every command.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = "see meaning" if field.default_factory is not None else _shown(field.default)
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return "empty"
+    if value is None:
+        return "see meaning"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if value == "":
+        return "empty"
+    return f"`{value}`"
 
 
 @lru_cache(maxsize=1)

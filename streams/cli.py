@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from infra.runtime import limit_blas_threads
-from infra.settings import Settings, get_settings
+from infra.settings import (
+    EMBEDDED_FETCH_MAX_WAIT_MS,
+    EMBEDDED_SESSION_TIMEOUT_S,
+    Settings,
+    get_settings,
+    reference,
+    unknown_variables,
+)
 from streams import eval_cli
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    if args.reference:
+        print(reference(), end="")
+        return 0
     print(json.dumps(settings.masked(), indent=2, default=str))
     return 0
 
@@ -43,11 +53,19 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with EmbeddedBroker(args.port, start_timeout_s=settings.embedded_broker_start_timeout_s) as b:
+    port = args.port if args.port is not None else settings.embedded_broker_port or 9092
+    with EmbeddedBroker(port, start_timeout_s=settings.embedded_broker_start_timeout_s) as b:
         if args.create_topics:
             ensure_topics(settings, b.bootstrap)
         print(f"embedded broker (Tansu) on {b.bootstrap}; Ctrl-C to stop", flush=True)
-        print(f"export COLDSTREAM_KAFKA_BOOTSTRAP={b.bootstrap}", flush=True)
+        # with a bootstrap set, the settings take the broker for real Kafka (30 s session,
+        # 500 ms fetch wait: ~80 ms a message on this broker); these keep the embedded values
+        print(
+            f"export COLDSTREAM_KAFKA_BOOTSTRAP={b.bootstrap} "
+            f"COLDSTREAM_KAFKA_SESSION_TIMEOUT_S={EMBEDDED_SESSION_TIMEOUT_S:g} "
+            f"COLDSTREAM_KAFKA_FETCH_MAX_WAIT_MS={EMBEDDED_FETCH_MAX_WAIT_MS}",
+            flush=True,
+        )
         while not stop.wait(0.5):
             if not b.is_running():
                 print("broker exited unexpectedly", file=sys.stderr)
@@ -222,11 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    add("config", _cmd_config, "print the effective settings (secrets masked)")
+    p = add("config", _cmd_config, "print the effective settings (secrets masked)")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="print every setting with its default and meaning (Markdown; docs/settings.md)",
+    )
     p = add("schemas", _cmd_schemas, "write the JSON Schemas of the wire contracts")
     p.add_argument("--out", default="schemas", help="output directory (default: ./schemas)")
     p = add("broker", _cmd_broker, "run the embedded Kafka broker (Tansu) in the foreground")
-    p.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port on 127.0.0.1 (default: COLDSTREAM_EMBEDDED_BROKER_PORT if set, else 9092)",
+    )
     p.add_argument("--create-topics", action="store_true", help="also create coldstream topics")
     p = add("topics", _cmd_topics, "create or list topics on the configured broker")
     p.add_argument("action", choices=["create", "list"])
@@ -342,6 +370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for name in unknown_variables():
+        logging.getLogger("coldstream").warning(
+            "%s names no setting and is ignored (misspelled? `coldstream config --reference` "
+            "lists them all)",
+            name,
+        )
     limit_blas_threads(settings.numpy_blas_threads)
     handler: Handler = args.handler
     return handler(args, settings)
