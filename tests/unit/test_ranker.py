@@ -411,3 +411,26 @@ def test_the_data_hash_changes_with_ratings_and_types() -> None:
     assert data_hash(df, ["a", "b"]) == data_hash(df.copy(), ["a", "b"])
     assert data_hash(df, ["a", "b"]) != data_hash(df.assign(rating=[1.0, 1.0]), ["a", "b"])
     assert data_hash(df, ["a", "b"]) != data_hash(df.assign(type=["view", "rate"]), ["a", "b"])
+
+
+def test_a_user_with_only_text_events_counts_no_covisitation() -> None:
+    """The generic format allows a user whose every row is a search or a profile text; the
+    evaluation names its training users from all rows, and counting co-visitation for them
+    raised KeyError (found by review)."""
+    import pandas as pd
+
+    from ranking.training import TrainConfig, build_covisit, user_sequences
+
+    log = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "searcher", "b", "b"],
+            "item_id": ["i1", "i2", None, "i1", "i2"],
+            "ts": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "type": ["view", "view", "search", "view", "view"],
+        }
+    )
+    seqs = user_sequences(log)
+    assert "searcher" not in seqs
+    model = build_covisit(seqs, ["a", "b", "searcher"], TrainConfig())
+    assert model.count("i1") == 2.0
+    assert model.neighbors("i1")[0] == ["i2"]

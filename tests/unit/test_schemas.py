@@ -338,6 +338,16 @@ def test_valid_event_round_trips(payload: dict[str, Any]) -> None:
     assert again == model
 
 
+@pytest.mark.parametrize("ts", [1714564800, 1714564800.5, 0, -1])
+def test_epoch_seconds_are_refused_with_the_likely_cause(ts: float) -> None:
+    """Seconds sent for milliseconds read as January 1970: trending decayed them to nothing
+    and the profile's decay ran from 1970. The published schema refuses them too."""
+    with pytest.raises(InvalidPayload, match="epoch seconds") as err:
+        decode(raw(event(ts=ts)), BehaviorEvent)
+    assert err.value.reason == "schema"
+    assert not _valid_by_schema("events", event(ts=ts))
+
+
 def test_unknown_fields_are_ignored() -> None:
     model = decode(raw(event(extra_field={"x": 1})), BehaviorEvent)
     assert not hasattr(model, "extra_field")
@@ -354,7 +364,7 @@ def test_unknown_fields_are_ignored() -> None:
         (1714564800000, TS_DT),  # epoch milliseconds
         (1714564800250, TS_DT + timedelta(milliseconds=250)),
         (1714564800000.0, TS_DT),
-        (0, datetime(1970, 1, 1, tzinfo=UTC)),
+        (100_000_000_000, datetime(1973, 3, 3, 9, 46, 40, tzinfo=UTC)),  # the earliest
     ],
 )
 def test_ts_accepts_iso_and_epoch_ms(ts: Any, expected: datetime) -> None:
