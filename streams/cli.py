@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from infra.runtime import limit_blas_threads
 from infra.settings import (
     EMBEDDED_FETCH_MAX_WAIT_MS,
@@ -24,6 +26,16 @@ from infra.settings import (
 from streams import eval_cli
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {value}")
+    return value
 
 
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("broker", _cmd_broker, "run the embedded Kafka broker (Tansu) in the foreground")
     p.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=None,
         help="port on 127.0.0.1 (default: COLDSTREAM_EMBEDDED_BROKER_PORT if set, else 9092)",
     )
@@ -364,9 +376,46 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return _report(text, report, args.json)
 
 
+# errors that are the user's input or environment (a data file, a model directory, a broker
+# or store not there, a port taken): one line on stderr, not a traceback (which the log keeps
+# at DEBUG); module → exception class, looked up only in modules already imported (a module
+# never imported raised nothing, and importing them all would load torch for `config`)
+_USER_ERRORS = {
+    "ranking.datasets": "DatasetError",
+    "encoders.model": "EncoderLoadError",
+    "ranking.ranker": "RankerLoadError",
+    "ranking.covisit": "CovisitError",
+    "infra.kafka": "TopicAdminError",
+    "infra.broker": "BrokerError",
+    "streams.eval_kafka": "ViaKafkaError",
+    "ranking.store": "StoreUnavailable",
+}
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [OSError]
+    for module, name in _USER_ERRORS.items():
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            found.append(getattr(loaded, name))
+    return tuple(found)
+
+
+def _settings_problems(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"])
+        lines.append(f"  COLDSTREAM_{field.upper()}: {err['msg']}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"coldstream: error: invalid settings\n{_settings_problems(exc)}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -378,7 +427,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     limit_blas_threads(settings.numpy_blas_threads)
     handler: Handler = args.handler
-    return handler(args, settings)
+    try:
+        return handler(args, settings)
+    except Exception as exc:
+        if not isinstance(exc, _user_error_types()):
+            raise
+        logging.getLogger("coldstream").debug("%s failed", args.command, exc_info=True)
+        print(f"coldstream: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

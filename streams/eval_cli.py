@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,13 +116,54 @@ def _say(msg: str) -> None:
     print(f"  … {msg}", file=sys.stderr, flush=True)
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def _ints(text: str, minimum: int = 0) -> tuple[int, ...]:
+    """Comma-separated integers, each at least ``minimum``, repeats dropped (a seed given
+    twice would count twice in the mean over seeds)."""
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        values = tuple(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    if min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"each value must be at least {minimum}, got {text!r}")
+    return values
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    return _ints(text, minimum=1)  # k = 0 reveals nothing: no list to score
+
+
+def _in(low: float, high: float, *, open_ends: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (in (low, high) with ``open_ends``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = low < value < high if open_ends else low <= value <= high
+        if not inside:
+            span = f"({low:g}, {high:g})" if open_ends else f"[{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be in {span}")
+        return value
+
+    return parse
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+
+    return parse
 
 
 # ------------------------------------------------------------------- commands
@@ -235,11 +277,13 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="ml-100k", help="built-in data set (default ml-100k)")
     p.add_argument("--items", help="items JSONL (the `items` contract)")
     p.add_argument("--interactions", help="interactions CSV or JSONL (user_id, item_id, ts, …)")
-    p.add_argument("--epochs", type=int, help="ranker epochs at most (default: setting)")
-    p.add_argument("--negatives", type=int, help="ranker training: negatives per list")
+    p.add_argument("--epochs", type=_at_least(1), help="ranker epochs at most (default: setting)")
+    p.add_argument(
+        "--negatives", type=_at_least(1), help="ranker training: negatives per list (default 48)"
+    )
     p.add_argument(
         "--cold-mask-frac",
-        type=float,
+        type=_in(0.0, 1.0),
         help="ranker training: share of candidates shown as new items (default: setting)",
     )
 
@@ -255,13 +299,33 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=_cmd_eval)
     _data_args(p)
-    p.add_argument("--test-users-frac", type=float, default=0.2)
-    p.add_argument("--cold-items-frac", type=float, default=0.1)
-    p.add_argument("--k", type=_ints, default=(1, 3, 5), help="revealed events, e.g. 1,3,5")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--test-users-frac",
+        type=_in(0.0, 1.0, open_ends=True),
+        default=0.2,
+        help="share of users held out and scored (default 0.2)",
+    )
+    p.add_argument(
+        "--cold-items-frac",
+        type=_in(0.0, 1.0, open_ends=True),
+        default=0.1,
+        help="share of items held out of all training data, arriving as new items (default 0.1)",
+    )
+    p.add_argument("--k", type=_ks, default=(1, 3, 5), help="revealed events, e.g. 1,3,5")
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--seeds", type=_ints, help="several seeds, e.g. 0,1,2 (overrides --seed)")
-    p.add_argument("--cold-slots", type=int, help="new-item slots (default: setting)")
-    p.add_argument("--mmr-lambda", type=float, help="MMR lambda (default: setting)")
+    p.add_argument(
+        "--cold-slots",
+        type=_at_least(0),
+        help="new-item slots of the engine without a trained ranker (default: setting); the "
+        "full system's slots are the policy chosen on validation users",
+    )
+    p.add_argument(
+        "--mmr-lambda",
+        type=_in(0.0, 1.0),
+        help="the MMR lambda validation users weigh against 1.0 (default: the setting's); "
+        "the full system takes the better one",
+    )
     p.add_argument(
         "--via-kafka",
         action="store_true",

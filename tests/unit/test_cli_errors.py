@@ -1,0 +1,77 @@
+"""What a user gets for a mistake: a one-line error and an exit status, not a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.settings import get_settings
+from streams.cli import main
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> None:
+    get_settings.cache_clear()  # main() reads the environment through the cached settings
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "--k", "0"], "--k: each value must be at least 1"),
+        (["eval", "--k", ""], "--k: expected at least one integer"),
+        (["eval", "--test-users-frac", "0"], "--test-users-frac: must be in (0, 1)"),
+        (["eval", "--test-users-frac", "1"], "--test-users-frac: must be in (0, 1)"),
+        (["eval", "--mmr-lambda", "5"], "--mmr-lambda: must be in [0, 1]"),
+        (["eval", "--epochs", "-1"], "--epochs: must be at least 1"),
+        (["train", "--negatives", "0"], "--negatives: must be at least 1"),
+        (["broker", "--port", "99999"], "--port: a port is 1-65535"),
+    ],
+)
+def test_option_values_are_checked_before_any_work(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_repeated_seeds_and_ks_count_once() -> None:
+    from streams.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "--seeds", "0,1,0", "--k", "3,1,3"])
+    assert args.seeds == (0, 1) and args.k == (3, 1)
+
+
+def test_a_missing_data_file_is_one_line_and_status_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.jsonl"
+    assert main(["eval", "--items", str(missing), "--interactions", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"coldstream: error: {missing}: no such file"
+
+
+def test_invalid_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLDSTREAM_PARTITIONS_ITEMS", "0")
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid settings" in err and "COLDSTREAM_PARTITIONS_ITEMS:" in err
+    assert "Traceback" not in err
+
+
+def test_a_bug_is_not_hidden_as_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the user's input and environment get the one-line treatment."""
+    import streams.cli as cli
+
+    def broken(*_: object) -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "_cmd_config", broken)
+    with pytest.raises(KeyError):
+        main(["config"])
