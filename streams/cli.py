@@ -129,6 +129,8 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     report = produce_file(settings, settings.kafka_bootstrap, args.kind, Path(args.file))
     print(report.summary())
+    if report.delivery_error:
+        return 1
     return 0 if report.invalid == 0 or args.allow_invalid else 1
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import Producer
 from tqdm import tqdm
 
-from infra.kafka import client_config
+from infra.kafka import TopicAdminError, client_config, list_topics
 from infra.settings import Settings
 from streams.pipeline import limits_from
 from streams.schemas import BehaviorEvent, InvalidPayload, ItemEvent, decode
@@ -23,9 +23,12 @@ class ProduceReport:
     sent: int = 0
     invalid: int = 0
     errors: list[str] = field(default_factory=list)
+    delivery_error: str = ""  # why sent records may not have reached the broker
 
     def summary(self) -> str:
         lines = [f"sent {self.sent}, rejected {self.invalid} invalid line(s)"]
+        if self.delivery_error:
+            lines.append(f"  NOT CONFIRMED by the broker: {self.delivery_error}")
         lines += [f"  {e}" for e in self.errors[:20]]
         if len(self.errors) > 20:
             lines.append(f"  … and {len(self.errors) - 20} more")
@@ -100,12 +103,20 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def produce_file(settings: Settings, bootstrap: str, kind: str, path: Path) -> ProduceReport:
-    """Validate each JSONL line and publish the valid ones; report the invalid with line numbers."""
-    publisher = Publisher(settings, bootstrap)
+    """Validate each JSONL line and publish the valid ones; report the invalid with line numbers.
+
+    The file is read and the topic looked up before anything is sent: a missing topic would be
+    made by the broker's auto-creation with its own partition count, and a broker that cannot
+    be reached fails here in one line instead of after the whole file. A delivery the broker
+    does not confirm is in the report (``delivery_error``), with what was validated and sent.
+    """
     model: type[ItemEvent] | type[BehaviorEvent] = ItemEvent if kind == "items" else BehaviorEvent
     topic = settings.topic_items if kind == "items" else settings.topic_events
-    report = ProduceReport()
     total = sum(1 for _ in _lines(path))
+    if topic not in list_topics(settings, bootstrap):
+        raise TopicAdminError(f"topic {topic!r} does not exist: run `coldstream topics create`")
+    publisher = Publisher(settings, bootstrap)
+    report = ProduceReport()
     for number, raw in tqdm(_lines(path), total=total, unit="msg", file=sys.stderr):
         try:
             parsed = decode(raw, model, publisher.limits)
@@ -116,5 +127,8 @@ def produce_file(settings: Settings, bootstrap: str, kind: str, path: Path) -> P
         key = parsed.item_id if isinstance(parsed, ItemEvent) else parsed.user_id
         publisher.send_raw(topic, key, raw)
         report.sent += 1
-    publisher.flush()
+    try:
+        publisher.flush()
+    except RuntimeError as exc:
+        report.delivery_error = str(exc)
     return report

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError
+from pydantic import ValidationError
 
 from infra.kafka import client_config
 from infra.settings import Settings
@@ -34,17 +36,40 @@ def output_consumer(
 
 
 def iter_recommendations(
-    consumer: Consumer, timeout_s: float = 1.0
+    consumer: Consumer,
+    timeout_s: float = 1.0,
+    *,
+    on_problem: Callable[[str], None] | None = None,
 ) -> Iterator[Recommendation | None]:
-    """Validated recommendations as they arrive; ``None`` on each idle poll."""
+    """Validated recommendations as they arrive; ``None`` on each idle poll.
+
+    A record that is not a valid recommendation (another producer's, or a newer worker's
+    with fields this version does not know) and a consumer error are reported to
+    ``on_problem`` and skipped: a reader must not die of one record.
+    """
+    say = on_problem or (lambda _msg: None)
     while True:
         messages = consumer.consume(500, timeout_s)
         if not messages:
             yield None
         for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    say(f"consumer error: {err}")
+                continue
             value = msg.value()
-            if msg.error() is None and value is not None:
+            if value is None:
+                continue
+            try:
                 yield Recommendation.model_validate_json(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "record"
+                say(
+                    f"skipped {msg.topic()}/{msg.partition()}@{msg.offset()}: not a "
+                    f"recommendation ({where}: {first['msg']})"
+                )
 
 
 def format_recommendation(rec: Recommendation) -> str:
@@ -60,6 +85,10 @@ def format_recommendation(rec: Recommendation) -> str:
     return "\n".join([head, *rows])
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def tail(
     settings: Settings, bootstrap: str, *, limit: int = 0, from_beginning: bool = False
 ) -> None:
@@ -68,7 +97,7 @@ def tail(
     )
     shown = 0
     try:
-        for rec in iter_recommendations(consumer):
+        for rec in iter_recommendations(consumer, on_problem=_to_stderr):
             if rec is None:
                 continue
             print(format_recommendation(rec), flush=True)

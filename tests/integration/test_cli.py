@@ -66,6 +66,12 @@ def test_broker_topics_produce_and_clean_stop(tmp_path: Path) -> None:
         assert f"{items}:2: tags" in produced.stdout
         allowed = cli("produce", "items", str(items), "--allow-invalid", env=env)
         assert allowed.returncode == 0
+        # a topic never created is said, not auto-created by the broker with its own partitions
+        missing = cli("produce", "items", str(items), env={**env, "COLDSTREAM_TOPIC_ITEMS": "nope"})
+        assert missing.returncode == 1
+        assert "topic 'nope' does not exist: run `coldstream topics create`" in missing.stderr
+        assert "Traceback" not in missing.stderr
+        assert "nope" not in cli("topics", "list", env=env).stdout
     finally:
         broker.send_signal(signal.SIGTERM)
         code = broker.wait(20)
