@@ -15,11 +15,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-EventType = Literal[
-    "view", "click", "add_to_cart", "purchase", "rate", "search", "review", "profile"
-]
-
-
 # the embedded broker's consumer timings: it holds a fetch for the whole wait (new data does
 # not wake it), and answers a join about half the session timeout after it arrives
 EMBEDDED_FETCH_MAX_WAIT_MS = 10

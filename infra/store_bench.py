@@ -1,6 +1,6 @@
 """Vector-store micro-benchmark: the calls the stream engine makes, on synthetic unit vectors.
 
-Run: ``python -m infra.store_bench --backend edge --items 100000 --path /tmp/sb``. It measures
+Run: ``coldstream bench store --items 100000``. It measures
 what decides the embedded default: catalog search latency at scale and the store time of one
 stream batch (a 500-profile write and a 500-id read).
 """

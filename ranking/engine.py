@@ -2,8 +2,9 @@
 
 The stream agent, the in-process evaluation and the benchmark all call this same code. A batch
 costs two reads (users, then the items they touched), one encoder call (made by the caller between
-:meth:`BehaviorEngine.prepare` and :meth:`BehaviorEngine.apply`), one profile write and one batch
-recall query, whatever the number of events.
+:meth:`BehaviorEngine.prepare` and :meth:`BehaviorEngine.apply`), one profile write and two batch
+queries (content recall, and new items when the ranker has an item prior), whatever the number of
+events.
 """
 
 from __future__ import annotations

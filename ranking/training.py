@@ -1,7 +1,7 @@
 """``coldstream train``: the co-visitation snapshot and the ranker, learned from an interaction log.
 
 Training replays each training user's history through the stream's own code: the profile update
-rule (:func:`ranking.profile.apply_signal`), the candidate pool (:func:`ranking.engine.
+rule (:func:`ranking.profile.apply_signal`), the candidate pool (:func:`ranking.candidates.
 assemble_candidates`: content recall, co-visited and popular channels) and the features
 (:func:`ranking.features.feature_matrix`). A list is a user's profile after their first L events
 (L in ``prefix_lengths``, the cold-start regime); its positives are the items they touch later.

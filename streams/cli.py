@@ -305,14 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_bench_encoder)
     p.add_argument("--texts", type=int, default=1000, help="texts to encode (0 = all)")
     p.add_argument("--naive-sample", type=int, default=150, help="texts for one-at-a-time modes")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    # SUPPRESS: `bench --json F encoder` keeps the F given before the sub-command
+    p.add_argument(
+        "--json", default=argparse.SUPPRESS, help="also write the figures to this JSON file"
+    )
     p = bsub.add_parser("store", help="vector-store calls of a stream batch at catalog scale")
     p.set_defaults(handler=_cmd_bench_store)
     p.add_argument("--backend", choices=["edge", "qdrant-local"], default="edge")
     p.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
     p.add_argument("--queries", type=int, default=2000, help="single queries timed")
     p.add_argument("--uniform", action="store_true", help="uniform vectors (HNSW worst case)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    # SUPPRESS: `bench --json F encoder` keeps the F given before the sub-command
+    p.add_argument(
+        "--json", default=argparse.SUPPRESS, help="also write the figures to this JSON file"
+    )
     p = bsub.add_parser(
         "engine", help="the worker's batch work in process (no broker, no Faust), timed per batch"
     )
@@ -321,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=100, help="batches timed")
     p.add_argument("--warmup", type=int, default=20, help="batches run first, not timed")
     _traffic_args(p)
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    # SUPPRESS: `bench --json F encoder` keeps the F given before the sub-command
+    p.add_argument(
+        "--json", default=argparse.SUPPRESS, help="also write the figures to this JSON file"
+    )
     p.add_argument(
         "--lists",
         help="write the timed batches' lists to this JSONL file (user, items), to diff two runs",
@@ -331,7 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=500.0, help="records/s")
     p.add_argument("--duration", type=float, default=120.0, help="seconds of sending")
     p.add_argument("--interval", type=float, default=15.0, help="seconds between samples")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    # SUPPRESS: `bench --json F encoder` keeps the F given before the sub-command
+    p.add_argument(
+        "--json", default=argparse.SUPPRESS, help="also write the figures to this JSON file"
+    )
     eval_cli.add_commands(sub)  # eval, train (issue 5)
     return parser
 

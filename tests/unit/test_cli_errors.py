@@ -75,3 +75,13 @@ def test_a_bug_is_not_hidden_as_a_user_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(cli, "_cmd_config", broken)
     with pytest.raises(KeyError):
         main(["config"])
+
+
+def test_bench_json_before_the_sub_command_is_kept() -> None:
+    """`bench --json F encoder` wrote nothing: the sub-command's own --json default replaced F."""
+    from streams.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["bench", "--json", "f.json", "encoder"]).json == "f.json"
+    assert parse(["bench", "encoder", "--json", "g.json"]).json == "g.json"
+    assert parse(["bench", "store"]).json is None
