@@ -126,7 +126,8 @@ RECOMMENDATIONS = Counter(
 )
 EVENT_TO_REC_SECONDS = Histogram(
     "coldstream_event_to_recommendation_seconds",
-    "Time from an event's arrival on its topic to its recommendation being sent",
+    "Time from an event's record timestamp (its producer's create time, or the topic's append "
+    "time) to its list being handed to the producer",
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
