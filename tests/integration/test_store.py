@@ -183,6 +183,17 @@ def test_needs_url_or_path() -> None:
         QdrantStore()
 
 
+def test_a_server_that_is_not_there_is_an_outage() -> None:
+    """The production path, built for real against a port nobody listens on: the client's own
+    connection error must come out as ``StoreUnavailable`` (waited out by the worker), whatever
+    exception type this qdrant-client version raises for it."""
+    from infra.broker import free_port
+
+    with pytest.raises(StoreUnavailable, match="refused|unavailable"):
+        store = QdrantStore(url=f"http://127.0.0.1:{free_port()}")
+        store.ensure_collection("items", 4)
+
+
 def test_drop_collection_removes_it_and_reports_an_absent_one(store: QdrantStore) -> None:
     store.ensure_collection("scratch_bench_1", 4)
     store.upsert("scratch_bench_1", [StoredPoint("a", np.ones(4, np.float32) / 2.0, {})])
