@@ -189,7 +189,7 @@ def test_a_server_that_is_not_there_is_an_outage() -> None:
     exception type this qdrant-client version raises for it."""
     from infra.broker import free_port
 
-    with pytest.raises(StoreUnavailable, match="refused|unavailable"):
+    with pytest.raises(StoreUnavailable, match=r"refused|unavailable"):
         store = QdrantStore(url=f"http://127.0.0.1:{free_port()}")
         store.ensure_collection("items", 4)
 
