@@ -9,6 +9,7 @@ device or a text the model chokes on would.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -26,9 +27,14 @@ from infra import metrics
 from infra.health import HEALTH
 from infra.settings import Settings
 from streams.agents import guarded
-from streams.pipeline import Pipeline, Record
+from streams.pipeline import Outputs, Pipeline, Record
 from streams.schemas import DeadLetter
-from tests.integration.inprocess import drama_pipeline, next_offset, recommendations_in
+from tests.integration.inprocess import (
+    click,
+    drama_pipeline,
+    next_offset,
+    recommendations_in,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -166,6 +172,40 @@ def test_a_text_the_encoder_fails_on_alone_is_dead_lettered_and_the_rest_goes_th
     )
     assert sorted(found) == ["good-1", "good-2"]
     assert _sample("coldstream_encoder_errors_total") == errors_before  # not an outage
+
+
+def test_a_behavior_batch_with_one_poison_text_dead_letters_only_it(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop, Device],
+) -> None:
+    """The behavior agent's path (``on_events`` with the ``early`` hand-off, as the agent calls
+    it): a batch of several users' events fails on one search the model chokes on, is retried
+    record by record, and only that record is dead-lettered; every other event is applied
+    once and every user listed (the README's "only the record that still fails")."""
+    pipeline, loop, device = running
+    a, b = f"pa-{uuid.uuid4().hex[:6]}", f"pb-{uuid.uuid4().hex[:6]}"
+    records = [
+        click(a, "film-1")[1],
+        _search(b, "a quiet drama about a family"),
+        _search(a, f"films with {device.poison}"),
+        click(b, "film-2")[1],
+    ]
+    sent_early: list[Outputs] = []
+
+    async def early(out: Outputs) -> None:
+        sent_early.append(out)
+
+    handle = functools.partial(pipeline.on_events, early=early)
+    out = loop.run_until_complete(guarded(records, handle, pipeline))
+
+    [(key, value)] = out.dead_letters + [d for o in sent_early for d in o.dead_letters]
+    letter = DeadLetter.model_validate_json(value)
+    assert key == a.encode() and letter.reason == "processing_error"
+    assert letter.offset == records[2].offset
+    lists = recommendations_in(out) + [r for o in sent_early for r in recommendations_in(o)]
+    last = {r.user_id: r.profile_events for r in lists}
+    assert last == {a: 1, b: 2}  # each applied once: a's click, b's search and click
+    stored = pipeline.store.retrieve(pipeline.settings.users_collection, [a, b])
+    assert {u: p.payload["event_count"] for u, p in stored.items()} == {a: 1, b: 2}
 
 
 def test_an_outage_that_ends_on_a_bad_text_leaves_the_encoder_up(
