@@ -145,7 +145,10 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(
 
 
 def test_sigterm_stops_the_worker_within_10_seconds(env: tuple[Settings, str, Path]) -> None:
+    """And saves what it counted: the timer that saves trending and co-visitation counts is
+    set past the run's length, so only the shutdown can have written them."""
     settings, bootstrap, root = env
+    settings = settings.model_copy(update={"trending_persist_every_s": 3600.0})
     publisher = Publisher(settings, bootstrap)
     for spec in ITEMS[:3]:
         publisher.item(item(*spec))
@@ -169,3 +172,15 @@ def test_sigterm_stops_the_worker_within_10_seconds(env: tuple[Settings, str, Pa
     elapsed = time.monotonic() - start
     assert elapsed < 10, f"shutdown took {elapsed:.1f}s"
     assert code == 0, f"worker exited with {code}"
+    store = EdgeStore(settings.edge_path)
+    try:
+        parts = range(settings.partitions_events)
+        keys = [f"trending/{p}" for p in parts] + [f"covisit/{p}" for p in parts]
+        saved = store.retrieve(settings.state_collection, keys, with_vectors=False)
+    finally:
+        store.close()
+    trending = [saved[k].payload for k in keys[: len(parts)] if k in saved]
+    assert trending, "the shutdown saved no trending counts"
+    counted = {i for payload in trending for i in payload["scores"]}
+    assert counted <= {spec[0] for spec in ITEMS[:3]} and counted
+    assert any(k.startswith("covisit/") for k in saved)
