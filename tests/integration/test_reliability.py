@@ -19,6 +19,7 @@ import pytest
 from infra.broker import EmbeddedBroker
 from infra.edge_store import EdgeStore
 from infra.kafka import ensure_topics
+from infra.metrics import total
 from infra.settings import Settings
 from ranking.profile import Profile
 from streams.produce import Publisher
@@ -49,7 +50,9 @@ def _events(seed: int) -> list[dict[str, object]]:
         kind = rng.choice(["view", "click", "rate"])
         payload: dict[str, object] = {
             "event_id": str(uuid.uuid4()),
-            "user_id": f"user-{rng.randrange(USERS)}",
+            # one user with far more events than a profile keeps ids of (64): for its
+            # replays only the offset guard can tell, not the event-id check
+            "user_id": "user-heavy" if n % 10 == 0 else f"user-{rng.randrange(USERS)}",
             "type": kind,
             "item_id": rng.choice(ids),
             "ts": 1_700_000_000_000 + n * 1000,
@@ -106,8 +109,14 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(
     try:
         second.wait_for("coldstream_profile_updates_total", 1, timeout_s=180)
         _wait_idle(second, timeout_s=300)
+        replays = second.metrics().get(
+            "coldstream_events_skipped_total{reason=replayed_offset}", 0.0
+        )
     finally:
         second.stop(timeout_s=10)
+    # the kill came mid-stream, between commits: the second worker met applied events again
+    # (without any, nothing below would show the guard at work)
+    assert replays > 0, "no replayed offset after the kill: the crash window was not hit"
 
     expected = Counter(str(e["user_id"]) for e in events)
     store = EdgeStore(settings.edge_path)
@@ -184,3 +193,46 @@ def test_sigterm_stops_the_worker_within_10_seconds(env: tuple[Settings, str, Pa
     counted = {i for payload in trending for i in payload["scores"]}
     assert counted <= {spec[0] for spec in ITEMS[:3]} and counted
     assert any(k.startswith("covisit/") for k in saved)
+
+
+def test_a_worker_on_a_new_memory_only_broker_applies_its_records(tmp_path: Path) -> None:
+    """The embedded broker keeps its log in memory: restarted, its topics are new and their
+    offsets start from 0 again, while the worker's data directory keeps each profile's applied
+    offsets. Those belong to the old log (the events topic's id names it): the new records
+    must be applied, not skipped as replays of the old ones."""
+    settings = Settings(data_dir=tmp_path / "data", partitions_events=1, partitions_items=1)
+
+    def life(n: int, first_ts: int) -> dict[str, float]:
+        with EmbeddedBroker() as broker:
+            ensure_topics(settings, broker.bootstrap)
+            publisher = Publisher(settings, broker.bootstrap)
+            for spec in ITEMS[:3]:
+                publisher.item(item(*spec))
+            for k in range(n):
+                publisher.event(
+                    {
+                        "event_id": str(uuid.uuid4()),
+                        "user_id": "restarted-user",
+                        "type": "click",
+                        "item_id": ITEMS[k % 3][0],
+                        "ts": first_ts + k,
+                    }
+                )
+            publisher.flush()
+            log = tmp_path / f"worker-{first_ts}.log"
+            worker = WorkerProcess(settings, broker.bootstrap, log_path=log).start()
+            try:
+                worker.wait_for("coldstream_profile_updates_total", n, timeout_s=180)
+                return worker.metrics()
+            finally:
+                worker.stop(timeout_s=10)
+
+    life(5, 1_700_000_000_000)
+    second = life(3, 1_700_000_100_000)  # offsets 0-2 again, in a new log
+    assert total(second, "coldstream_events_skipped_total") == 0
+    store = EdgeStore(settings.edge_path)
+    try:
+        profile = store.retrieve(settings.users_collection, ["restarted-user"])["restarted-user"]
+    finally:
+        store.close()
+    assert profile.payload["event_count"] == 8
