@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import math
 import re
@@ -267,9 +268,9 @@ def _parse_item(obj: Any) -> ItemRecord:
     item_id = _req_str(obj, "item_id")
     title = _opt_str(obj, "title") or ""
     category, description = _opt_str(obj, "category"), _opt_str(obj, "description")
-    # the `items` contract's rule: what the encoder reads must hold some text
-    if not any(has_text(text) for text in (title, description, category)):
-        raise ValueError("an item needs a title, description or category to encode")
+    # the `items` contract's rule: what the encoder reads must hold some text (an active item)
+    if active and not any(has_text(text) for text in (title, description, category)):
+        raise ValueError("an active item needs a title, description or category to encode")
     return ItemRecord(
         item_id=item_id,
         title=title,
@@ -283,15 +284,16 @@ def _parse_item(obj: Any) -> ItemRecord:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    """The file's lines, decoded one by one so a byte that is not UTF-8 names its line; a
-    byte-order mark (as some editors and spreadsheets write) is dropped."""
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: not UTF-8 ({exc.reason})") from None
-            yield line.removeprefix("\ufeff") if lineno == 1 else line
+    """The file's lines (``\\n``, ``\\r\\n`` or a lone ``\\r`` ends one, as spreadsheets write), a
+    byte that is not UTF-8 named by its line, a byte-order mark dropped."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        head = data[: exc.start]
+        line = head.count(b"\n") + head.replace(b"\r\n", b"").count(b"\r") + 1
+        raise DatasetError(f"{path}:{line}: not UTF-8 ({exc.reason})") from None
+    yield from io.StringIO(text.removeprefix("\ufeff"), newline="")
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -313,11 +315,14 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
     missing = {"user_id", "ts"} - set(reader.fieldnames)
     if missing:
         raise DatasetError(f"{path}:1: header lacks column(s) {sorted(missing)}")
-    for row in reader:
-        if None in row:
-            raise DatasetError(f"{path}:{reader.line_num}: more fields than the header")
-        # Empty CSV cells mean "absent", as a missing JSON key does.
-        yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+    try:
+        for row in reader:
+            if None in row:
+                raise DatasetError(f"{path}:{reader.line_num}: more fields than the header")
+            # Empty CSV cells mean "absent", as a missing JSON key does.
+            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+    except csv.Error as exc:
+        raise DatasetError(f"{path}:{reader.line_num}: {exc}") from None
 
 
 def _open_checked(path: str | Path) -> Path:

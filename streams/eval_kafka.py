@@ -44,6 +44,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -270,12 +271,13 @@ def item_event(item: CatalogItem) -> dict[str, Any]:
 
 
 def behavior_event(e: Interaction) -> dict[str, Any]:
-    """An ``events`` payload; ``ts`` in epoch milliseconds (exact for whole-millisecond times)."""
+    """An ``events`` payload; ``ts`` as ISO-8601 UTC to the microsecond: a data file's time may
+    lie before 1973, which the contract refuses as epoch milliseconds (likely seconds)."""
     payload: dict[str, Any] = {
         "event_id": e.event_id,
         "user_id": e.user_id,
         "type": e.type,
-        "ts": round(e.ts * 1000.0),
+        "ts": datetime.fromtimestamp(e.ts, UTC).isoformat(),
     }
     if e.item_id is not None:
         payload["item_id"] = e.item_id

@@ -154,7 +154,8 @@ def test_worker_with_wrong_ca_exits_non_zero_naming_the_cause(
         worker.stop()
     assert code != 0
     log = log_path.read_text(errors="replace")
-    assert "TopicAdminError" in log
+    # one line naming the cause (the command line's handling of a user's environment)
+    assert "coldstream: error: cannot reach Kafka" in log
     assert "certificate verify failed" in log
 
 

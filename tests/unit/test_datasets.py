@@ -194,3 +194,22 @@ def test_a_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
     latin.write_bytes((json.dumps(ITEMS[0]) + "\n").encode() + b'{"item_id": "\xe9"}\n')
     with pytest.raises(DatasetError, match=r"latin\.jsonl:2: not UTF-8"):
         load_generic(latin, inter)
+
+
+def test_line_endings_of_every_kind_are_read(tmp_path: Path) -> None:
+    """A lone CR ends a line too (old Mac, "CSV (Macintosh)" exports); so does CRLF."""
+    items = tmp_path / "items.jsonl"
+    items.write_bytes(("\r".join(json.dumps(i) for i in ITEMS) + "\r").encode())
+    inter = tmp_path / "inter.csv"
+    inter.write_bytes(b"user_id,item_id,ts\ru1,i1,1\r\nu2,i2,2\r")
+    data = load_generic(items, inter)
+    assert [i.item_id for i in data.items] == ["i1", "i2"]
+    assert list(data.interactions["user_id"]) == ["u1", "u2"]
+
+
+def test_an_inactive_item_needs_no_text(tmp_path: Path) -> None:
+    """As on the `items` topic: text is what an active item is encoded from."""
+    items = _write_items(tmp_path / "items.jsonl", [*ITEMS, {"item_id": "old", "active": False}])
+    inter = tmp_path / "inter.csv"
+    inter.write_text("user_id,item_id,ts\nu1,i1,1\n", encoding="utf-8")
+    assert "old" in [i.item_id for i in load_generic(items, inter).items]

@@ -96,7 +96,11 @@ def test_payloads_pass_the_wire_contracts() -> None:
     )
     ev = decode(json.dumps(behavior_event(e)).encode(), BehaviorEvent, DEFAULT_LIMITS)
     assert (ev.event_id, ev.user_id, ev.item_id, ev.rating) == ("eval-u1-0", "u1", "i9", 4.0)
-    assert ev.ts_epoch == e.ts  # whole seconds travel exactly as epoch milliseconds
+    assert ev.ts_epoch == e.ts  # ISO-8601 to the microsecond
+    for early in (5.0, 76204800.25):  # a relative clock, 1972: no epoch-milliseconds bound
+        moved = dataclasses.replace(e, ts=early)
+        got = decode(json.dumps(behavior_event(moved)).encode(), BehaviorEvent, DEFAULT_LIMITS)
+        assert got.ts_epoch == early
     item = CatalogItem("i9", "Toy Story (1995)", "Animation", ("kids",), None, None, None, 0.0)
     parsed = decode(json.dumps(item_event(item)).encode(), ItemEvent, DEFAULT_LIMITS)
     assert parsed.ts is None  # the worker stamps a new item's arrival
