@@ -59,7 +59,9 @@ class EdgeStore:
 
     One process (one ``EdgeStore``) at a time holds the directory; a second opener gets
     ``StoreUnavailable``. Calls may come from several executor threads: the engine's shard is
-    thread-safe, and a lock guards only opening, optimizing and closing shards.
+    thread-safe, a lock guards opening, optimizing and closing shards, and the point cache has
+    its own (``_PointCache``). Two threads writing the same point at once may leave the cache
+    with either write; the stream never does (each user and item has one owner).
     """
 
     def __init__(

@@ -63,7 +63,13 @@ class Settings(BaseSettings):
         "coldstream",
         description="the workers' consumer group: workers of one group share the partitions",
     )
-    embedded_broker_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
+    embedded_broker_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="the embedded broker a worker or the demo starts: 0 = any free port; "
+        "`coldstream broker` listens on it when set, else on 9092",
+    )
     embedded_broker_start_timeout_s: float = Field(
         20.0, description="how long to wait for the embedded broker to listen"
     )

@@ -4,10 +4,12 @@ Implementations live in ``infra/``: Qdrant Edge (the embedded default) and qdran
 (local mode or a server). Every call is a batch call: one pass over a stream batch does one
 read, one write and one query per collection.
 
-Ownership: a store keeps its own copy of what is written (the caller may go on changing its
-lists, dicts and arrays). What it hands back may be shared with its cache: vectors may be
-read-only, a payload's top level is the caller's, its nested lists and dicts must not be
-changed in place (copy them first, as ``Profile.from_payload`` does). Vectors may come back
+Ownership: a store keeps its own copy of what is written, to one level: the caller may go on
+changing the vector and the payload's top-level lists and dicts (a counter decaying its scores
+in place), not what they hold. What it hands back may be shared with its cache: vectors may be
+read-only, a retrieved payload's top level is the caller's (a search hit's may be read-only),
+its nested lists and dicts must not be changed in place (copy them first, as
+``Profile.from_payload`` does). Vectors may come back
 L2-normalised (cosine collections); non-finite vectors are refused with ``ValueError``.
 ``where`` matches plain (scalar) payload values only: Edge keeps lists and dicts packed.
 """

@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=200, help="events per batch")
     p.add_argument("--batches", type=int, default=100, help="batches timed")
     p.add_argument("--warmup", type=int, default=20, help="batches run first, not timed")
-    _traffic_args(p)
+    _traffic_args(p, sub=True)
     # SUPPRESS: `bench --json F encoder` keeps the F given before the sub-command
     p.add_argument(
         "--json", default=argparse.SUPPRESS, help="also write the figures to this JSON file"
@@ -348,14 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _traffic_args(parser: argparse.ArgumentParser) -> None:
-    """The options of the shoppers model (streams.traffic) that `bench` and `bench engine` share."""
-    parser.add_argument("--users", type=int, default=2000, help="synthetic users")
+def _traffic_args(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    """The options of the shoppers model (streams.traffic) that `bench` and `bench engine` share;
+    ``sub``: the sub-command's copies, whose absence keeps a value given before the
+    sub-command (`bench --users 7 engine`) instead of putting their defaults over it."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if sub else value
+
+    parser.add_argument("--users", type=int, default=default(2000), help="synthetic users")
     parser.add_argument(
-        "--session-mean", type=float, default=5.0, help="events per session (1 = worst case)"
+        "--session-mean",
+        type=float,
+        default=default(5.0),
+        help="events per session (1 = worst case)",
     )
-    parser.add_argument("--concurrency", type=int, default=50, help="sessions at a time")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=default(50), help="sessions at a time")
+    parser.add_argument("--seed", type=int, default=default(0))
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -419,7 +428,8 @@ def _settings_problems(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         field = ".".join(str(part) for part in err["loc"])
-        lines.append(f"  COLDSTREAM_{field.upper()}: {err['msg']}")
+        # a rule across settings (a model validator) names no one variable
+        lines.append(f"  COLDSTREAM_{field.upper()}: {err['msg']}" if field else f"  {err['msg']}")
     return "\n".join(lines)
 
 

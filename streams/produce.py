@@ -98,6 +98,8 @@ class Publisher:
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as fh:
         for number, line in enumerate(fh, start=1):
+            if number == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark: no JSON
             if line.strip():
                 yield number, line.rstrip(b"\r\n")
 

@@ -47,7 +47,9 @@ Timestamp = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "format": "date-time"},
+                # no "format": "date-time" (RFC 3339 wants an offset and a full time; the
+                # worker also takes "2024-05-01" and a naive time as UTC)
+                {"type": "string", "minLength": 1},
                 {"type": "number", "minimum": EPOCH_MS_MIN, "description": "epoch milliseconds"},
             ],
             "description": "ISO-8601 (no offset = UTC) or epoch milliseconds",

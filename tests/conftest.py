@@ -41,12 +41,13 @@ hypothesis_settings.register_profile("coldstream", deadline=None)
 hypothesis_settings.load_profile("coldstream")
 
 
-@pytest.fixture(autouse=True)
-def _no_coldstream_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings come from the test, not from the shell that runs it."""
+def pytest_configure(config: pytest.Config) -> None:
+    """Settings come from the tests, not from the shell that runs them: cleared before any
+    fixture (module- and session-scoped ones build settings and start workers too), names
+    matched as settings read them, whatever their case."""
     for name in list(os.environ):
-        if name.startswith("COLDSTREAM_"):
-            monkeypatch.delenv(name)
+        if name.upper().startswith("COLDSTREAM_"):
+            del os.environ[name]
 
 
 @pytest.fixture

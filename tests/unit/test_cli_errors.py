@@ -77,7 +77,7 @@ def test_a_bug_is_not_hidden_as_a_user_error(monkeypatch: pytest.MonkeyPatch) ->
         main(["config"])
 
 
-def test_bench_json_before_the_sub_command_is_kept() -> None:
+def test_bench_options_before_the_sub_command_are_kept() -> None:
     """`bench --json F encoder` wrote nothing: the sub-command's own --json default replaced F."""
     from streams.cli import build_parser
 
@@ -85,3 +85,25 @@ def test_bench_json_before_the_sub_command_is_kept() -> None:
     assert parse(["bench", "--json", "f.json", "encoder"]).json == "f.json"
     assert parse(["bench", "encoder", "--json", "g.json"]).json == "g.json"
     assert parse(["bench", "store"]).json is None
+    # the traffic options too, both places
+    given_first = parse(["bench", "--users", "7", "--seed", "3", "engine"])
+    assert (given_first.users, given_first.seed, given_first.concurrency) == (7, 3, 50)
+    assert parse(["bench", "engine", "--users", "9"]).users == 9
+
+
+def test_produce_reads_past_a_byte_order_mark(tmp_path: Path) -> None:
+    """An editor's UTF-8 byte-order mark made line 1 `bad_json`."""
+    from streams.produce import _lines
+
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"item_id": "a"}\r\n\r\n{"item_id": "b"}\n')
+    assert list(_lines(path)) == [(1, b'{"item_id": "a"}'), (3, b'{"item_id": "b"}')]
+
+
+def test_a_rule_across_settings_is_said_without_a_variable_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLDSTREAM_HEALTH_BEAT_EVERY_S", "100")  # beats slower than the stall
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid settings" in err and "COLDSTREAM_:" not in err
