@@ -186,7 +186,8 @@ class EdgeStore:
                 vector = parse_vector(rec.vector) if with_vectors else None
                 if with_vectors:
                     fills.append((sid, vector, payload))  # the cache keeps the read's objects
-                out[sid] = StoredPoint(sid, vector, _owned_payload(payload))
+                # nested values shared with the cache, as a hit's are (ranking.store)
+                out[sid] = StoredPoint(sid, vector, dict(payload))
             if fills:
                 cache.fill(fills, since)
         return out
@@ -419,6 +420,19 @@ class EdgeStore:
                 raise
         else:
             scheme = "u64"
+            if shard_path.is_dir() and any(p.name != _IDS_FILE for p in shard_path.iterdir()):
+                # a first creation cut short (a kill, a full disk): the engine writes its config
+                # last, so no write was ever acknowledged here, and it refuses to create over
+                # segment data; kept aside, not deleted
+                aside = shard_path.with_name(f"{name}.incomplete-{time.time_ns()}")
+                shard_path.rename(aside)
+                log.warning(
+                    "collection %r: %s had no config (a creation cut short); moved to %s, "
+                    "created anew",
+                    name,
+                    shard_path,
+                    aside,
+                )
             shard_path.mkdir(parents=True, exist_ok=True)
             _write_scheme(ids_file, scheme)  # first: a shard never exists without its marker
             shard = qe.EdgeShard.create(str(shard_path), config)

@@ -257,4 +257,12 @@ def parse_vector(raw: Any) -> np.ndarray | None:
         return None
     if isinstance(raw, dict):  # named vectors: take the default one
         raw = raw.get("", next(iter(raw.values()), None))
-    return None if raw is None else np.asarray(raw, dtype=np.float32)
+    if raw is None:
+        return None
+    vector = np.asarray(raw, dtype=np.float32)
+    if not np.isfinite(vector).all():
+        # stored before writes refused them (Edge kept a NaN vector as all NaN): read as no
+        # vector, so the point is repaired by its next write instead of failing every query
+        log.warning("a stored vector holds NaN or infinite values; read as missing")
+        return None
+    return vector

@@ -336,16 +336,19 @@ class BehaviorEngine:
             return {}
         batch_items: dict[str, list[str]] = {}  # every item the batch names: seen, excluded
         recent = {uid: profile.recent_items for uid, profile in profiles.items()}
+        keep = cfg.profile.recent_max
         for e in events:
             if e.item_id is None:
                 continue
             batch_items.setdefault(e.user_id, []).append(e.item_id)
-            # the recent items as ``apply_signal`` will leave them: an event of weight 0 (a
-            # rating of 0) opens no window and takes its item out of the recent ones
+            # the recent items as ``apply_signal`` will leave them (the windows ``recommend``
+            # scores again, from the memo): a repeat moves to the end, the oldest go past
+            # ``recent_max``, and an event of weight 0 (a rating of 0) opens no window and
+            # takes its item out of the recent ones
+            mine = [i for i in recent[e.user_id] if i != e.item_id]
             if event_weight(cfg.profile, e.type, e.rating) > 0:
-                recent[e.user_id] = [*recent[e.user_id], e.item_id]
-            elif e.item_id in recent[e.user_id]:
-                recent[e.user_id] = [i for i in recent[e.user_id] if i != e.item_id]
+                mine = [*mine, e.item_id][-keep:]
+            recent[e.user_id] = mine
         popular = [(i, "trending") for i in index.popular(cfg.popular_top_n)]
         windows = {uid: items[-cfg.covisit_window :] for uid, items in recent.items()}
         index.prime(windows.values())  # every user's scores in one pass (the pools read them too)

@@ -518,6 +518,18 @@ def test_edge_half_created_shard_is_completed_not_fatal(tmp_path: Path) -> None:
         assert s.count("items") == 3
     finally:
         s.close()
+    # cut short later, with segment data written (the engine refuses to create over it): the
+    # directory is moved aside, kept, and the collection made anew
+    (tmp_path / "store" / "items" / "edge_config.json").unlink()
+    s = EdgeStore(tmp_path / "store")
+    try:
+        assert not s.exists("items")
+        s.ensure_collection("items", DIM)
+        assert s.exists("items") and s.count("items") == 0
+        # both cut-short directories kept: the first (an empty wal/) and this one
+        assert len(list((tmp_path / "store").glob("items.incomplete-*"))) == 2
+    finally:
+        s.close()
 
 
 def test_edge_store_after_close_refuses_to_reopen(tmp_path: Path) -> None:
@@ -537,3 +549,24 @@ def test_edge_store_after_close_refuses_to_reopen(tmp_path: Path) -> None:
         assert other.count("items") == 2
     finally:
         other.close()
+
+
+def test_edge_a_nan_vector_stored_before_the_rule_reads_as_missing(tmp_path: Path) -> None:
+    """Edge kept a NaN vector written before writes refused them; read as no vector, so the
+    point's next write repairs it, instead of every query built from it failing for good."""
+    s = EdgeStore(tmp_path / "store")
+    try:
+        s.ensure_collection("items", DIM)
+        nan = [float("nan")] * DIM
+        point = qe.Point(point_u64("old-nan"), nan, {"_id": "old-nan", "active": True})
+        s._shard("items").update(qe.UpdateOperation.upsert_points([point]))
+    finally:
+        s.close()
+    s = EdgeStore(tmp_path / "store")  # nothing cached: read from the shard
+    try:
+        got = s.retrieve("items", ["old-nan"])["old-nan"]
+        assert got.vector is None and got.payload == {"active": True}
+        s.upsert("items", [StoredPoint("old-nan", _unit(2), {"active": True})])
+        assert s.retrieve("items", ["old-nan"])["old-nan"].vector is not None
+    finally:
+        s.close()
