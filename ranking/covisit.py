@@ -180,8 +180,11 @@ class CovisitModel:
         }
         meta["meta_checksum"] = _meta_checksum(meta)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)  # readers never see a half-written snapshot
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            tmp.replace(path)  # readers never see a half-written snapshot
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
 
     @classmethod
     def load(cls, path: str | Path) -> CovisitModel:

@@ -279,8 +279,11 @@ def save_ranker(path: str | Path, scorer: RankerScorer) -> Path:
     }
     meta["checksum"] = _checksum(tensors, meta)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
     return path
 
 

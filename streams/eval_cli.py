@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -166,6 +167,18 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _output_file(text: str | Path) -> Path:
+    """A file the command will write at its end, checked before its work: a directory, or a
+    folder that cannot be made or written, fails now instead of after minutes of training."""
+    path = Path(text)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, expected a file path to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"{path.parent}: not writable")
+    return path
+
+
 # ------------------------------------------------------------------- commands
 
 
@@ -173,6 +186,9 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.evaluation import EvalConfig, format_table, plot, run, write_json
     from ranking.scoring import BlendScorer
 
+    for out in (args.json, args.plot):
+        if out:
+            _output_file(out)
     dataset = _load_dataset(args)
     vectors, encoder = _encode_items(dataset, settings)
     seeds = args.seeds if args.seeds else (args.seed,)
@@ -251,6 +267,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.training import ItemTable, train
     from streams.worker import engine_config
 
+    ranker_path = _output_file(args.ranker_out or settings.ranker_file)
+    covisit_path = _output_file(args.covisit_out or settings.covisit_file)
     dataset = _load_dataset(args)
     vectors, encoder = _encode_items(dataset, settings)
     points = item_points(catalog_items(dataset), vectors)
@@ -263,8 +281,6 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         encoder=encoder.name,
         progress=_say,
     )
-    ranker_path = Path(args.ranker_out) if args.ranker_out else settings.ranker_file
-    covisit_path = Path(args.covisit_out) if args.covisit_out else settings.covisit_file
     result.covisit.save(covisit_path)  # the snapshot first: a watcher reloads the ranker last
     save_ranker(ranker_path, result.scorer)
     report = {k: v for k, v in result.report.items() if k != "history"}

@@ -107,3 +107,23 @@ def test_a_rule_across_settings_is_said_without_a_variable_name(
     assert main(["config"]) == 2
     err = capsys.readouterr().err
     assert "invalid settings" in err and "COLDSTREAM_:" not in err
+
+
+def test_train_refuses_an_output_path_that_is_a_directory_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It wrote the snapshot, then failed on the ranker after the whole fit (found by review);
+    the data file does not even exist here: the paths are checked first."""
+    out = tmp_path / "adir"
+    out.mkdir()
+    missing = tmp_path / "nope.jsonl"
+    argv = ["train", "--items", str(missing), "--interactions", str(missing)]
+    assert main([*argv, "--ranker-out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == f"coldstream: error: {out}: is a directory, " + (
+        "expected a file path to write"
+    )
+    assert (
+        main(["eval", "--items", str(missing), "--interactions", str(missing), "--json", str(out)])
+        == 1
+    )
+    assert "is a directory" in capsys.readouterr().err
