@@ -127,3 +127,21 @@ def test_train_refuses_an_output_path_that_is_a_directory_before_any_work(
         == 1
     )
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_too_few_users_is_said_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Five users once failed deep in training with "need more users to train on (got 3)"."""
+    import json
+
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        "".join(json.dumps({"item_id": f"i{n}", "title": f"T{n}"}) + "\n" for n in range(4))
+    )
+    inter = tmp_path / "inter.csv"
+    rows = [f"u{u},i{(u + k) % 4},{1_700_000_000 + 10 * u + k}" for u in range(5) for k in range(3)]
+    inter.write_text("user_id,item_id,ts\n" + "\n".join(rows) + "\n")
+    assert main(["eval", "--items", str(items), "--interactions", str(inter)]) == 1
+    err = capsys.readouterr().err
+    assert "5 user(s) with 2 or more item interactions; this run needs at least 6" in err
