@@ -494,6 +494,11 @@ def evaluate_seed(
         val_policy_users: dict[str, list[dict[str, float]]] = {}
         val_content: list[list[float]] = []
         for d, new in enumerate(draws):
+            # the longest quiet stretch of a run (~50 s on MovieLens): say where it is
+            progress(
+                f"seed {seed}: new-item policies on validation users, draw {d + 1}/{len(draws)} "
+                f"({len(cfg.cold_policies)} policies)"
+            )
             bases = val_baselines if d == 0 else arrive(new)
             val_content.append([bases[str(k)]["content"]["cold_recall"] for k in cfg.ks])
             for pol in cfg.cold_policies:

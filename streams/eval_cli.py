@@ -253,6 +253,10 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         f"{args.test_users_frac:g}, cold items {args.cold_items_frac:g}; mean ± std over seeds; "
         f"test users replayed {result['path']}"
     )
+    # how many users each figure averages over: on a small data set one seed's "± 0.0000"
+    # is a handful of users, not precision
+    scored = [int(s.get("test_users", 0)) for s in result.get("per_seed", [])]
+    print(f"test users scored per seed: {', '.join(map(str, scored))}")
     print(format_table(result["summary"], cfg.n))
     if stream is not None:
         from streams.eval_kafka import format_agreement
