@@ -488,6 +488,13 @@ class EdgeStore:
         except OSError as exc:
             raise StoreUnavailable(f"vector store {self.location} unavailable: {exc}") from exc
         except Exception as exc:
+            if "WouldBlock" in str(exc):
+                # waited for like any outage: in a rolling restart the old process lets go
+                raise StoreUnavailable(
+                    f"vector store {self.location} is held by another process (the embedded "
+                    "store takes one process per data directory: several workers need a "
+                    "Qdrant server, COLDSTREAM_QDRANT_URL)"
+                ) from exc
             if any(marker in str(exc) for marker in _UNAVAILABLE_MARKERS):
                 raise StoreUnavailable(f"vector store {self.location} unavailable: {exc}") from exc
             if "dimension error" in str(exc):
