@@ -84,9 +84,10 @@ def test_a_batch_is_ranked_by_one_scorer_and_its_lists_name_that_one(
     v1 = Noting("v1", until=lambda: engine.scorer is v2)
     engine.swap_scorer(v1)
     pipeline.models = SlowNewVersion(v2, loop)
-    prepare, gate = engine.prepare, threading.Event()
+    prepare, gate, entered = engine.prepare, threading.Event(), threading.Event()
 
     def held_prepare(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
         assert gate.wait(10)
         return prepare(*args, **kwargs)
 
@@ -95,7 +96,8 @@ def test_a_batch_is_ranked_by_one_scorer_and_its_lists_name_that_one(
     async def swap_between_prepare_and_apply() -> list[str]:
         _, click = inprocess.click("swap-u1", "a")
         batch = asyncio.ensure_future(pipeline.on_events([click]))
-        await asyncio.sleep(0.1)  # the batch's prepare holds the engine's thread
+        # the batch's prepare holds the engine's thread (waited for, not slept on)
+        assert await asyncio.to_thread(entered.wait, 30)
         reload = asyncio.ensure_future(pipeline.reload_models())  # its poll queues behind
         await asyncio.sleep(0.1)
         gate.set()

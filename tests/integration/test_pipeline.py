@@ -214,8 +214,11 @@ def test_a_click_that_overtakes_its_item_waits_for_it(
     agent has indexed the item, then applies it instead of dead-lettering it."""
     assert stack.worker is not None
     held = metrics.total(stack.worker.metrics(), "coldstream_events_held_total")
+    consumed = metrics.total(stack.worker.metrics(), "coldstream_events_consumed_total")
     click = send(publisher, event("gina", "click", item_id="late-film"))
-    time.sleep(0.3)
+    # the item goes out once the worker has taken the click (a fixed 0.3 s sleep raced a slow
+    # consumer: the item could be indexed first, and nothing was held); the hold waits 3 s
+    stack.worker.wait_for("coldstream_events_consumed_total", consumed + 1, timeout_s=60)
     publisher.item(item("late-film", "Late Film", "Drama", "a film published after its click"))
     publisher.flush()
     rec = reader.rec_for(click)

@@ -263,7 +263,7 @@ def test_edge_directory_held_by_one_store(tmp_path: Path) -> None:
     second = EdgeStore(tmp_path / "store")
     try:
         # an outage (waited for: in a rolling restart the old process lets go), which says why
-        with pytest.raises(StoreUnavailable, match="held by another process.*Qdrant server"):
+        with pytest.raises(StoreUnavailable, match=r"held by another process.*Qdrant server"):
             second.ensure_collection("items", DIM)
     finally:
         second.close()
