@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="hand fetched messages to the agents without scheduling tasks when the "
         "hand-over does not wait (streams.transport); false = Faust's own path",
     )
+    producer_request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="how long the worker's producer tries to deliver an output before it "
+        "counts as failed and the batch's outputs are sent again (their input events stay "
+        "unacked meanwhile); Faust's own default is 1200 s",
+    )
     kafka_consumer_group: str = Field(
         "coldstream",
         description="the workers' consumer group: workers of one group share the partitions",

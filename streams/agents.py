@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 import faust
+import mode
 from faust.types import EventT
 
 from infra import metrics
@@ -92,6 +93,10 @@ async def until_delivered(
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s)
             delivered = _resend(parts, topics)
+
+
+async def _refused(exc: BaseException) -> None:
+    raise exc
 
 
 async def _resend(parts: Sequence[Outputs], topics: Topics) -> None:
@@ -289,7 +294,14 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
 
             async def send(part: Outputs) -> None:
                 parts.append(part)
-                sent.append(await send_outputs(part, topics))
+                try:
+                    sent.append(await send_outputs(part, topics))
+                except Exception as exc:
+                    # refused before it was even handed over (a full buffer, no metadata): a
+                    # failed delivery like any other, sent again by ``until_delivered``; raised
+                    # here, it would end the agent with its batch half acked (Faust restarts an
+                    # agent on the same stream, and its take generator acks on the way out)
+                    sent.append(_refused(exc))
 
             batch_handle = functools.partial(handle, early=send) if sends_early else handle
             await send(await guarded(records, batch_handle, pipeline))
@@ -311,7 +323,11 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
             if acks is not None:  # a stop: what was delivered gets acked
                 await finish_batch(acks.drain())
 
-    @app.agent(topics.items, name="items")
+    # an exception that still escapes an agent crashes the worker (it exits non-zero, and is
+    # restarted from the last commit) instead of Faust restarting the agent on the same stream,
+    # whose take generators ack on the way out and whose new ack chain knows nothing of the
+    # failed batch: the commit could pass events whose outputs never went out
+    @app.agent(topics.items, name="items", supervisor_strategy=mode.CrashingSupervisor)
     async def item_agent(stream: faust.StreamT) -> None:
         await run_agent(
             "items",
@@ -321,7 +337,7 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
             pipeline.on_items,
         )
 
-    @app.agent(topics.events, name="events")
+    @app.agent(topics.events, name="events", supervisor_strategy=mode.CrashingSupervisor)
     async def behavior_agent(stream: faust.StreamT) -> None:
         await run_agent(
             "events",

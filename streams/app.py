@@ -66,6 +66,9 @@ def create_app(settings: Settings, bootstrap: str) -> tuple[faust.App, Topics]:
         key_serializer="raw",
         value_serializer="raw",
         producer_linger=0.001,
+        # how long the producer tries before an output counts as failed and is sent again
+        # (streams.agents.until_delivered); Faust's default is 20 minutes
+        producer_request_timeout=settings.producer_request_timeout_s,
         # A revocation (and a stop) waits until every event the agents took, the batch
         # take_ready still buffers included, is applied and acked: a batch that read profiles
         # before the new owner wrote them would put older copies back over its updates (README,

@@ -41,7 +41,13 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
-        # read by AIOKafkaConsumer.start() when it builds its Fetcher
+        # read by AIOKafkaConsumer.start() when it builds its Fetcher; a private attribute, so
+        # an aiokafka that renamed it is refused here instead of silently waiting 1.5 s a fetch
+        if not hasattr(consumer, "_fetch_max_wait_ms"):
+            raise RuntimeError(
+                f"aiokafka {aiokafka.__version__} has no _fetch_max_wait_ms: this version of "
+                "streams.transport needs the aiokafka pinned in pyproject.toml"
+            )
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
 

@@ -345,18 +345,26 @@ def test_store_outage_of_5s_neither_crashes_nor_loses_events(
     _assert_exact(store, settings, events)
 
 
+@pytest.mark.parametrize("when", ["after_handing_over", "at_handing_over"])
 def test_an_output_the_broker_fails_is_sent_again_and_the_agent_goes_on(
-    env: tuple[Settings, str, EdgeStore], encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch
+    env: tuple[Settings, str, EdgeStore],
+    encoder: TextEncoder,
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
 ) -> None:
-    """A batch's lists the broker fails to take (after the producer's own retries) are sent
-    again until taken, and the behavior agent goes on. Before, the failure failed the agent at
-    its next batch and the lists were never sent again; the restarted agent's acks could then
-    move the commit past the failed batch."""
+    """A batch's lists the broker fails to take (after the producer's own retries), or that
+    the producer refuses outright when handed them (a full buffer, no metadata), are sent
+    again until taken, and the behavior agent goes on. Before, the first failure failed the
+    agent at its next batch and the second escaped the agent at once; Faust restarted it on
+    the same stream, and the restarted agent's acks could move the commit past the batch."""
     settings, bootstrap, store = env
     real_send = agents.send_outputs
     failing = {"left": 2}
 
     async def send_failing_twice(out: Outputs, topics: Any) -> Awaitable[None]:
+        if out.recommendations and failing["left"] and when == "at_handing_over":
+            failing["left"] -= 1
+            raise BufferError("the producer's queue is full (test)")
         delivered = await real_send(out, topics)
         if not out.recommendations or failing["left"] == 0:
             return delivered
