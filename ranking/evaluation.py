@@ -732,6 +732,24 @@ def summarize(per_seed: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> dict[
     return out
 
 
+ACCEPTANCE_KS = (1, 3, 5)
+ACCEPTANCE_SEEDS = 3
+ACCEPTANCE_N = 20
+
+
+def acceptance_scope(ks: Sequence[int], seeds: Sequence[int], n: int) -> list[str]:
+    """What a run lacks to decide issue 5's acceptance (k = 1, 3 and 5, three seeds, @20);
+    empty = in scope. Met targets on a narrower run say nothing about the acceptance."""
+    missing = []
+    if not set(ACCEPTANCE_KS) <= set(ks):
+        missing.append(f"k = {', '.join(map(str, ACCEPTANCE_KS))} (this run: {list(ks)})")
+    if len(set(seeds)) < ACCEPTANCE_SEEDS:
+        missing.append(f"{ACCEPTANCE_SEEDS} seeds at least (this run: {len(set(seeds))})")
+    if n != ACCEPTANCE_N:
+        missing.append(f"lists of {ACCEPTANCE_N} (this run: {n})")
+    return missing
+
+
 def check_targets(summary: Mapping[str, Any], per_seed: Sequence[Mapping[str, Any]]) -> list[str]:
     """The acceptance checks of issue 5, per seed and k; returns the failures (empty = all met)."""
     failures: list[str] = []
@@ -878,6 +896,7 @@ def run(
         "summary": summary,
         "per_seed": per_seed,
         "failures": check_targets(summary, per_seed),
+        "acceptance_scope_missing": acceptance_scope(cfg.ks, cfg.seeds, cfg.n),
         "seconds": round(time.perf_counter() - t0, 1),
     }
 

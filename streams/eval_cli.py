@@ -267,6 +267,11 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         print("targets missed:")
         for f in result["failures"]:
             print(f"  - {f}")
+    elif result["acceptance_scope_missing"]:
+        print(
+            "no target missed on this run, but the acceptance is not decided by it: it needs "
+            + "; ".join(result["acceptance_scope_missing"])
+        )
     else:
         print(
             "targets met: full beats popularity and item-kNN on Recall and NDCG for every "

@@ -11,6 +11,7 @@ import pytest
 
 from ranking.evaluation import (
     _events,
+    acceptance_scope,
     check_targets,
     choose_cold_policy,
     format_table,
@@ -74,6 +75,10 @@ def test_summary_and_target_checks(tmp_path: Path) -> None:
     assert summary["1"]["full"]["recall"]["std"] == pytest.approx(0.075)
     failures = check_targets(summary, per_seed)
     assert len(failures) == 2 and all("seed 1" in f and "recall" in f for f in failures)
+    # met targets on a narrower run than the acceptance's decide nothing
+    assert acceptance_scope((1, 3, 5), (0, 1, 2), 20) == []
+    narrow = acceptance_scope((3,), (2, 2), 10)
+    assert len(narrow) == 3 and "k = 1, 3, 5" in narrow[0] and "this run: 1" in narrow[1]
     table = format_table(summary)
     assert "Recall@20" in table and "0.1250 ± 0.0750" in table
     assert "exposure" not in table  # no exposure figures in these results
