@@ -310,7 +310,10 @@ class Settings(BaseSettings):
         5.0, gt=0, description="decayed interaction count at which the prior is worth half"
     )
     cold_item_slots: int = Field(
-        1, ge=0, description="minimum new-item slots (chosen on validation users, see README)"
+        1,
+        ge=0,
+        description="minimum new-item slots (a product choice; `coldstream eval` picks its own "
+        "per data set on validation users)",
     )
     cold_item_max_age_hours: float = Field(
         72.0, gt=0, description="an item is new (slot-eligible) for this long after its publication"
