@@ -37,7 +37,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +58,7 @@ from ranking.catalog import CatalogItem, item_points
 from ranking.covisit import CovisitModel
 from ranking.datasets import Dataset
 from ranking.engine import BehaviorEngine, EngineConfig, Interaction
-from ranking.metrics import evaluate_lists, per_user_quality
+from ranking.metrics import evaluate_lists, per_user_metrics, per_user_quality
 from ranking.profile import event_weight
 from ranking.scoring import BlendScorer, Scorer
 from ranking.split import Interaction as Revealed
@@ -528,9 +528,11 @@ def evaluate_seed(
         # the served snapshot counts every training user (validation users included)
         covisit = build_covisit(user_sequences(split.train), train_users, cfg.train)
         via: dict[str, dict[str, Any]] = {}
+        paired: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
         for k in cfg.ks:
             revealed, targets = split.reveal(k)
             per_k: dict[str, dict[str, float]] = {}
+            scored_lists: dict[str, Mapping[str, Sequence[str]]] = {}
             engines: tuple[tuple[str, str, Scorer, CovisitModel | None, EngineConfig], ...] = (
                 (FULL, "full", trained.scorer, covisit, cfg_full),
                 (BLEND, "blend", blend, None, cfg_n),
@@ -561,9 +563,12 @@ def evaluate_seed(
                     }
                     lists = streamed.lists
                 per_k[method] = _score(lists, targets, split, cfg.n)
+                scored_lists[method] = lists
             for name, rec in baselines.items():
-                per_k[name] = _score(recommend_all(rec, revealed, cfg.n), targets, split, cfg.n)
+                scored_lists[name] = recommend_all(rec, revealed, cfg.n)
+                per_k[name] = _score(scored_lists[name], targets, split, cfg.n)
             results[str(k)] = per_k
+            paired[str(k)] = paired_with_baselines(scored_lists, targets, cfg.n)
             progress(
                 f"seed {seed} k={k}: full recall {per_k[FULL]['recall']:.4f} "
                 f"ndcg {per_k[FULL]['ndcg']:.4f} cold {per_k[FULL]['cold_recall']:.4f}"
@@ -598,6 +603,7 @@ def evaluate_seed(
         "timings": timings,
         "cold_items": len(split.cold_items),
         "test_users": len(split.test_users),
+        "test_paired": paired,
         **({stream.path.replace("-", "_"): via} if stream is not None else {}),
     }
 
@@ -643,6 +649,31 @@ def user_means(per_user: Sequence[Mapping[str, float]]) -> dict[str, float]:
             sums[user] = sums.get(user, 0.0) + q
             counts[user] = counts.get(user, 0) + 1
     return {user: total / counts[user] for user, total in sums.items()}
+
+
+PAIRED_BASELINES = ("popularity", "item-knn", "content")
+
+
+def paired_with_baselines(
+    lists: Mapping[str, Mapping[str, Sequence[str]]],
+    targets: Mapping[str, Collection[str]],
+    n: int,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The full system minus each baseline, user by user on the same test users: per metric
+    the mean gap and its standard error. A win or a miss by less than a standard error or two
+    is within the per-user noise of one split (the acceptance is decided per seed on such
+    margins)."""
+    full = per_user_metrics(lists[FULL], targets, n)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for base in PAIRED_BASELINES:
+        if base not in lists:
+            continue
+        other = per_user_metrics(lists[base], targets, n)
+        out[base] = {}
+        for metric in ("recall", "ndcg"):
+            gap, se = paired_gap(full[metric], other[metric])
+            out[base][metric] = {"gap": gap, "se": se}
+    return out
 
 
 def paired_gap(best: Mapping[str, float], other: Mapping[str, float]) -> tuple[float, float]:
@@ -759,9 +790,15 @@ def check_targets(summary: Mapping[str, Any], per_seed: Sequence[Mapping[str, An
             for metric in ("recall", "ndcg"):
                 for base in ("popularity", "item-knn"):
                     if not full[metric] > res[base][metric]:
+                        pair = s.get("test_paired", {}).get(k, {}).get(base, {}).get(metric)
+                        noise = (
+                            f" (paired gap {pair['gap']:+.4f} ± {pair['se']:.4f} s.e.)"
+                            if pair
+                            else ""
+                        )
                         failures.append(
                             f"seed {s['seed']} k={k}: {metric} {full[metric]:.4f} <= "
-                            f"{base} {res[base][metric]:.4f}"
+                            f"{base} {res[base][metric]:.4f}{noise}"
                         )
             cold, content = full["cold_recall"], res["content"]["cold_recall"]
             if not (cold > 0 and cold >= content):

@@ -143,6 +143,20 @@ def evaluate_lists(
     }
 
 
+def per_user_metrics(
+    lists: Mapping[str, Sequence[str]], targets: Mapping[str, Collection[str]], k: int = 20
+) -> dict[str, dict[str, float]]:
+    """Recall@k and NDCG@k of every user with at least one target (no list: 0), by metric:
+    the per-user terms of :func:`evaluate_lists`' means, for paired comparisons."""
+    out: dict[str, dict[str, float]] = {"recall": {}, "ndcg": {}}
+    for user, tgt in targets.items():
+        if tgt:
+            ranked = list(lists.get(user, ()))[:k]
+            out["recall"][user] = recall_at_k(ranked, tgt, k)
+            out["ndcg"][user] = ndcg_at_k(ranked, tgt, k)
+    return out
+
+
 def per_user_quality(
     lists: Mapping[str, Sequence[str]], targets: Mapping[str, Collection[str]], k: int = 20
 ) -> dict[str, float]:

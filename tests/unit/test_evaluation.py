@@ -235,3 +235,20 @@ def test_a_policy_clearly_worse_is_not_tied_whatever_its_margin() -> None:
     assert pol == (1, 0.0, "prior:1")
     assert info["1/1/recent"]["tied_with_best"] == 0.0
     assert info["1/0/prior:1"]["tied_with_best"] == 1.0
+
+
+def test_paired_gaps_to_the_baselines_are_per_user_on_the_same_users() -> None:
+    """Hand-computed: two users, full finds both targets, popularity one of them."""
+    from ranking.evaluation import paired_with_baselines
+
+    targets = {"u1": {"a"}, "u2": {"b"}, "nobody": set()}
+    lists = {
+        "full": {"u1": ["a", "x"], "u2": ["b", "y"]},
+        "popularity": {"u1": ["a", "x"], "u2": ["y", "z"]},  # u2 missed
+    }
+    got = paired_with_baselines(lists, targets, 20)
+    assert set(got) == {"popularity"}  # only the baselines given
+    recall = got["popularity"]["recall"]
+    assert recall["gap"] == pytest.approx(0.5)  # per-user gaps 0 and 1
+    assert recall["se"] == pytest.approx(0.5)  # std (ddof 1) 0.7071 / sqrt(2)
+    assert got["popularity"]["ndcg"]["gap"] == pytest.approx(0.5)
