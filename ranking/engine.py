@@ -21,7 +21,14 @@ from ranking.candidates import PoolTable
 from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel, ItemIds, RowCache
 from ranking.diversity import covisit_tail, head_then_tail_many, mmr_many
 from ranking.exposure import NewItemExposure
-from ranking.profile import Profile, ProfileConfig, Signal, apply_signal, event_weight
+from ranking.profile import (
+    Profile,
+    ProfileConfig,
+    Signal,
+    apply_signal,
+    event_weight,
+    update_recent,
+)
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import Candidates, Scorer, score_all
 from ranking.store import Hit, Query, StoredPoint, VectorStore, payload_copy
@@ -335,22 +342,22 @@ class BehaviorEngine:
         if cfg.covisit_top_n <= 0 and cfg.popular_top_n <= 0:
             return {}
         batch_items: dict[str, list[str]] = {}  # every item the batch names: seen, excluded
-        recent = {uid: profile.recent_items for uid, profile in profiles.items()}
-        keep = cfg.profile.recent_max
+        # the recent items as ``apply_signal`` will leave them (the windows ``recommend``
+        # scores again, from the memo), on copies: the profiles are applied later
+        recent: dict[str, list[str]] = {}
         for e in events:
             if e.item_id is None:
                 continue
             batch_items.setdefault(e.user_id, []).append(e.item_id)
-            # the recent items as ``apply_signal`` will leave them (the windows ``recommend``
-            # scores again, from the memo): a repeat moves to the end, the oldest go past
-            # ``recent_max``, and an event of weight 0 (a rating of 0) opens no window and
-            # takes its item out of the recent ones
-            mine = [i for i in recent[e.user_id] if i != e.item_id]
-            if event_weight(cfg.profile, e.type, e.rating) > 0:
-                mine = [*mine, e.item_id][-keep:]
-            recent[e.user_id] = mine
+            mine = recent.get(e.user_id)
+            if mine is None:
+                mine = recent[e.user_id] = list(profiles[e.user_id].recent_items)
+            update_recent(mine, e.item_id, event_weight(cfg.profile, e.type, e.rating), cfg.profile)
         popular = [(i, "trending") for i in index.popular(cfg.popular_top_n)]
-        windows = {uid: items[-cfg.covisit_window :] for uid, items in recent.items()}
+        windows = {
+            uid: recent.get(uid, profile.recent_items)[-cfg.covisit_window :]
+            for uid, profile in profiles.items()
+        }
         index.prime(windows.values())  # every user's scores in one pass (the pools read them too)
         out: dict[str, list[tuple[str, str]]] = {}
         for uid, profile in profiles.items():

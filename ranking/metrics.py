@@ -165,9 +165,5 @@ def per_user_quality(
     The per-user terms behind :func:`evaluate_lists`' means, for paired comparisons of two
     systems on the same users (their difference's standard error).
     """
-    out: dict[str, float] = {}
-    for user, tgt in targets.items():
-        if tgt:
-            ranked = list(lists.get(user, ()))[:k]
-            out[user] = recall_at_k(ranked, tgt, k) + ndcg_at_k(ranked, tgt, k)
-    return out
+    by_metric = per_user_metrics(lists, targets, k)
+    return {user: r + by_metric["ndcg"][user] for user, r in by_metric["recall"].items()}

@@ -166,14 +166,9 @@ def apply_signal(profile: Profile, signal: Signal, cfg: ProfileConfig) -> None:
             strongest = sorted(profile.categories.items(), key=lambda kv: kv[1], reverse=True)
             profile.categories = dict(strongest[: cfg.categories_max])
     if signal.item_id is not None:
+        update_recent(profile.recent_items, signal.item_id, weight, cfg)
         if weight > 0:
-            _push_unique(profile.recent_items, signal.item_id, cfg.recent_max)
             profile.recent_types[signal.item_id] = signal.event_type
-        elif signal.item_id in profile.recent_items:
-            # a weight of 0 (a rating of 0) says "not this": no recent interest, so no reason
-            # anchor ("similar to X you rated"), no part of the recent-items vector that orders
-            # the new-item slots, no co-visitation window (its visit is not counted either)
-            profile.recent_items.remove(signal.item_id)
         if len(profile.recent_types) > len(profile.recent_items):
             recent = set(profile.recent_items)
             profile.recent_types = {k: v for k, v in profile.recent_types.items() if k in recent}
@@ -194,6 +189,17 @@ def apply_signal(profile: Profile, signal: Signal, cfg: ProfileConfig) -> None:
         profile.offsets[key] = max(profile.offsets.get(key, -1), signal.offset)
     profile.event_ids.append(signal.event_id)
     del profile.event_ids[: -cfg.event_ids_max]
+
+
+def update_recent(recent: list[str], item: str, weight: float, cfg: ProfileConfig) -> None:
+    """In place: ``item`` visited with ``weight`` moves to the end of the recent items (the
+    oldest go past ``recent_max``). A weight of 0 (a rating of 0) says "not this": no recent
+    interest, so no reason anchor ("similar to X you rated"), no part of the recent-items
+    vector that orders the new-item slots, no co-visitation window; it takes the item out."""
+    if weight > 0:
+        _push_unique(recent, item, cfg.recent_max)
+    elif item in recent:
+        recent.remove(item)
 
 
 def _push_unique(items: list[str], item: str, limit: int) -> None:

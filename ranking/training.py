@@ -119,6 +119,12 @@ def user_sequences(log_df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {str(u): g for u, g in df.groupby("user_id", sort=True)}
 
 
+def min_users(cfg: TrainConfig) -> int:
+    """Users with item events a fit needs at least: two per fold (each fold's lists read the
+    others' counts)."""
+    return 2 * max(cfg.folds, 2)
+
+
 def build_covisit(
     seqs: Mapping[str, pd.DataFrame], users: Sequence[str], cfg: TrainConfig, data_hash: str = ""
 ) -> CovisitModel:
@@ -334,7 +340,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     seqs = user_sequences(log_df)
     users = sorted(seqs)
-    if len(users) < 2 * max(cfg.folds, 2):
+    if len(users) < min_users(cfg):
         raise ValueError(f"need more users to train on (got {len(users)})")
     dhash = data_hash(log_df, items.ids)
     n_members = max(1, cfg.ensemble)

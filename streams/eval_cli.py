@@ -180,21 +180,24 @@ def _output_file(text: str | Path) -> Path:
     return path
 
 
-def _check_users(dataset: Any, held_out: float) -> None:
-    """Enough users to train on, said before the model loads: the fit needs at least 4 users
-    with 2 or more item events (a history and something after it) once ``held_out`` of the
-    users (test and validation) are set aside; fewer failed deep in training."""
+def _check_users(dataset: Any, held_out: float, train: Any) -> None:
+    """Enough users to train on, said before the model loads: the fit needs
+    :func:`ranking.training.min_users` users with 2 or more item events (a history and
+    something after it) once ``held_out`` of the users (test and validation) are set aside;
+    fewer failed deep in training."""
     from ranking.datasets import DatasetError
+    from ranking.training import min_users
 
     frame = dataset.interactions
     per_user = frame.loc[frame["item_id"].notna()].groupby("user_id").size()
     usable = int((per_user >= 2).sum())
-    need = math.ceil(4 / max(1.0 - held_out, 1e-9))
+    fit = min_users(train)
+    need = math.ceil(fit / max(1.0 - held_out, 1e-9))
     if usable < need:
         raise DatasetError(
             f"{dataset.name}: {usable} user(s) with 2 or more item interactions; this run "
-            f"needs at least {need} (4 to train on after {held_out:.0%} of the users are held "
-            "out)"
+            f"needs at least {need} ({fit} to train on after {held_out:.0%} of the users are "
+            "held out)"
         )
 
 
@@ -210,7 +213,9 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
             _output_file(out)
     dataset = _load_dataset(args)
     val = EvalConfig.val_users_frac
-    _check_users(dataset, 1.0 - (1.0 - args.test_users_frac) * (1.0 - val))
+    _check_users(
+        dataset, 1.0 - (1.0 - args.test_users_frac) * (1.0 - val), train_config(settings, args)
+    )
     vectors, encoder = _encode_items(dataset, settings)
     seeds = args.seeds if args.seeds else (args.seed,)
     cfg = EvalConfig(
@@ -300,7 +305,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     ranker_path = _output_file(args.ranker_out or settings.ranker_file)
     covisit_path = _output_file(args.covisit_out or settings.covisit_file)
     dataset = _load_dataset(args)
-    _check_users(dataset, 0.0)
+    _check_users(dataset, 0.0, train_config(settings, args))
     vectors, encoder = _encode_items(dataset, settings)
     points = item_points(catalog_items(dataset), vectors)
     items = ItemTable([p.id for p in points], vectors, [dict(p.payload) for p in points])
