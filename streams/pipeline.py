@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 import numpy as np
+from pydantic_core import to_json
 
 from encoders.batcher import BatcherStopped, EncoderUnavailable, MicroBatcher
 from encoders.texts import item_text, user_text
@@ -36,7 +37,6 @@ from streams.schemas import (
     InvalidPayload,
     ItemEvent,
     Limits,
-    Recommendation,
     decode,
     raw_preview,
 )
@@ -83,6 +83,37 @@ def _published(item: ItemEvent, record: Record, now: float) -> float:
     if item.ts is None:
         return record.timestamp
     return min(item.ts.timestamp(), max(record.timestamp, now))
+
+
+def recommendation_record(recs: UserRecs, encoder_name: str) -> tuple[bytes, bytes]:
+    """The output record (key, value) of the ``recommendations`` contract.
+
+    Serialized straight from plain values: the same bytes as ``Recommendation`` validated and
+    dumped (a test holds them equal), in ~9 µs per 20-item list against ~40 µs, for fields whose
+    types the engine fixes. Inputs are validated; outputs are built here and checked by tests.
+    """
+    trigger = recs.trigger
+    value = to_json(
+        {
+            "user_id": recs.user_id,
+            "trigger_event_id": trigger.event_id,
+            "generated_at": datetime.now(UTC),
+            "profile_events": recs.profile_events,
+            "items": [
+                {
+                    "item_id": item.item_id,
+                    "rank": rank,
+                    "score": round(item.score, 6),
+                    "source": item.source,
+                    "reasons": item.reasons,
+                }
+                for rank, item in enumerate(recs.items, start=1)
+            ],
+            "model": {"encoder": encoder_name, "ranker": recs.ranker},
+            "latency_ms": round(max(time.time() - trigger.arrival, 0.0) * 1000.0, 3),
+        }
+    )
+    return recs.user_id.encode(), value
 
 
 def dead_letter(record: Record, reason: str, error: str) -> tuple[bytes | None, bytes]:
@@ -372,7 +403,10 @@ class Pipeline:
             metrics.EVENTS_SKIPPED.labels(reason=skipped.reason).inc()
         metrics.PROFILE_UPDATES.inc(outcome.applied)
         for recs in outcome.recommendations:
-            out.recommendations.append(self._recommendation(recs))
+            out.recommendations.append(recommendation_record(recs, self.encoder_name))
+            metrics.RECOMMENDATIONS.labels(
+                source=recs.items[0].source if recs.items else "none"
+            ).inc()
             out.latencies_s.append(max(time.time() - recs.trigger.arrival, 0.0))
 
     async def _process(
@@ -419,33 +453,6 @@ class Pipeline:
             found = await self._run(lambda: self.store.retrieve(name, item_ids, with_vectors=False))
             if len(found) == len(item_ids):
                 return
-
-    def _recommendation(self, recs: UserRecs) -> tuple[bytes, bytes]:
-        """The output record; validated against the contract from plain dicts in one call
-        (pydantic-core), ~45 µs per 20-item list against ~58 for a model per item."""
-        trigger = recs.trigger
-        rec = Recommendation.model_validate(
-            {
-                "user_id": recs.user_id,
-                "trigger_event_id": trigger.event_id,
-                "generated_at": datetime.now(UTC),
-                "profile_events": recs.profile_events,
-                "items": [
-                    {
-                        "item_id": item.item_id,
-                        "rank": rank,
-                        "score": round(item.score, 6),
-                        "source": item.source,
-                        "reasons": item.reasons,
-                    }
-                    for rank, item in enumerate(recs.items, start=1)
-                ],
-                "model": {"encoder": self.encoder_name, "ranker": recs.ranker},
-                "latency_ms": round(max(time.time() - trigger.arrival, 0.0) * 1000.0, 3),
-            }
-        )
-        metrics.RECOMMENDATIONS.labels(source=recs.items[0].source if recs.items else "none").inc()
-        return recs.user_id.encode(), rec.model_dump_json().encode()
 
     def _reject(self, out: Outputs, record: Record, reason: str, message: str) -> None:
         out.dead_letters.append(self.dead_letter_for(record, reason, message))
