@@ -61,8 +61,8 @@ from ranking.engine import BehaviorEngine, EngineConfig, Interaction
 from ranking.metrics import evaluate_lists, per_user_metrics, per_user_quality
 from ranking.profile import event_weight
 from ranking.scoring import BlendScorer, Scorer
+from ranking.split import ColdItemsBy, Split, latest_items, make_split, reveal_groups
 from ranking.split import Interaction as Revealed
-from ranking.split import Split, make_split, reveal_groups
 from ranking.store import VectorStore
 from ranking.training import (
     ItemTable,
@@ -90,6 +90,9 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0,)
     test_users_frac: float = 0.2
     cold_items_frac: float = 0.1
+    # "random" draws the new items from the catalog; "time" holds out the latest to appear (and
+    # validation simulates new items the same way: the latest warm items of the training log)
+    cold_items_by: ColdItemsBy = "random"
     n: int = 20  # list length asked of every method, and the @k of the metrics
     train: TrainConfig = field(default_factory=TrainConfig)
     # MMR λ candidates picked on validation users (training users held out of the fit), never
@@ -124,6 +127,15 @@ class EvalConfig:
 
 Encode = Callable[[Sequence[str]], np.ndarray]
 StoreFactory = Callable[[Path], VectorStore]
+
+
+def simulated_new_items(split: Split, cfg: EvalConfig, rng: np.random.Generator) -> set[str]:
+    """Warm items held out of the fit as the validation users' new items, drawn the way the
+    split drew the real ones: at random, or the latest of the training log to appear."""
+    if cfg.cold_items_by == "time":
+        return set(latest_items(split.train, cfg.cold_items_frac))
+    warm_items = sorted({str(i) for i in split.train["item_id"].dropna()})
+    return set(rng.choice(warm_items, round(cfg.cold_items_frac * len(warm_items)), replace=False))
 
 
 def catalog_items(dataset: Dataset) -> list[CatalogItem]:
@@ -328,6 +340,7 @@ def evaluate_seed(
         dataset,
         test_users_frac=cfg.test_users_frac,
         cold_items_frac=cfg.cold_items_frac,
+        cold_items_by=cfg.cold_items_by,
         seed=seed,
     )
     catalog = catalog_items(dataset)
@@ -348,10 +361,7 @@ def evaluate_seed(
     is_val = split.train["user_id"].isin(val_users)
     # simulated new items for the validation users: warm items held out of the fit (ranker,
     # snapshot, trending), as the real new items are held out of all training data
-    warm_items = sorted({str(i) for i in split.train["item_id"].dropna()})
-    pseudo_new = set(
-        rng.choice(warm_items, round(cfg.cold_items_frac * len(warm_items)), replace=False)
-    )
+    pseudo_new = simulated_new_items(split, cfg, rng)
     is_pseudo = split.train["item_id"].astype(str).isin(pseudo_new)
     fit_log = split.train.loc[~is_val & ~is_pseudo].reset_index(drop=True)
     val_log = split.train.loc[is_val].reset_index(drop=True)
@@ -926,6 +936,7 @@ def run(
             "seeds": list(cfg.seeds),
             "test_users_frac": cfg.test_users_frac,
             "cold_items_frac": cfg.cold_items_frac,
+            "cold_items_by": cfg.cold_items_by,
             "n": cfg.n,
             "train": dataclasses.asdict(cfg.train),
             "engine": {k: v for k, v in dataclasses.asdict(engine_cfg).items() if k != "profile"},

@@ -1,7 +1,9 @@
 """The cold-start split (DESIGN.md, "Evaluation protocol"), shared by baselines and the full system.
 
-- Cold items: a random `cold_items_frac` of the items that have interactions. They are removed from
-  ALL training data and exist only as catalog items that arrive as item events.
+- Cold items: `cold_items_frac` of the items that have interactions, drawn at random
+  (`cold_items_by="random"`, the default) or the latest to appear (`"time"`: the items whose first
+  interaction comes last, as new releases would). They are removed from ALL training data and
+  exist only as catalog items that arrive as item events.
 - Test users: a random `test_users_frac` of users; none of their interactions are training data.
 - `reveal(k)`: each test user's first k interactions (time order, ties by file order) are replayed
   as events, and the distinct items of all later interactions are the targets.
@@ -18,13 +20,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from ranking.datasets import Dataset
 
-__all__ = ["Interaction", "Split", "make_split"]
+__all__ = ["ColdItemsBy", "Interaction", "Split", "latest_items", "make_split"]
+
+ColdItemsBy = Literal["random", "time"]
+COLD_ITEMS_BY: tuple[ColdItemsBy, ...] = ("random", "time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,21 +122,42 @@ def _draw(ids: list[str], frac: float, rng: np.random.Generator) -> list[str]:
     return [ids[i] for i in sorted(idx)]
 
 
+def latest_items(log: pd.DataFrame, frac: float) -> list[str]:
+    """The ``frac`` of ``log``'s items whose first interaction comes last.
+
+    ``log`` is in (ts, file order), as datasets and splits keep it, so ties in time go by file
+    order. A random draw of "new" items from an old catalog holds out blockbusters that had
+    years of history; the latest to appear are the closest a log comes to real new releases.
+    """
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {frac}")
+    order = [str(i) for i in log["item_id"].dropna().drop_duplicates()]
+    n = round(frac * len(order))
+    return order[len(order) - n :]
+
+
 def make_split(
     dataset: Dataset,
     *,
     test_users_frac: float = 0.2,
     cold_items_frac: float = 0.1,
+    cold_items_by: ColdItemsBy = "random",
     seed: int = 0,
 ) -> Split:
-    """Draw cold items and test users from sorted ids, so the split depends on the seed alone."""
+    """Draw cold items and test users from sorted ids, so the split depends on the seed alone
+    (with ``cold_items_by="time"`` the cold items do not depend on it)."""
+    if cold_items_by not in COLD_ITEMS_BY:
+        raise ValueError(f"cold_items_by must be one of {COLD_ITEMS_BY}, got {cold_items_by!r}")
     df = dataset.interactions
     with_items = df["item_id"].notna()
     interacted = sorted({str(i) for i in df.loc[with_items, "item_id"]})
     users = sorted({str(u) for u in df["user_id"]})
     # Independent streams: changing one fraction does not reshuffle the other draw.
     item_rng, user_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    cold = frozenset(_draw(interacted, cold_items_frac, item_rng))
+    if cold_items_by == "time":
+        cold = frozenset(latest_items(df, cold_items_frac))
+    else:
+        cold = frozenset(_draw(interacted, cold_items_frac, item_rng))
     test_users = tuple(_draw(users, test_users_frac, user_rng))
 
     is_test = df["user_id"].isin(set(test_users))

@@ -223,6 +223,7 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         seeds=seeds,
         test_users_frac=args.test_users_frac,
         cold_items_frac=args.cold_items_frac,
+        cold_items_by=args.cold_items_by,
         train=train_config(settings, args),
     )
     from streams.worker import engine_config
@@ -255,7 +256,8 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(
         f"{dataset.name}: {len(seeds)} seed(s) {list(seeds)}, test users "
-        f"{args.test_users_frac:g}, cold items {args.cold_items_frac:g}; mean ± std over seeds; "
+        f"{args.test_users_frac:g}, cold items {args.cold_items_frac:g} ({args.cold_items_by}); "
+        "mean ± std over seeds; "
         f"test users replayed {result['path']}"
     )
     # how many users each figure averages over: on a small data set one seed's "± 0.0000"
@@ -362,6 +364,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         type=_in(0.0, 1.0, open_ends=True),
         default=0.1,
         help="share of items held out of all training data, arriving as new items (default 0.1)",
+    )
+    p.add_argument(
+        "--cold-items-by",
+        choices=("random", "time"),  # ranking.split.COLD_ITEMS_BY (pandas loads only when used)
+        default="random",
+        help="which items are new: a random draw (default), or time: the latest to appear in "
+        "the log, as new releases (the validation's simulated new items follow suit)",
     )
     p.add_argument("--k", type=_ks, default=(1, 3, 5), help="revealed events, e.g. 1,3,5")
     p.add_argument("--seed", type=_at_least(0), default=0)

@@ -6,10 +6,13 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from ranking.datasets import Dataset, ItemRecord
 from ranking.evaluation import (
+    EvalConfig,
     _events,
     acceptance_scope,
     check_targets,
@@ -17,9 +20,11 @@ from ranking.evaluation import (
     format_table,
     plot,
     reveal,
+    simulated_new_items,
     summarize,
 )
 from ranking.split import Interaction as Revealed
+from ranking.split import make_split
 
 pytestmark = pytest.mark.unit
 
@@ -252,3 +257,23 @@ def test_paired_gaps_to_the_baselines_are_per_user_on_the_same_users() -> None:
     assert recall["gap"] == pytest.approx(0.5)  # per-user gaps 0 and 1
     assert recall["se"] == pytest.approx(0.5)  # std (ddof 1) 0.7071 / sqrt(2)
     assert got["popularity"]["ndcg"]["gap"] == pytest.approx(0.5)
+
+
+def test_validation_new_items_are_drawn_as_the_real_ones_were() -> None:
+    items = [ItemRecord(f"i{j}", f"t{j}", None, (), None, None, None, None) for j in range(20)]
+    rows = [  # user u{j % 4} meets item i{j} at time j: i19 is the last to appear
+        {"user_id": f"u{j % 4}", "item_id": f"i{j}", "ts": float(j), "type": "rate", "rating": 4.0}
+        for j in range(20)
+    ]
+    ds = Dataset("toy", items, pd.DataFrame(rows))
+    by_time = EvalConfig(test_users_frac=0.25, cold_items_frac=0.1, cold_items_by="time")
+    split = make_split(ds, test_users_frac=0.25, cold_items_frac=0.1, cold_items_by="time")
+    assert split.cold_items == {"i18", "i19"}
+    warm_order = [i for i in (f"i{j}" for j in range(20)) if i in set(split.train["item_id"])]
+    rng = np.random.default_rng(0)
+    # the latest warm items of the training log (the test user's items are not in it)
+    assert simulated_new_items(split, by_time, rng) == set(
+        warm_order[-round(0.1 * len(warm_order)) :]
+    )
+    at_random = simulated_new_items(split, EvalConfig(cold_items_frac=0.1), rng)
+    assert len(at_random) == len(warm_order) // 10 and at_random <= set(warm_order)

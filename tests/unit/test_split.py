@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ranking.datasets import Dataset, ItemRecord
-from ranking.split import make_split
+from ranking.split import latest_items, make_split
 
 pytestmark = pytest.mark.unit
 
@@ -118,3 +118,25 @@ def test_bad_arguments() -> None:
         make_split(ds, test_users_frac=1.5)
     with pytest.raises(ValueError):
         make_split(ds).reveal(-1)
+
+
+def test_time_holds_out_the_items_that_appear_last() -> None:
+    items = [ItemRecord(f"i{j}", f"t{j}", None, (), None, None, None, None) for j in range(10)]
+    # first appearances: i9 at 1, i8 at 2, ..., i0 at 10
+    rows = [
+        {"user_id": "u", "item_id": f"i{j}", "ts": float(10 - j), "type": "rate", "rating": 4.0}
+        for j in range(10)
+    ]
+    rows[4]["ts"] = 5.0  # i4 now ties i5 at 5; i5 comes after it in the file, so appears later
+    rows += [{"user_id": "v", "item_id": "i9", "ts": 99.0, "type": "rate", "rating": 4.0}]
+    df = pd.DataFrame(rows).sort_values("ts", kind="stable").reset_index(drop=True)
+    ds = Dataset(name="toy", items=items, interactions=df)
+    for seed in (0, 1, 2):  # the seed draws users, not the new items
+        sp = make_split(
+            ds, test_users_frac=0.5, cold_items_frac=0.3, cold_items_by="time", seed=seed
+        )
+        assert sp.cold_items == {"i0", "i1", "i2"}  # i9's late repeat does not make it new
+    assert latest_items(df, 0.5) == ["i5", "i3", "i2", "i1", "i0"]  # in order of appearance
+    assert latest_items(df, 0.0) == []
+    with pytest.raises(ValueError, match="cold_items_by"):
+        make_split(ds, cold_items_by="newest")  # type: ignore[arg-type]
