@@ -131,6 +131,8 @@ def latest_items(log: pd.DataFrame, frac: float) -> list[str]:
     """
     if not 0.0 <= frac <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {frac}")
+    if not log["ts"].is_monotonic_increasing:  # first appearance is read from the row order
+        raise ValueError("the log must be sorted by ts (datasets and splits keep it so)")
     order = [str(i) for i in log["item_id"].dropna().drop_duplicates()]
     n = round(frac * len(order))
     return order[len(order) - n :]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,7 @@ ITEM_EVENT_TYPES: frozenset[str] = frozenset(
 )
 TEXT_EVENT_TYPES: frozenset[str] = frozenset({"search", "profile"})
 Source = Literal["content", "covisit", "trending"]
+SOURCES: frozenset[str] = frozenset(get_args(Source))
 # why a record went to the dead-letter topic (README, "Wire contracts")
 DeadLetterReason = Literal[
     "empty", "too_large", "bad_utf8", "bad_json", "schema", "unknown_item", "processing_error"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import get_settings
+from ranking.split import COLD_ITEMS_BY
 from streams.cli import main
 
 pytestmark = pytest.mark.unit
@@ -25,6 +26,7 @@ def _fresh_settings() -> None:
         (["eval", "--test-users-frac", "0"], "--test-users-frac: must be in (0, 1)"),
         (["eval", "--test-users-frac", "1"], "--test-users-frac: must be in (0, 1)"),
         (["eval", "--mmr-lambda", "5"], "--mmr-lambda: must be in [0, 1]"),
+        (["eval", "--cold-items-by", "newest"], "--cold-items-by: invalid choice: 'newest'"),
         (["eval", "--epochs", "-1"], "--epochs: must be at least 1"),
         (["train", "--negatives", "0"], "--negatives: must be at least 1"),
         (["broker", "--port", "99999"], "--port: a port is 1-65535"),
@@ -44,6 +46,14 @@ def test_repeated_seeds_and_ks_count_once() -> None:
 
     args = build_parser().parse_args(["eval", "--seeds", "0,1,0", "--k", "3,1,3"])
     assert args.seeds == (0, 1) and args.k == (3, 1)
+
+
+def test_the_cold_item_draws_the_cli_offers_are_the_splits() -> None:
+    from streams.cli import build_parser
+
+    assert build_parser().parse_args(["eval"]).cold_items_by == "random"
+    for by in COLD_ITEMS_BY:  # the CLI lists them by hand so that pandas loads only when used
+        assert build_parser().parse_args(["eval", "--cold-items-by", by]).cold_items_by == by
 
 
 def test_a_missing_data_file_is_one_line_and_status_1(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import get_args
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -56,3 +58,28 @@ def test_the_record_is_the_validated_model_dumped(
     assert [i.score for i in rec.items] == [round(i.score, 6) for i in items]
     assert rec.latency_ms >= 0  # an arrival stamped ahead of this clock reads as 0, not < 0
     assert json.loads(value)["model"] == {"encoder": encoder, "ranker": ranker}
+
+
+def _recs(score: float = 0.5, source: str = "content", profile_events: int = 3) -> UserRecs:
+    trigger = Interaction(event_id="e1", user_id="u1", type="click", ts=0.0)
+    return UserRecs("u1", trigger, profile_events, [RecItem("i1", score, source, [])], "r1")
+
+
+@pytest.mark.parametrize("score", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_score_is_written_as_the_model_writes_it(score: float) -> None:
+    _, value = recommendation_record(_recs(score), "enc")
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    parsed = json.loads(value, parse_constant=refuse)  # strict JSON: no NaN or Infinity
+    assert parsed["items"][0]["score"] is None
+    fields = {**parsed, "items": [{**parsed["items"][0], "score": score}]}
+    assert Recommendation.model_validate(fields).model_dump_json().encode() == value
+
+
+def test_what_the_contract_refuses_is_refused() -> None:
+    with pytest.raises(ValueError, match="source 'popular'"):
+        recommendation_record(_recs(source="popular"), "enc")
+    with pytest.raises(ValueError, match="profile_events"):
+        recommendation_record(_recs(profile_events=-1), "enc")

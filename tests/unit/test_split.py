@@ -138,5 +138,7 @@ def test_time_holds_out_the_items_that_appear_last() -> None:
         assert sp.cold_items == {"i0", "i1", "i2"}  # i9's late repeat does not make it new
     assert latest_items(df, 0.5) == ["i5", "i3", "i2", "i1", "i0"]  # in order of appearance
     assert latest_items(df, 0.0) == []
+    with pytest.raises(ValueError, match="sorted by ts"):
+        latest_items(df.iloc[::-1], 0.5)
     with pytest.raises(ValueError, match="cold_items_by"):
         make_split(ds, cold_items_by="newest")  # type: ignore[arg-type]
