@@ -10,11 +10,15 @@ set by the worker, read by the HTTP thread.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,6 +128,69 @@ class Health:
 
 
 HEALTH = Health()
+
+
+class LivenessWatchdog:
+    """Ends the process once liveness has failed for ``exit_after_s`` on end.
+
+    Docker and Compose restart a container whose process exits, not one whose health check
+    fails, so a worker whose loop is stuck (or whose device hung) would stay stuck there. It
+    counts from its own first check that saw the failure: a check delayed by a long hold of
+    the GIL starts the count, it does not end it. The committed offsets make the restart
+    replay what the stuck process had not finished.
+    """
+
+    def __init__(
+        self,
+        health: Health,
+        exit_after_s: float,
+        *,
+        exit: Callable[[int], object] = os._exit,
+        clock: Callable[[], float] = time.monotonic,
+        check_every_s: float = 1.0,
+    ) -> None:
+        if exit_after_s <= 0 or check_every_s <= 0:
+            raise ValueError("exit_after_s and check_every_s must be positive")
+        self.health = health
+        self.exit_after_s = exit_after_s
+        self.check_every_s = check_every_s
+        self._exit = exit
+        self._clock = clock
+        self._failing_since: float | None = None
+        self._stop = threading.Event()
+
+    def check(self) -> bool:
+        """One look at liveness; True when it ended the process (a test's ``exit`` returns)."""
+        live = self.health.liveness()
+        now = self._clock()
+        if live.ok:
+            self._failing_since = None
+            return False
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failing_since < self.exit_after_s:
+            return False
+        log.critical(
+            "liveness has failed for %.0f s (%s): ending the process so that it is restarted",
+            now - self._failing_since,
+            json.dumps(live.detail, sort_keys=True),
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self._exit(1)
+        return True
+
+    def start(self) -> LivenessWatchdog:
+        threading.Thread(target=self._run, name="liveness-watchdog", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.check_every_s):
+            if self.check():
+                return
 
 
 def health_response(check: Check, ok_status: str) -> tuple[str, bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -15,7 +16,9 @@ from prometheus_client import (
     Histogram,
     make_wsgi_app,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
 
 from infra.health import HEALTH, health_app
 
@@ -26,8 +29,11 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+# up to the Qdrant client's 10 s timeout: a quantile clamps to the highest finite bucket, and a
+# store outage's slow calls are what an operator needs to see
 _FAST_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 )  # fmt: skip
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
@@ -161,6 +167,12 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
     registry=REGISTRY,
 )
+CONSUMER_LAG_UPDATED = Gauge(
+    "coldstream_consumer_lag_updated_timestamp_seconds",
+    "When the lag was last measured (Unix time): while the broker cannot answer, the lag keeps "
+    "its last values, and time() minus this grows",
+    registry=REGISTRY,
+)
 
 
 def set_ranker_version(version: str) -> None:
@@ -184,6 +196,30 @@ def dependency_up(dependency: str) -> None:
     """A dependency answered (a call succeeded)."""
     DEPENDENCY_UP.labels(dependency=dependency).set(1)
     HEALTH.set_dependency(dependency, True)
+
+
+class _HealthCollector(Collector):
+    """/healthz and /readyz as series, read at scrape time: a stuck worker's counters only go
+    flat, which looks like no traffic, and Prometheus cannot alert on a probe it never calls."""
+
+    def collect(self) -> Iterable[Metric]:
+        live, ready = HEALTH.liveness(), HEALTH.readiness()
+        yield GaugeMetricFamily(
+            "coldstream_live", "1 while /healthz answers 200 (the loop beats)", value=live.ok
+        )
+        yield GaugeMetricFamily(
+            "coldstream_ready",
+            "1 while /readyz answers 200 (started, dependencies up)",
+            value=ready.ok,
+        )
+        yield GaugeMetricFamily(
+            "coldstream_event_loop_beat_age_seconds",
+            "Seconds since the event loop's last heartbeat (since the start before the first)",
+            value=float(live.detail["loop_beat_age_s"]),
+        )
+
+
+REGISTRY.register(_HealthCollector())
 
 
 def serve(host: str, port: int) -> WSGIServer:

@@ -356,6 +356,13 @@ class Settings(BaseSettings):
         description="/healthz fails once the encoder has failed its probe for this long "
         "(a device left in an error state needs a new process); 0 = never",
     )
+    health_exit_after_s: float = Field(
+        0.0,
+        ge=0,
+        description="end the process (status 1) once /healthz has failed for this long, for "
+        "runtimes that restart an exited container but not an unhealthy one (Docker, "
+        "Compose: the image sets 60); 0 = never (Kubernetes restarts on the probe)",
+    )
     health_encoder_recheck_s: float = Field(
         5.0,
         gt=0,

@@ -58,8 +58,10 @@ async def send_outputs(out: Outputs, topics: Topics) -> Awaitable[None]:
     async def delivered() -> None:
         if pending:
             await asyncio.gather(*pending)
-        for latency in out.latencies_s:
-            metrics.EVENT_TO_REC_SECONDS.observe(latency)
+        if not out.latencies_observed:
+            out.latencies_observed = True
+            for latency in out.latencies_s:
+                metrics.EVENT_TO_REC_SECONDS.observe(latency)
 
     return delivered()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # The label sets this process has set, so partitions that were revoked can be dropped.
 _reported: set[tuple[str, str]] = set()
+# failed measurements in a row: one is a rebalance or a hiccup, a run of them is the broker
+_failures_in_a_row = 0
+WARN_AFTER_FAILURES = 6
 
 
 def _as_offset(value: object) -> int | None:
@@ -74,11 +78,23 @@ async def partition_lag(
 
 async def update_consumer_lag(app: faust.App, topics: Collection[str] | None = None) -> None:
     """Compute :func:`partition_lag` and set the gauge; drops partitions no longer assigned."""
+    global _failures_in_a_row
     try:
         lags = await partition_lag(app, topics)
     except Exception as exc:  # consumer not started, rebalance in progress, broker hiccup
-        log.debug("consumer lag not available: %r", exc)
+        _failures_in_a_row += 1
+        if _failures_in_a_row == WARN_AFTER_FAILURES:
+            log.warning(
+                "consumer lag not measured %d times in a row (%r): the gauge keeps its last "
+                "values; coldstream_consumer_lag_updated_timestamp_seconds says since when",
+                _failures_in_a_row,
+                exc,
+            )
+        else:
+            log.debug("consumer lag not available: %r", exc)
         return
+    _failures_in_a_row = 0
+    metrics.CONSUMER_LAG_UPDATED.set(time.time())
     current = {(topic, str(partition)) for topic, partition in lags}
     for stale_topic, stale_partition in _reported - current:
         with contextlib.suppress(KeyError):

@@ -65,6 +65,9 @@ class Outputs:
     recommendations: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
+    # set once ``latencies_s`` went into the histogram: a part of a batch delivered, then sent
+    # again with the rest of the batch after another part failed, is counted once
+    latencies_observed: bool = False
 
 
 def limits_from(settings: Settings) -> Limits:

@@ -14,7 +14,7 @@ from encoders.model import TextEncoder, load_encoder
 from infra import metrics
 from infra.broker import kafka_bootstrap
 from infra.edge_store import EdgeStore
-from infra.health import HEALTH
+from infra.health import HEALTH, LivenessWatchdog
 from infra.kafka import ensure_topics, topic_id
 from infra.qdrant_store import QdrantStore
 from infra.runtime import configure_gc, use_event_loop
@@ -198,11 +198,14 @@ def run_worker(settings: Settings) -> int:
     ) as bootstrap:
         if settings.embedded_kafka:
             print(f"embedded broker: {bootstrap}", flush=True)
+        HEALTH.forget()  # the stall clock starts here, not at import
+        HEALTH.stall_after_s = settings.health_stall_s
+        HEALTH.start_grace_s = settings.health_start_grace_s
+        HEALTH.restart_after_down_s = {"encoder": settings.health_encoder_down_s}
         if settings.metrics_port:
-            HEALTH.stall_after_s = settings.health_stall_s
-            HEALTH.start_grace_s = settings.health_start_grace_s
-            HEALTH.restart_after_down_s = {"encoder": settings.health_encoder_down_s}
             metrics.serve(settings.metrics_host, settings.metrics_port)
+        if settings.health_exit_after_s > 0:
+            LivenessWatchdog(HEALTH, settings.health_exit_after_s).start()
         store = open_store(settings)
         with worker_app(settings, bootstrap, store) as (app, _pipeline):
             worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)

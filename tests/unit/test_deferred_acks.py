@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from infra import metrics
-from streams.agents import DeferredAcks, send_outputs, until_delivered
+from streams.agents import DeferredAcks, all_delivered, send_outputs, until_delivered
 from streams.pipeline import Outputs
 
 pytestmark = pytest.mark.unit
@@ -212,6 +212,36 @@ def test_an_output_the_broker_failed_is_sent_again_until_it_is_taken() -> None:
         assert topics.recommendations.sent == [b"list-1", b"list-2"] * 3
         assert topics.dead_letter.sent == [b"letter"] * 3
         assert metrics.REGISTRY.get_sample_value("coldstream_output_resends_total") == resends + 2
+
+    asyncio.run(main())
+
+
+def test_a_part_delivered_then_sent_again_is_timed_once() -> None:
+    """A batch's early part is taken, its late part fails: both go again, and the histogram
+    counts each list once (the early part's lists were counted twice before)."""
+
+    def observed() -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "coldstream_event_to_recommendation_seconds_count"
+        )
+        return value or 0.0
+
+    async def main() -> None:
+        topics = _Topics(failures=0)
+        early = Outputs(recommendations=[(b"u1", b"list-1")], latencies_s=[0.01])
+        late = Outputs(recommendations=[(b"u2", b"list-2")], latencies_s=[0.02])
+        before = observed()
+        first = await send_outputs(early, topics)  # type: ignore[arg-type]
+        topics.recommendations.failures = 1
+        second = await send_outputs(late, topics)  # type: ignore[arg-type]
+        await until_delivered(
+            all_delivered([first, second]),
+            [early, late],
+            topics,  # type: ignore[arg-type]
+            first_delay_s=0.001,
+        )
+        assert topics.recommendations.sent == [b"list-1", b"list-2", b"list-1", b"list-2"]
+        assert observed() == before + 2
 
     asyncio.run(main())
 

@@ -162,6 +162,30 @@ def test_dockerfile_builds_the_worker_image() -> None:
         assert (ROOT / copied).exists(), f"Dockerfile copies missing {copied}"
 
 
+def test_published_ports_stay_on_the_hosts_loopback() -> None:
+    """Kafka's external listener, Qdrant without a key, Prometheus and Grafana's default login
+    have no authentication: nothing is published on every interface."""
+    published = [
+        (name, str(port))
+        for name, service in compose()["services"].items()
+        for port in service.get("ports", [])
+    ]
+    assert published
+    for name, port in published:
+        assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    assert not any(port.endswith(":6334") for _, port in published)  # Qdrant gRPC: unused
+
+
+def test_the_image_ends_a_worker_that_stays_unhealthy() -> None:
+    """Docker and Compose restart a container whose process exits, not an unhealthy one."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    found = re.search(r"COLDSTREAM_HEALTH_EXIT_AFTER_S=(\S+)", text)
+    assert found is not None
+    after = Settings(health_exit_after_s=float(found.group(1))).health_exit_after_s
+    assert 0 < after <= 300
+    assert compose()["services"]["worker"]["restart"] == "unless-stopped"
+
+
 def test_gpu_override_builds_cuda_torch_and_reserves_a_gpu() -> None:
     base = compose()["services"]["worker"]
     gpu = compose(COMPOSE_GPU)["services"]["worker"]

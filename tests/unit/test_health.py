@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from infra import metrics
-from infra.health import HEALTH, Health
+from infra.health import HEALTH, Health, LivenessWatchdog
 
 pytestmark = pytest.mark.unit
 
@@ -167,3 +167,57 @@ def test_a_probe_answers_get_and_head_only(served: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(post, timeout=5)
     assert refused.value.code == 405
+
+
+def test_the_watchdog_ends_the_process_only_after_liveness_failed_that_long() -> None:
+    clock = Clock()
+    health = Health(stall_after_s=30.0, clock=clock)
+    exits: list[int] = []
+    dog = LivenessWatchdog(health, 60.0, exit=exits.append, clock=clock)
+    health.beat()
+    clock.now += 29
+    assert not dog.check()  # beating within the stall limit
+    clock.now += 2  # stalled: liveness fails from here
+    assert not dog.check()
+    clock.now += 59
+    assert not dog.check() and exits == []
+    health.beat()  # the loop came back before the minute was up: the count starts over
+    assert not dog.check()
+    clock.now += 31
+    assert not dog.check()
+    clock.now += 59.9
+    assert not dog.check()
+    clock.now += 0.2
+    assert dog.check() and exits == [1]
+
+
+def test_the_watchdog_spares_the_start_up_grace() -> None:
+    clock = Clock()
+    health = Health(stall_after_s=30.0, clock=clock, start_grace_s=300.0)
+    exits: list[int] = []
+    dog = LivenessWatchdog(health, 10.0, exit=exits.append, clock=clock)
+    for _ in range(29):  # a slow start: model load, optimize, group join
+        clock.now += 10
+        assert not dog.check()
+    assert exits == []
+    clock.now += 11  # 301 s without a first beat
+    assert not dog.check()
+    clock.now += 10
+    assert dog.check() and exits == [1]
+    with pytest.raises(ValueError, match="positive"):
+        LivenessWatchdog(health, 0.0)
+
+
+def test_probes_are_series_too(served: str) -> None:
+    def series() -> dict[str, float]:
+        return metrics.scrape(served + "/metrics")
+
+    HEALTH.beat()
+    got = series()
+    assert got["coldstream_live"] == 1.0
+    assert got["coldstream_ready"] == 0.0  # not started
+    assert 0.0 <= got["coldstream_event_loop_beat_age_seconds"] < 30.0
+    HEALTH.set_started(True)
+    assert series()["coldstream_ready"] == 1.0
+    HEALTH.set_dependency("store", False)
+    assert series()["coldstream_ready"] == 0.0

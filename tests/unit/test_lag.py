@@ -6,6 +6,8 @@ worker and Prometheus is tested in ``tests/integration/test_prometheus.py``."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from faust.types import TP
 
 from infra import metrics
+from streams import lag
 from streams.lag import partition_lag, update_consumer_lag
 
 pytestmark = pytest.mark.unit
@@ -119,5 +122,31 @@ def test_a_failing_consumer_leaves_the_gauge_alone() -> None:
     tp = TP("lag-broken", 0)
     ok = StateOfAConsumer([tp], listed={tp: 5}, _committed_offset={tp: 1})
     asyncio.run(update_consumer_lag(App(ok)))  # type: ignore[arg-type]
-    asyncio.run(update_consumer_lag(App(Broken([tp]))))  # type: ignore[arg-type]
+    measured = metrics.REGISTRY.get_sample_value(
+        "coldstream_consumer_lag_updated_timestamp_seconds"
+    )
+    assert measured is not None and measured > time.time() - 60
+    for _ in range(lag.WARN_AFTER_FAILURES):
+        asyncio.run(update_consumer_lag(App(Broken([tp]))))  # type: ignore[arg-type]
     assert _gauge("lag-broken", 0) == 4.0
+    # the time of the last measurement stays, so an alert can see the lag is stale
+    assert (
+        metrics.REGISTRY.get_sample_value("coldstream_consumer_lag_updated_timestamp_seconds")
+        == measured
+    )
+
+
+def test_a_run_of_failures_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(StateOfAConsumer):
+        async def highwaters(self, *tps: TP) -> dict[TP, Any]:
+            raise RuntimeError("broker unreachable")
+
+    tp = TP("lag-down", 0)
+    asyncio.run(update_consumer_lag(App(StateOfAConsumer([tp], listed={tp: 1}))))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="streams.lag"):
+        for _ in range(lag.WARN_AFTER_FAILURES - 1):
+            asyncio.run(update_consumer_lag(App(Broken([tp]))))  # type: ignore[arg-type]
+        assert not caplog.records  # a rebalance or a hiccup
+        asyncio.run(update_consumer_lag(App(Broken([tp]))))  # type: ignore[arg-type]
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert "6 times in a row" in caplog.records[0].getMessage()
