@@ -177,7 +177,10 @@ def pick_device(requested: str) -> str:
 def reduced_dtype(device: str) -> torch.dtype | None:
     """The reduced precision this device runs natively, if any."""
     if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # native only: below compute capability 8 (T4, V100) torch answers True by default
+        # for bf16 it emulates, slower than the fp16 those devices run natively
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
     return torch.bfloat16 if cpu_bf16_supported() else None
 
 
@@ -328,8 +331,51 @@ class TextEncoder:
         weights = mask_t.unsqueeze(-1).to(torch.float32)
         summed = (hidden.to(torch.float32) * weights).sum(dim=1)
         pooled = summed / weights.sum(dim=1).clamp(min=1.0)
+        finite = torch.isfinite(pooled).all(dim=1)
+        if not bool(finite.all()):
+            # a device or precision gone wrong: raised as a failed pass, so the batcher's probe
+            # sees it (an outage, waited out) instead of every text failing as bad input
+            rows = torch.nonzero(~finite).flatten().tolist()
+            raise RuntimeError(f"the encoder gave non-finite values for rows {rows[:10]}")
         pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
         return pooled.cpu().numpy()
+
+
+def check_sentence_transformers_layout(path: Path, where: str) -> None:
+    """Refuse a model directory whose sentence-transformers files ask for other than what this
+    encoder does (mean pooling of the last layer, then unit length): a CLS-pooled model or one
+    with a Dense layer would load and give vectors in another space, silently. A directory
+    without those files (a plain Hugging Face model) is mean-pooled."""
+    import json
+
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+    except FileNotFoundError:
+        modules = []
+    except (OSError, ValueError) as exc:
+        raise EncoderLoadError(f"{where}: unreadable modules.json: {exc}") from exc
+    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
+    unsupported = sorted(set(kinds) - {"Transformer", "Pooling", "Normalize"})
+    if unsupported:
+        raise EncoderLoadError(
+            f"{where}: modules.json has {', '.join(unsupported)}: this encoder runs the "
+            "transformer and mean pooling only"
+        )
+    pooling_dir = (
+        path / str(kinds["Pooling"].get("path", "1_Pooling")) if "Pooling" in kinds else None
+    )
+    if pooling_dir is None or not (pooling_dir / "config.json").exists():
+        return
+    try:
+        pooling = json.loads((pooling_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise EncoderLoadError(f"{where}: unreadable pooling config: {exc}") from exc
+    modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True)
+    if modes != ["pooling_mode_mean_tokens"]:
+        raise EncoderLoadError(
+            f"{where}: the model's pooling is {modes or 'none'}; this encoder mean-pools "
+            "(pooling_mode_mean_tokens)"
+        )
 
 
 def _load_model(path: Path, where: str) -> Any:
@@ -382,6 +428,7 @@ def load_encoder(config: EncoderConfig) -> TextEncoder:
             f"{where}: model type {model_type!r} is not a supported encoder "
             f"(supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
         )
+    check_sentence_transformers_layout(path, where)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:

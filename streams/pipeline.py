@@ -82,11 +82,11 @@ def limits_from(settings: Settings) -> Limits:
 
 
 def _published(item: ItemEvent, record: Record, now: float) -> float:
-    """The item's ``ts``, else its arrival; a release date ahead (a pre-order) is stamped with
-    the arrival: the item is new from now, not for ``cold_item_max_age`` past a far date."""
-    if item.ts is None:
-        return record.timestamp
-    return min(item.ts.timestamp(), max(record.timestamp, now))
+    """The item's ``ts``, else its arrival, never later than ``now``: a release date ahead (a
+    pre-order), or a producer's clock ahead, would keep the item new for ``cold_item_max_age``
+    past that time; it is new from now."""
+    arrival = min(record.timestamp, now)
+    return arrival if item.ts is None else min(item.ts.timestamp(), now)
 
 
 def recommendation_record(recs: UserRecs, encoder_name: str) -> tuple[bytes, bytes]:
@@ -293,24 +293,34 @@ class Pipeline:
     # -- items --------------------------------------------------------------------------
     async def on_items(self, records: Sequence[Record]) -> Outputs:
         out = Outputs()
-        latest: dict[str, tuple[ItemEvent, Record]] = {}
+        now = time.time()
+        # a batch ends where its versions one by one would have: each item as its last
+        # version says (active or retired), with the content of its last listing, and the
+        # earliest publication time any version gave
+        last: dict[str, ItemEvent] = {}
+        listed: dict[str, ItemEvent] = {}
+        published: dict[str, float] = {}
         for record in records:
             try:
                 item = decode(record.value, ItemEvent, self.limits)
             except InvalidPayload as exc:
                 self._reject(out, record, exc.reason, exc.message)
                 continue
-            latest[item.item_id] = (item, record)  # within a batch the last version wins
-        active = [(i, r) for i, r in latest.values() if i.active]
-        retired = [i.item_id for i, _ in latest.values() if not i.active]
-        if active:
+            last[item.item_id] = item
+            if item.active:
+                listed[item.item_id] = item
+            when = _published(item, record, now)
+            published[item.item_id] = min(published.get(item.item_id, when), when)
+        # listed in this batch (retired again or not): indexed; retired only: marked
+        to_index = list(listed.values())
+        retired = [i for i, item in last.items() if not item.active and i not in listed]
+        if to_index:
             texts = [
-                item_text(i.title, i.category, i.tags, i.brand, i.description) for i, _ in active
+                item_text(i.title, i.category, i.tags, i.brand, i.description) for i in to_index
             ]
             vectors = await self._retrying(
                 lambda: self.batcher.encode_or_diagnose(texts), uses_store=False
             )
-            now = time.time()
             catalog = [
                 CatalogItem(
                     item_id=i.item_id,
@@ -320,13 +330,15 @@ class Pipeline:
                     brand=i.brand,
                     description=i.description,
                     price=i.price,
-                    created_at=_published(i, r, now),
+                    created_at=published[i.item_id],
+                    active=last[i.item_id].active,
                 )
-                for i, r in active
+                for i in to_index
             ]
             points = item_points(catalog, vectors)
             await self._retrying(lambda: self._run(lambda: self._index(points)))
             metrics.ITEMS_INDEXED.inc(len(points))
+            metrics.ITEMS_RETIRED.inc(sum(1 for i in to_index if not last[i.item_id].active))
         if retired:
             found = await self._retrying(lambda: self._run(lambda: self._retire(retired)))
             metrics.ITEMS_RETIRED.inc(found)

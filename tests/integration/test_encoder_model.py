@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -11,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from encoders.batcher import MicroBatcher
 from encoders.config import CPU_BATCH, GPU_BATCH, EncoderConfig
 from encoders.model import (
+    EncoderLoadError,
     TextEncoder,
+    check_sentence_transformers_layout,
     cpu_bf16_supported,
     dtype_name,
     load_encoder,
@@ -195,3 +199,65 @@ def test_load_logs_the_choice(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="encoders.model"):
         load_encoder(EncoderConfig(dtype="float32", max_length=32))
     assert "all-MiniLM-L6-v2" in caplog.text
+
+
+def test_a_device_that_gives_nan_is_an_outage_not_bad_input(
+    encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, NaN vectors went out as vectors: the store refused each one as a bad record
+    (every item dead-lettered) while the probe said the encoder was fine. Found by review."""
+    real = encoder.model
+
+    class Broken:
+        def __call__(self, **inputs: object) -> object:
+            out = real(**inputs)
+            out.last_hidden_state.fill_(float("nan"))
+            return out
+
+    monkeypatch.setattr(encoder, "model", Broken())
+    with pytest.raises(RuntimeError, match="non-finite"):
+        encoder.encode(["Heat (1995)"])
+
+    async def main() -> bool:
+        async with MicroBatcher(encoder, max_batch=64, max_wait_ms=1.0, queue_size=64) as b:
+            return await b.answers()
+
+    assert asyncio.run(main()) is False  # the probe fails too: the worker waits it out
+
+
+def test_cuda_picks_native_bf16_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch answers True for emulated bf16 below compute capability 8 unless told not to."""
+    calls: list[dict[str, object]] = []
+
+    def supported(including_emulation: bool = True) -> bool:
+        calls.append({"including_emulation": including_emulation})
+        return including_emulation  # an sm_75 device: emulation only
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert reduced_dtype("cuda") is torch.float16
+    assert calls == [{"including_emulation": False}]
+
+
+def test_a_model_pooled_otherwise_is_refused(tmp_path: Path) -> None:
+    """A CLS-pooled model or one with a Dense layer would load and give vectors in another
+    space; the packaged model's own files pass."""
+    path, _ = resolve_model_path("")
+    check_sentence_transformers_layout(path, "packaged")
+    cls = tmp_path / "cls"
+    (cls / "1_Pooling").mkdir(parents=True)
+    (cls / "modules.json").write_text((path / "modules.json").read_text())
+    pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+    pooling.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)
+    (cls / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    with pytest.raises(EncoderLoadError, match="pooling_mode_cls_token"):
+        check_sentence_transformers_layout(cls, "cls")
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    modules = json.loads((path / "modules.json").read_text())
+    modules.append(
+        {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    )
+    (dense / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(EncoderLoadError, match="Dense"):
+        check_sentence_transformers_layout(dense, "dense")
+    check_sentence_transformers_layout(tmp_path, "plain")  # no such files: mean-pooled
