@@ -203,6 +203,10 @@ class BehaviorEngine:
         self.offsets_log = ""
         self._covisit_rows = RowCache()
         self._dirty: set[int] = set()
+        # partitions given up at a revocation: a batch of theirs applied after it (one that
+        # waited on the encoder or a store outage meanwhile) must not count into a fresh
+        # counter, which the next save would write over the new owner's counts
+        self._revoked: set[int] = set()
         self.exposure = NewItemExposure(cfg.cold_exposure_max_share, cfg.cold_exposure_window)
 
     # -- hot swaps (one attribute write each). The worker makes them on the thread that runs
@@ -750,6 +754,8 @@ class BehaviorEngine:
     # -- trending state ---------------------------------------------------------------------
     def _count(self, e: Interaction) -> None:
         part = e.partition if e.partition is not None else 0
+        if part in self._revoked:
+            return
         counter = self.trending.get(part)
         if counter is None:
             counter = self.trending[part] = TrendingCounter(self.cfg.trending_half_life_s)
@@ -760,6 +766,8 @@ class BehaviorEngine:
 
     def _covisit(self, e: Interaction, recent: Sequence[str]) -> None:
         part = e.partition if e.partition is not None else 0
+        if part in self._revoked:
+            return
         counter = self.covisit.get(part)
         if counter is None:
             counter = self.covisit[part] = CovisitCounter(
@@ -772,6 +780,7 @@ class BehaviorEngine:
     def load_trending(self, partitions: Iterable[int]) -> None:
         """Take over the trending and online co-visitation counts of ``partitions``."""
         parts = list(partitions)
+        self._revoked.difference_update(parts)
         keys = [trending_key(p) for p in parts] + [covisit_key(p) for p in parts]
         stored = self.store.retrieve(self.cfg.state_collection, keys, with_vectors=False)
         for part in parts:
@@ -800,7 +809,9 @@ class BehaviorEngine:
                     )
 
     def drop_trending(self, partitions: Iterable[int]) -> None:
+        """Give up ``partitions``' counts (revoked); they count again once loaded."""
         for part in partitions:
+            self._revoked.add(part)
             self.trending.pop(part, None)
             self.covisit.pop(part, None)
             self._dirty.discard(part)

@@ -173,12 +173,14 @@ def apply_signal(profile: Profile, signal: Signal, cfg: ProfileConfig) -> None:
             recent = set(profile.recent_items)
             profile.recent_types = {k: v for k, v in profile.recent_types.items() if k in recent}
         _push_unique(profile.seen, signal.item_id, cfg.seen_max)
-    if signal.text and signal.vector is not None:
+    if signal.text and signal.vector is not None and weight > 0:
+        # a reason anchor, unit length: anchors are picked by dot product, and a review's
+        # vector (half its text, half its item) is shorter than an item's
         profile.texts.append(
             {
                 "type": signal.event_type,
                 "text": signal.text[:200],
-                "vector": _rounded(signal.vector),
+                "vector": _rounded(normalize(signal.vector)),
             }
         )
         del profile.texts[: -cfg.texts_max]

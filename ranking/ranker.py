@@ -315,12 +315,16 @@ def load_ranker(
             encoder=meta["encoder"],
             data_hash=meta["data_hash"],
             created_at=float(meta["created_at"]),
-            metrics={k: float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()},
+            metrics={k: float(v) for k, v in _json_object(meta.get("metrics", "{}")).items()},
             wide=int(meta.get("wide", "0")),
             members=int(meta.get("members", "1")),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise RankerLoadError(f"{path}: bad metadata: {exc}") from exc
+    if info.dim < 1 or info.hidden < 1 or info.wide < 0:
+        raise RankerLoadError(
+            f"{path}: bad metadata: dim {info.dim}, hidden {info.hidden}, wide {info.wide}"
+        )
     if info.features != list(FEATURES):
         raise RankerLoadError(
             f"{path}: trained on features {info.features}, this build computes {list(FEATURES)}"
@@ -346,8 +350,8 @@ def load_ranker(
     models = []
     for j in range(info.members):
         prefix = "" if info.members == 1 else f"{_MEMBER}{j}."
-        model = RankerMLP(info.dim, len(info.features), info.hidden, wide=info.wide)
         try:
+            model = RankerMLP(info.dim, len(info.features), info.hidden, wide=info.wide)
             state = {
                 k[len(prefix) :]: torch.from_numpy(np.array(v))
                 for k, v in tensors.items()
@@ -362,6 +366,13 @@ def load_ranker(
     if info.members > 1 and any(not k.startswith(_MEMBER) for k in tensors):
         raise RankerLoadError(f"{path}: tensors outside the {info.members} members")
     return RankerScorer(models, info, prior)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 # ---------------------------------------------------------------------------------- hot reload

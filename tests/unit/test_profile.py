@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -372,3 +373,18 @@ def test_profile_vector_is_unit_or_none(steps: list[tuple[float, str, list[float
         norm = float(np.linalg.norm(p.vector))
         # exactly opposite signals can cancel to ~0 (then normalize leaves it); otherwise unit
         assert norm == pytest.approx(1.0, abs=1e-4) or norm < 1e-3
+
+
+def test_a_text_anchor_is_unit_length_and_only_for_an_event_that_counts() -> None:
+    """A review's vector (half its text, half its item) was stored as it came, shorter than an
+    item's, so by dot product it rarely won a reason; and a text event of weight 0 left an
+    anchor although it moved nothing. Found by review."""
+    p = Profile("u1")
+    review = 0.5 * (e(0) + e(1))  # length 0.707
+    with_reviews = dataclasses.replace(CFG, weights={**WEIGHTS, "review": 2.0})
+    apply_signal(p, sig(1, 0.0, review, "review", "a", text="loved the score"), with_reviews)
+    assert np.linalg.norm(p.texts[0]["vector"]) == pytest.approx(1.0, abs=1e-3)
+    muted = dataclasses.replace(CFG, weights={**WEIGHTS, "search": 0.0})
+    q = Profile("u2")
+    apply_signal(q, sig(2, 0.0, e(2), "search", None, text="crime movie"), muted)
+    assert q.texts == [] and q.vector is None

@@ -334,6 +334,25 @@ def test_ensemble_round_trips_and_a_missing_member_is_refused(tmp_path: Path) ->
         load_ranker(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("hidden", "-1"), ("dim", "0"), ("wide", "-3"), ("metrics", "[]"), ("metrics", '"x"')],
+)
+def test_crafted_metadata_is_a_load_error(tmp_path: Path, key: str, value: str) -> None:
+    """Metadata rewritten with a valid checksum: every problem is a RankerLoadError (before, a
+    negative width raised RuntimeError, a list of metrics AttributeError, and a negative
+    ``wide`` loaded as 0). Found by review."""
+    path = save_ranker(tmp_path / "r.safetensors", _scorer())
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = dict(fh.metadata() or {})
+    tensors = load_file(str(path))
+    meta[key] = value
+    meta["checksum"] = _checksum(tensors, meta)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(RankerLoadError):
+        load_ranker(tmp_path / "bad.safetensors")
+
+
 def test_single_member_files_keep_the_unprefixed_layout(tmp_path: Path) -> None:
 
     path = save_ranker(tmp_path / "one.safetensors", _scorer())

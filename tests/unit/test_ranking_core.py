@@ -1017,6 +1017,34 @@ def test_trending_persist_and_load(store: QdrantStore) -> None:
     assert other.trending == {}
 
 
+def test_a_batch_applied_after_its_partition_was_revoked_leaves_its_counts_alone(
+    store: QdrantStore,
+) -> None:
+    """A batch prepared before a revocation and applied after it (it waited on the encoder)
+    made a fresh counter for the partition, and the next save wrote it over the saved counts
+    the new owner reads. Found by review."""
+    engine = engine_for(store)
+    items = list(ITEMS)
+
+    def ev(n: int, user: str, item: str) -> Interaction:
+        return Interaction(f"r{n}", user, "view", T0 + n, item_id=item, partition=0, offset=n)
+
+    engine.load_trending([0])
+    engine.apply(engine.prepare([ev(1, "ru1", items[0]), ev(2, "ru1", items[1])]), None)
+    engine.persist_trending()
+    saved = store.retrieve(engine.cfg.state_collection, [trending_key(0)], with_vectors=False)
+    prep = engine.prepare([ev(3, "ru2", items[2]), ev(4, "ru2", items[3])])
+    engine.drop_trending([0])  # revoked while the batch waited
+    engine.apply(prep, None)
+    assert 0 not in engine.trending and 0 not in engine.covisit
+    assert engine.persist_trending() == 0
+    again = store.retrieve(engine.cfg.state_collection, [trending_key(0)], with_vectors=False)
+    assert again[trending_key(0)].payload == saved[trending_key(0)].payload
+    engine.load_trending([0])  # assigned again: it counts again
+    engine.apply(engine.prepare([ev(5, "ru3", items[4])]), None)
+    assert engine.persist_trending() == 1
+
+
 @integration
 def test_unreadable_stored_counts_start_the_partition_from_none(
     store: QdrantStore, caplog: pytest.LogCaptureFixture
