@@ -87,6 +87,7 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._halt = threading.Event()  # tells the thread to skip the rest of a window on stop
         self._pass_started: float | None = None  # monotonic start of the pass in the thread
+        self._stopping = False
 
     def pass_running_s(self) -> float:
         """How long the forward pass now in the thread has run (0 when none is): a device
@@ -104,6 +105,8 @@ class MicroBatcher:
         return self._queue.qsize() if self._queue is not None else 0
 
     async def start(self) -> None:
+        if self._stopping:
+            raise RuntimeError("the encoder batcher is still stopping: await stop() first")
         if self.running:
             return
         self._halt.clear()
@@ -113,21 +116,32 @@ class MicroBatcher:
         self._worker = asyncio.create_task(self._run(), name="encoder-batcher")
 
     async def stop(self) -> None:
-        """Stop batching; callers still waiting get ``BatcherStopped``."""
-        worker, self._worker = self._worker, None
-        self._halt.set()
-        if worker is not None:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-        if self._queue is not None:
-            while not self._queue.empty():
-                item = self._queue.get_nowait()
-                _fail(item.request, BatcherStopped("encoder batcher stopped"))
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            # Let a forward pass already in the thread finish without blocking the loop.
-            await asyncio.to_thread(executor.shutdown, wait=True)
+        """Stop batching; callers still waiting get ``BatcherStopped``, those blocked on a
+        full queue included."""
+        self._stopping = True
+        try:
+            worker, self._worker = self._worker, None
+            self._halt.set()
+            if worker is not None:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+            if self._queue is not None:
+                # each get wakes one caller blocked in put, which then queues its text and
+                # sees the batcher stopped: drain until a turn of the loop queues nothing more
+                while True:
+                    while not self._queue.empty():
+                        item = self._queue.get_nowait()
+                        _fail(item.request, BatcherStopped("encoder batcher stopped"))
+                    await asyncio.sleep(0)
+                    if self._queue.empty():
+                        break
+            executor, self._executor = self._executor, None
+            if executor is not None:
+                # Let a forward pass already in the thread finish without blocking the loop.
+                await asyncio.to_thread(executor.shutdown, wait=True)
+        finally:
+            self._stopping = False
 
     async def __aenter__(self) -> MicroBatcher:
         await self.start()

@@ -260,3 +260,28 @@ def test_the_running_pass_is_timed_and_the_clock_stops_with_it() -> None:
     idle, during, after = asyncio.run(main())
     assert idle == 0.0 and after == 0.0
     assert during >= 0.15
+
+
+def test_stop_answers_callers_blocked_on_a_full_queue() -> None:
+    """Draining the queue once woke one blocked caller per text taken; the others waited on a
+    queue nobody read again. Found by review."""
+
+    async def main() -> None:
+        gate = threading.Event()
+        b = _batcher(FakeEncoder(gate=gate), max_batch=1, queue_size=1, max_wait_ms=0)
+        await b.start()
+        first = asyncio.ensure_future(b.encode(["running"]))
+        await asyncio.sleep(0.05)  # its pass is in the thread, held by the gate
+        callers = [asyncio.ensure_future(b.encode([f"text {i}"])) for i in range(4)]
+        await asyncio.sleep(0.05)  # one queued, three blocked in put
+        stopping = asyncio.ensure_future(b.stop())
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError, match="still stopping"):
+            await b.start()
+        gate.set()
+        await stopping
+        _, pending = await asyncio.wait([first, *callers], timeout=3)
+        assert not pending
+        assert all(isinstance(t.exception(), BatcherStopped) for t in callers)
+
+    asyncio.run(main())
