@@ -354,7 +354,11 @@ def check_sentence_transformers_layout(path: Path, where: str) -> None:
         modules = []
     except (OSError, ValueError) as exc:
         raise EncoderLoadError(f"{where}: unreadable modules.json: {exc}") from exc
-    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
+    if not isinstance(modules, list) or not all(
+        isinstance(m, dict) and m.get("type") for m in modules
+    ):
+        raise EncoderLoadError(f"{where}: modules.json is not a list of modules with a type")
+    kinds = {str(m["type"]).rsplit(".", 1)[-1]: m for m in modules}
     unsupported = sorted(set(kinds) - {"Transformer", "Pooling", "Normalize"})
     if unsupported:
         raise EncoderLoadError(

@@ -55,12 +55,23 @@ class Health:
         self._started = False
         self._dependencies: dict[str, bool] = {}
         self._down_since: dict[str, float] = {}
+        self._shutting_down = False
 
     def beat(self) -> None:
         """The event loop is turning (called from a loop timer)."""
         with self._lock:
             self._last_beat = self._clock()
             self._beats += 1
+
+    def begin_shutdown(self) -> None:
+        """A stop has begun: the loop's timers (its heartbeat) are stopping on purpose."""
+        with self._lock:
+            self._shutting_down = True
+
+    @property
+    def shutting_down(self) -> bool:
+        with self._lock:
+            return self._shutting_down
 
     def set_started(self, started: bool) -> None:
         with self._lock:
@@ -86,6 +97,7 @@ class Health:
             self._started = False
             self._dependencies.clear()
             self._down_since.clear()
+            self._shutting_down = False
 
     def liveness(self) -> Check:
         """Alive while the event loop beat within ``stall_after_s`` (``start_grace_s`` from
@@ -160,7 +172,12 @@ class LivenessWatchdog:
         self._stop = threading.Event()
 
     def check(self) -> bool:
-        """One look at liveness; True when it ended the process (a test's ``exit`` returns)."""
+        """One look at liveness; True when it ended the process (a test's ``exit`` returns).
+        A worker shutting down is left to finish: its heartbeat has stopped on purpose, and
+        ending it would skip saving its counts."""
+        if self.health.shutting_down:
+            self._failing_since = None
+            return False
         live = self.health.liveness()
         now = self._clock()
         if live.ok:

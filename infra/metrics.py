@@ -169,8 +169,8 @@ CONSUMER_LAG = Gauge(
 )
 CONSUMER_LAG_UPDATED = Gauge(
     "coldstream_consumer_lag_updated_timestamp_seconds",
-    "When the lag was last measured (Unix time): while the broker cannot answer, the lag keeps "
-    "its last values, and time() minus this grows",
+    "When the lag was last measured (Unix time; 0 until the first measurement): while the "
+    "broker cannot answer, the lag keeps its last values, and time() minus this grows",
     registry=REGISTRY,
 )
 

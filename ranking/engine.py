@@ -780,9 +780,9 @@ class BehaviorEngine:
     def load_trending(self, partitions: Iterable[int]) -> None:
         """Take over the trending and online co-visitation counts of ``partitions``."""
         parts = list(partitions)
-        self._revoked.difference_update(parts)
         keys = [trending_key(p) for p in parts] + [covisit_key(p) for p in parts]
         stored = self.store.retrieve(self.cfg.state_collection, keys, with_vectors=False)
+        self._revoked.difference_update(parts)  # once read: a failed read leaves them revoked
         for part in parts:
             # counts that cannot be read (another version's format, damage) are soft state:
             # the partition starts from none, logged, instead of failing every assignment

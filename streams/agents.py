@@ -387,6 +387,7 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
 
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
         HEALTH.set_started(False)  # /readyz: the consumer has stopped; the rest is flushing
+        HEALTH.begin_shutdown()  # the liveness watchdog leaves a stopping worker alone
 
     app.on_before_shutdown.connect(cast(Any, on_shutdown))
 

@@ -94,7 +94,7 @@ def recommendation_record(recs: UserRecs, encoder_name: str) -> tuple[bytes, byt
 
     Serialized straight from plain values: the same bytes as ``Recommendation`` validated and
     dumped (a test holds them equal; NaN and infinity are written as null, as the model writes
-    them), several times faster than building the model. What the model's validation would
+    them), in about half the time of building the model. What the model's validation would
     refuse of the engine's values (a source outside the contract, a negative count) is refused
     here; every other field's type the engine fixes.
     """
@@ -307,10 +307,10 @@ class Pipeline:
                 self._reject(out, record, exc.reason, exc.message)
                 continue
             last[item.item_id] = item
-            if item.active:
+            if item.active:  # a retirement sets no publication time, one by one neither
                 listed[item.item_id] = item
-            when = _published(item, record, now)
-            published[item.item_id] = min(published.get(item.item_id, when), when)
+                when = _published(item, record, now)
+                published[item.item_id] = min(published.get(item.item_id, when), when)
         # listed in this batch (retired again or not): indexed; retired only: marked
         to_index = list(listed.values())
         retired = [i for i, item in last.items() if not item.active and i not in listed]

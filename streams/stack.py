@@ -73,7 +73,8 @@ class WorkerProcess:
             return {}
 
     def ready(self) -> bool:
-        """``/readyz`` answers 200: started, partitions assigned, every dependency up."""
+        """``/readyz`` answers 200: the loop beats, the pipeline has started (at its first
+        assignment) and every dependency answers."""
         url = self.metrics_url.removesuffix("/metrics") + "/readyz"
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:

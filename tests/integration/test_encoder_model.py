@@ -261,3 +261,7 @@ def test_a_model_pooled_otherwise_is_refused(tmp_path: Path) -> None:
     with pytest.raises(EncoderLoadError, match="Dense"):
         check_sentence_transformers_layout(dense, "dense")
     check_sentence_transformers_layout(tmp_path, "plain")  # no such files: mean-pooled
+    for broken in ("null", '{"0": "Transformer"}', '[{"idx": 0}]'):
+        (dense / "modules.json").write_text(broken)
+        with pytest.raises(EncoderLoadError, match="not a list of modules"):
+            check_sentence_transformers_layout(dense, "broken")

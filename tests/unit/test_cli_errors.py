@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,11 @@ def test_the_cold_item_draws_the_cli_offers_are_the_splits() -> None:
     from streams.cli import build_parser
 
     assert build_parser().parse_args(["eval"]).cold_items_by == "random"
+    eval_parser = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["eval"]
+    offered = next(a for a in eval_parser._actions if a.dest == "cold_items_by").choices
+    assert tuple(offered or ()) == COLD_ITEMS_BY
     for by in COLD_ITEMS_BY:  # the CLI lists them by hand so that pandas loads only when used
         assert build_parser().parse_args(["eval", "--cold-items-by", by]).cold_items_by == by
 

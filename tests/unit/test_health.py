@@ -191,6 +191,22 @@ def test_the_watchdog_ends_the_process_only_after_liveness_failed_that_long() ->
     assert dog.check() and exits == [1]
 
 
+def test_the_watchdog_leaves_a_stopping_worker_to_finish() -> None:
+    """Its heartbeat stops on purpose; ending it would skip saving its counts."""
+    clock = Clock()
+    health = Health(stall_after_s=30.0, clock=clock)
+    exits: list[int] = []
+    dog = LivenessWatchdog(health, 10.0, exit=exits.append, clock=clock)
+    health.beat()
+    health.begin_shutdown()
+    for _ in range(20):
+        clock.now += 10
+        assert not dog.check()
+    assert exits == [] and not health.liveness().ok
+    health.forget()  # a fresh start in the same process watches again
+    assert not health.shutting_down
+
+
 def test_the_watchdog_spares_the_start_up_grace() -> None:
     clock = Clock()
     health = Health(stall_after_s=30.0, clock=clock, start_grace_s=300.0)
@@ -212,6 +228,7 @@ def test_probes_are_series_too(served: str) -> None:
     def series() -> dict[str, float]:
         return metrics.scrape(served + "/metrics")
 
+    HEALTH.forget()
     HEALTH.beat()
     got = series()
     assert got["coldstream_live"] == 1.0
