@@ -143,7 +143,7 @@ HEALTH = Health()
 
 
 class LivenessWatchdog:
-    """Ends the process once liveness has failed for ``exit_after_s`` on end.
+    """Ends the process once liveness has failed for ``exit_after_s`` in a row.
 
     Docker and Compose restart a container whose process exits, not one whose health check
     fails, so a worker whose loop is stuck (or whose device hung) would stay stuck there. It
@@ -169,7 +169,6 @@ class LivenessWatchdog:
         self._exit = exit
         self._clock = clock
         self._failing_since: float | None = None
-        self._stop = threading.Event()
 
     def check(self) -> bool:
         """One look at liveness; True when it ended the process (a test's ``exit`` returns).
@@ -198,14 +197,13 @@ class LivenessWatchdog:
         return True
 
     def start(self) -> LivenessWatchdog:
+        """Check from a daemon thread for the life of the process."""
         threading.Thread(target=self._run, name="liveness-watchdog", daemon=True).start()
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _run(self) -> None:
-        while not self._stop.wait(self.check_every_s):
+        while True:
+            time.sleep(self.check_every_s)
             if self.check():
                 return
 

@@ -205,12 +205,12 @@ class _HealthCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         live, ready = HEALTH.liveness(), HEALTH.readiness()
         yield GaugeMetricFamily(
-            "coldstream_live", "1 while /healthz answers 200 (the loop beats)", value=live.ok
+            "coldstream_live", "1 while /healthz answers 200 (the loop beats)", value=float(live.ok)
         )
         yield GaugeMetricFamily(
             "coldstream_ready",
             "1 while /readyz answers 200 (started, dependencies up)",
-            value=ready.ok,
+            value=float(ready.ok),
         )
         yield GaugeMetricFamily(
             "coldstream_event_loop_beat_age_seconds",

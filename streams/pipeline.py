@@ -296,7 +296,7 @@ class Pipeline:
         now = time.time()
         # a batch ends where its versions one by one would have: each item as its last
         # version says (active or retired), with the content of its last listing, and the
-        # earliest publication time any version gave
+        # earliest publication time any listed version gave
         last: dict[str, ItemEvent] = {}
         listed: dict[str, ItemEvent] = {}
         published: dict[str, float] = {}

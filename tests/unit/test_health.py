@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -238,3 +239,10 @@ def test_probes_are_series_too(served: str) -> None:
     assert series()["coldstream_ready"] == 1.0
     HEALTH.set_dependency("store", False)
     assert series()["coldstream_ready"] == 0.0
+
+
+def test_the_watchdog_thread_ends_a_stalled_process() -> None:
+    health = Health(stall_after_s=0.05, start_grace_s=0.05)
+    exited = threading.Event()
+    LivenessWatchdog(health, 0.05, exit=lambda status: exited.set(), check_every_s=0.01).start()
+    assert exited.wait(5.0)  # no beat ever came: the start grace, then the watchdog's count
