@@ -23,7 +23,6 @@ import heapq
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -343,11 +342,14 @@ class CovisitCounter:
 
     def _trim(self, a: int) -> int:
         """Cut ``a``'s row to its strongest ``row_cap`` neighbours (amortized over ``row_cap``
-        additions); returns how many pairs went. ``sorted`` is stable, so ties keep the
-        row's insertion order, as ``heapq.nlargest`` did."""
+        additions); returns how many pairs went. Among equal counts the pairs first seen last
+        stay, as in :meth:`_prune_counts`: in a popular item's row full of single visits, a
+        new item's first pair is the one a cold-start recommender must not forget (before,
+        ties kept the oldest, so it was always cut first). The row keeps its insertion order."""
         row = self._pairs[a]
-        keep = sorted(row.items(), key=itemgetter(1), reverse=True)[: self.row_cap]
-        self._pairs[a] = dict(keep)
+        items = list(row.items())
+        keep = heapq.nlargest(self.row_cap, range(len(items)), key=lambda k: (items[k][1], k))
+        self._pairs[a] = dict(items[k] for k in sorted(keep))
         return len(row) - len(keep)
 
     def _prune_counts(self) -> None:

@@ -113,7 +113,8 @@ def test_online_counter_matches_plain_counting_with_row_cap(
     adds: list[tuple[list[str], str, float]],
 ) -> None:
     """The counter against a plain re-count: both directions of each pair, and a row past
-    twice its cap cut to its ``row_cap`` strongest (ties: the first counted stay)."""
+    twice its cap cut to its ``row_cap`` strongest (ties: the pairs first seen last stay, in
+    the row's order)."""
     cap = 2
     c = CovisitCounter(row_cap=cap)
     pairs: dict[str, dict[str, float]] = {}
@@ -128,14 +129,26 @@ def test_online_counter_matches_plain_counting_with_row_cap(
                 row = pairs.setdefault(x, {})
                 row[y] = row.get(y, 0.0) + w
                 if len(row) > 2 * cap:
-                    top = sorted(row.items(), key=lambda kv: -kv[1])[:cap]
-                    pairs[x] = dict(top)
+                    ranked = sorted(enumerate(row.items()), key=lambda e: (-e[1][1], -e[0]))
+                    kept = sorted(ranked[:cap])
+                    pairs[x] = {k: v for _, (k, v) in kept}
     assert c.counts == counts
     assert {k: list(r.items()) for k, r in c.pairs.items()} == {
         k: list(r.items()) for k, r in pairs.items()
     }
     assert c._n_pairs == sum(len(r) for r in pairs.values())
     assert c.dirty == set(c.ids.get(k) for k in pairs)
+
+
+def test_a_new_items_first_pair_survives_a_full_row_of_single_visits() -> None:
+    """A popular item's row full of count-1 pairs cut the newest first, so a new item's only
+    co-visitation evidence was the first thing forgotten. Found by review."""
+    c = CovisitCounter(row_cap=4)
+    for n in range(8):  # "hit" co-visited once with each of 8 old items: the row is at 2 x cap
+        c.add([f"old{n}"], "hit")
+    c.add(["hit"], "new-item")  # the 9th neighbour: the row is cut to 4
+    assert "new-item" in c.row("hit")
+    assert list(c.row("hit")) == ["old5", "old6", "old7", "new-item"]  # the row's order kept
 
 
 def test_index_merges_snapshot_and_deltas() -> None:
