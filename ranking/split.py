@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ from ranking.datasets import Dataset
 __all__ = ["ColdItemsBy", "Interaction", "Split", "latest_items", "make_split"]
 
 ColdItemsBy = Literal["random", "time"]
-COLD_ITEMS_BY: tuple[ColdItemsBy, ...] = ("random", "time")
+COLD_ITEMS_BY: tuple[ColdItemsBy, ...] = get_args(ColdItemsBy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +151,13 @@ def make_split(
     if cold_items_by not in COLD_ITEMS_BY:
         raise ValueError(f"cold_items_by must be one of {COLD_ITEMS_BY}, got {cold_items_by!r}")
     df = dataset.interactions
-    with_items = df["item_id"].notna()
-    interacted = sorted({str(i) for i in df.loc[with_items, "item_id"]})
     users = sorted({str(u) for u in df["user_id"]})
     # Independent streams: changing one fraction does not reshuffle the other draw.
     item_rng, user_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     if cold_items_by == "time":
         cold = frozenset(latest_items(df, cold_items_frac))
     else:
+        interacted = sorted({str(i) for i in df["item_id"].dropna()})
         cold = frozenset(_draw(interacted, cold_items_frac, item_rng))
     test_users = tuple(_draw(users, test_users_frac, user_rng))
 

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -72,24 +71,10 @@ class WorkerProcess:
         except OSError:
             return {}
 
-    def ready(self) -> bool:
-        """``/readyz`` answers 200: the loop beats, the pipeline has started (at its first
-        assignment) and every dependency answers."""
-        url = self.metrics_url.removesuffix("/metrics") + "/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:  # not listening yet, or 503 (HTTPError is an OSError)
-            return False
-
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.ready():
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with code {self.proc.returncode}{self._tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"worker not ready in {timeout_s}s{self._tail()}")
-            time.sleep(0.1)
+        """Until ``/readyz`` would answer 200 (its ``coldstream_ready`` series): the loop beats,
+        the pipeline has started (at its first assignment) and every dependency answers."""
+        self.wait_for("coldstream_ready", 1, timeout_s)
 
     def wait_for(self, name: str, at_least: float, timeout_s: float) -> float:
         """Poll the worker's metric ``name`` (summed over labels) until it reaches ``at_least``."""

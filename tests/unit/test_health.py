@@ -170,11 +170,23 @@ def test_a_probe_answers_get_and_head_only(served: str) -> None:
     assert refused.value.code == 405
 
 
-def test_the_watchdog_ends_the_process_only_after_liveness_failed_that_long() -> None:
+def _watched(
+    exit_after_s: float, **health_kw: float
+) -> tuple[Clock, Health, list[int], LivenessWatchdog]:
+    """A Health on a test clock, and a watchdog over it that records its exits."""
     clock = Clock()
-    health = Health(stall_after_s=30.0, clock=clock)
+    health = Health(stall_after_s=30.0, clock=clock, **health_kw)
     exits: list[int] = []
-    dog = LivenessWatchdog(health, 60.0, exit=exits.append, clock=clock)
+    return (
+        clock,
+        health,
+        exits,
+        LivenessWatchdog(health, exit_after_s, exit=exits.append, clock=clock),
+    )
+
+
+def test_the_watchdog_ends_the_process_only_after_liveness_failed_that_long() -> None:
+    clock, health, exits, dog = _watched(60.0)
     health.beat()
     clock.now += 29
     assert not dog.check()  # beating within the stall limit
@@ -194,10 +206,7 @@ def test_the_watchdog_ends_the_process_only_after_liveness_failed_that_long() ->
 
 def test_the_watchdog_leaves_a_stopping_worker_to_finish() -> None:
     """Its heartbeat stops on purpose; ending it would skip saving its counts."""
-    clock = Clock()
-    health = Health(stall_after_s=30.0, clock=clock)
-    exits: list[int] = []
-    dog = LivenessWatchdog(health, 10.0, exit=exits.append, clock=clock)
+    clock, health, exits, dog = _watched(10.0)
     health.beat()
     health.begin_shutdown()
     for _ in range(20):
@@ -209,10 +218,7 @@ def test_the_watchdog_leaves_a_stopping_worker_to_finish() -> None:
 
 
 def test_the_watchdog_spares_the_start_up_grace() -> None:
-    clock = Clock()
-    health = Health(stall_after_s=30.0, clock=clock, start_grace_s=300.0)
-    exits: list[int] = []
-    dog = LivenessWatchdog(health, 10.0, exit=exits.append, clock=clock)
+    clock, health, exits, dog = _watched(10.0, start_grace_s=300.0)
     for _ in range(29):  # a slow start: model load, optimize, group join
         clock.now += 10
         assert not dog.check()
