@@ -8,6 +8,7 @@ Prometheus endpoint, as an operator would.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import secrets
@@ -66,9 +67,11 @@ class WorkerProcess:
         return self
 
     def metrics(self) -> dict[str, float]:
+        """The worker's samples; none while it does not answer, or dies mid-answer (a cut-off
+        page is an HTTPException, not an OSError: it escaped a wait on a dying worker)."""
         try:
             return metrics.scrape(self.metrics_url)
-        except OSError:
+        except (OSError, http.client.HTTPException):
             return {}
 
     def wait_ready(self, timeout_s: float) -> None:
