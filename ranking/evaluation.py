@@ -94,6 +94,10 @@ class EvalConfig:
     # validation simulates new items the same way: the latest warm items of the training log)
     cold_items_by: ColdItemsBy = "random"
     n: int = 20  # list length asked of every method, and the @k of the metrics
+    # revealed events per engine batch, in event-time order (0 = all as one batch): a user's
+    # list sees the trending counts and online co-visitation pairs of earlier batches, as in
+    # the stream, where another user's earlier event has been applied before this one's
+    replay_batch: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
     # MMR λ candidates picked on validation users (training users held out of the fit), never
     # on test users; the configured λ is always a candidate
@@ -225,19 +229,25 @@ def replay(
     engine: BehaviorEngine,
     revealed: Mapping[str, Sequence[Revealed]],
     encode: Encode | None,
+    batch: int = 0,
 ) -> dict[str, list[str]]:
-    """Feed the revealed events as one batch through prepare/apply; the lists it emits."""
+    """Feed the revealed events in event-time order through prepare/apply, ``batch`` at a time
+    (0: all as one batch); each user's last list, the one their last revealed event triggered."""
     from encoders.texts import user_text
 
     events = _events(revealed)
-    prep = engine.prepare(events)
-    vectors = None
-    if prep.texts:
-        if encode is None:
-            raise ValueError("the data set has text events: an encoder is needed")
-        vectors = encode([user_text(kind, text) for kind, text in prep.texts])
-    outcome = engine.apply(prep, vectors)
-    return {r.user_id: [i.item_id for i in r.items] for r in outcome.recommendations}
+    size = batch if batch > 0 else max(len(events), 1)
+    lists: dict[str, list[str]] = {}
+    for start in range(0, len(events), size):
+        prep = engine.prepare(events[start : start + size])
+        vectors = None
+        if prep.texts:
+            if encode is None:
+                raise ValueError("the data set has text events: an encoder is needed")
+            vectors = encode([user_text(kind, text) for kind, text in prep.texts])
+        outcome = engine.apply(prep, vectors)
+        lists.update({r.user_id: [i.item_id for i in r.items] for r in outcome.recommendations})
+    return lists
 
 
 def _score(
@@ -270,6 +280,7 @@ class StreamRun:
     catalog: Sequence[CatalogItem]
     vectors: np.ndarray
     cold_items: frozenset[str]
+    replay_batch: int = 0  # the in-process replay's events per batch (EvalConfig.replay_batch)
 
     @property
     def tag(self) -> str:
@@ -426,7 +437,7 @@ def evaluate_seed(
             )
             warm_trending(engine, trend_log)
             t0 = time.perf_counter()
-            lists = replay(engine, revealed, encode)
+            lists = replay(engine, revealed, encode, cfg.replay_batch)
             timings[f"replay_{tag}_s"] = round(time.perf_counter() - t0, 3)
             return lists
 
@@ -562,6 +573,7 @@ def evaluate_seed(
                         catalog=catalog,
                         vectors=vectors,
                         cold_items=split.cold_items,
+                        replay_batch=cfg.replay_batch,
                     )
                     t0 = time.perf_counter()
                     streamed = stream(run)
@@ -937,6 +949,7 @@ def run(
             "test_users_frac": cfg.test_users_frac,
             "cold_items_frac": cfg.cold_items_frac,
             "cold_items_by": cfg.cold_items_by,
+            "replay_batch": cfg.replay_batch,
             "n": cfg.n,
             "train": dataclasses.asdict(cfg.train),
             "engine": {k: v for k, v in dataclasses.asdict(engine_cfg).items() if k != "profile"},

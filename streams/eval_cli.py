@@ -224,6 +224,7 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         test_users_frac=args.test_users_frac,
         cold_items_frac=args.cold_items_frac,
         cold_items_by=args.cold_items_by,
+        replay_batch=args.replay_batch,
         train=train_config(settings, args),
     )
     from streams.worker import engine_config
@@ -371,6 +372,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default="random",
         help="which items are new: a random draw (default), or time: the latest to appear in "
         "the log, as new releases (the validation's simulated new items follow suit)",
+    )
+    p.add_argument(
+        "--replay-batch",
+        type=_at_least(0),
+        default=0,
+        help="revealed events per engine batch, in time order, so a list sees earlier batches' "
+        "trending and co-visitation (default 0: all test users' events as one batch)",
     )
     p.add_argument("--k", type=_ks, default=(1, 3, 5), help="revealed events, e.g. 1,3,5")
     p.add_argument("--seed", type=_at_least(0), default=0)

@@ -30,8 +30,9 @@ in-process start exactly (checked by reading it back through ``load_trending``).
 
 What cannot match exactly (``via_kafka`` in the result measures it per k and method): the worker
 takes events in several batches (``COLDSTREAM_BATCH_MAX_EVENTS``/``BATCH_WITHIN_S``) while the
-in-process replay applies them as one, so a user's list sees the trending counts and online
-co-visitation pairs of earlier batches only; the worker encodes the new items itself (other
+in-process replay applies them as one (or ``--replay-batch`` at a time in event-time order, which
+the worker's batches, cut per fetch across partitions, do not reproduce either), so a user's list
+sees the trending counts and online co-visitation pairs of earlier batches only; the worker encodes the new items itself (other
 micro-batches, so vectors equal to ~1e-5); the new items' arrival stamps (and so the ranker's
 item-age feature) differ by the seconds between the two replays; trending is summed over the
 events partitions instead of kept in one counter (the same sums, up to rounding).
@@ -158,6 +159,11 @@ def worker_settings(base: Settings, run: StreamRun, run_dir: Path) -> tuple[Sett
                 f"{run.tag}: the eval's blend {run.scorer.version} is not the worker's fallback "
                 f"(COLDSTREAM_POPULARITY_WEIGHT/POPULARITY_HALF_COUNT = {fallback})"
             )
+    if base.eval_kafka_single_batch and run.replay_batch > 0:
+        raise ViaKafkaError(
+            f"{run.tag}: COLDSTREAM_EVAL_KAFKA_SINGLE_BATCH takes the events as one batch, but the "
+            f"in-process replay took them {run.replay_batch} at a time (use --replay-batch 0)"
+        )
     model_dir = run_dir / "model"
     # Faust's take_events yields when its buffer holds batch_max_events, or at a tick every
     # batch_within_s counted from the agent's start, whatever is buffered then. A batch size

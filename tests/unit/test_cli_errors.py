@@ -29,6 +29,7 @@ def _fresh_settings() -> None:
         (["eval", "--mmr-lambda", "5"], "--mmr-lambda: must be in [0, 1]"),
         (["eval", "--cold-items-by", "newest"], "--cold-items-by: invalid choice: 'newest'"),
         (["eval", "--epochs", "-1"], "--epochs: must be at least 1"),
+        (["eval", "--replay-batch", "-1"], "--replay-batch: must be at least 0"),
         (["train", "--negatives", "0"], "--negatives: must be at least 1"),
         (["broker", "--port", "99999"], "--port: a port is 1-65535"),
     ],

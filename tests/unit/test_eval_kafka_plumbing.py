@@ -90,6 +90,15 @@ def test_a_blend_other_than_the_workers_fallback_is_refused(tmp_path: Path) -> N
         worker_settings(base, run, tmp_path / "run")
 
 
+def test_one_worker_batch_is_refused_for_a_replay_in_several(tmp_path: Path) -> None:
+    """The lists could not agree: the in-process replay applied the events some at a time."""
+    base = Settings(data_dir=tmp_path, eval_kafka_single_batch=True)
+    run = dataclasses.replace(_run(base, engine_config(base)), replay_batch=32)
+    with pytest.raises(ViaKafkaError, match="--replay-batch 0"):
+        worker_settings(base, run, tmp_path / "run")
+    worker_settings(base, dataclasses.replace(run, replay_batch=0), tmp_path / "run")
+
+
 def test_payloads_pass_the_wire_contracts() -> None:
     e = Interaction(
         event_id="eval-u1-0", user_id="u1", type="rate", ts=881250949.0, item_id="i9", rating=4.0

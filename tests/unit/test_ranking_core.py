@@ -1164,3 +1164,40 @@ def test_new_item_channel_brings_the_prior_s_best_new_item_into_the_pool(
     engine.cfg = dataclasses.replace(engine.cfg, new_top_n=0, users_collection="users2")
     out = run(engine, [ev("u2", "view", "a0")])
     assert "b1" not in recs_of(out.recommendations, "u2")
+
+
+@integration
+@pytest.mark.parametrize("batch", [0, 1, 2])
+def test_the_eval_replay_applies_events_in_time_ordered_batches(
+    store: QdrantStore, batch: int
+) -> None:
+    """``ranking.evaluation.replay``: batches of ``batch`` events in event-time order (0: one),
+    each applied before the next is prepared, and each user's list is the one their last
+    event triggered (its items exclude everything the user revealed)."""
+    from ranking.evaluation import replay
+    from ranking.split import Interaction as Revealed
+
+    engine = engine_for(store)
+    taken: list[list[str]] = []
+    apply = engine.apply
+
+    def spy(prep: Any, vectors: Any) -> BatchOutcome:
+        if taken:  # the earlier batches' events are counted before this one is applied
+            assert engine.covisit[0].count("a0") == 1.0
+        taken.append([e.item_id or "" for e in prep.to_apply])
+        return apply(prep, vectors)
+
+    engine.apply = spy  # type: ignore[method-assign]
+    revealed = {
+        "u2": [Revealed("u2", "a2", T0 + 2, "view", None, None)],
+        "u1": [
+            Revealed("u1", "a0", T0, "view", None, None),
+            Revealed("u1", "a1", T0 + 1, "view", None, None),
+        ],
+    }
+    lists = replay(engine, revealed, None, batch)
+    assert [i for b in taken for i in b] == ["a0", "a1", "a2"]  # event time, across users
+    assert [len(b) for b in taken] == {0: [3], 1: [1, 1, 1], 2: [2, 1]}[batch]
+    assert set(lists) == {"u1", "u2"}
+    assert not {"a0", "a1"} & set(lists["u1"]) and "a2" not in lists["u2"]
+    assert len(lists["u1"]) == 4
