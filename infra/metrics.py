@@ -149,6 +149,12 @@ DEPENDENCY_UP = Gauge(
     ["dependency"],
     registry=REGISTRY,
 )
+MODEL_DATA_MISMATCH = Gauge(
+    "coldstream_model_data_mismatch",
+    "1 while the ranker and the co-visitation snapshot in service were trained on different "
+    "data (their data hashes differ), 0 otherwise",
+    registry=REGISTRY,
+)
 OUTPUT_RESENDS = Counter(
     "coldstream_output_resends_total",
     "Batches whose output the broker failed to take and that were sent again (their input "

@@ -32,10 +32,11 @@ What cannot match exactly (``via_kafka`` in the result measures it per k and met
 takes events in several batches (``COLDSTREAM_BATCH_MAX_EVENTS``/``BATCH_WITHIN_S``) while the
 in-process replay applies them as one (or ``--replay-batch`` at a time in event-time order, which
 the worker's batches, cut per fetch across partitions, do not reproduce either), so a user's list
-sees the trending counts and online co-visitation pairs of earlier batches only; the worker encodes the new items itself (other
-micro-batches, so vectors equal to ~1e-5); the new items' arrival stamps (and so the ranker's
-item-age feature) differ by the seconds between the two replays; trending is summed over the
-events partitions instead of kept in one counter (the same sums, up to rounding).
+sees the trending counts and online co-visitation pairs of earlier batches only; the worker
+encodes the new items itself (other micro-batches, so vectors equal to ~1e-5); the new items'
+arrival stamps (and so the ranker's item-age feature) differ by the seconds between the two
+replays; trending is summed over the events partitions instead of kept in one counter (the same
+sums, up to rounding).
 """
 
 from __future__ import annotations

@@ -152,11 +152,45 @@ class ModelWatchers:
         self.ranker = ranker_watcher(settings.ranker_file, expect_dim=dim, expect_encoder=encoder)
         self.covisit = ArtifactWatcher(settings.covisit_file, CovisitModel.load)
         self.enabled = settings.ranker_enabled
+        self._mismatch: str | None = None
 
     def poll(self) -> tuple[RankerScorer | None, CovisitModel | None]:
         """New objects for the files that changed since the last poll (None otherwise)."""
         ranker = self.ranker.poll() if self.enabled else None
-        return ranker, self.covisit.poll()
+        covisit = self.covisit.poll()
+        if ranker is not None or covisit is not None:
+            self._check_pair()
+        return ranker, covisit
+
+    def mismatch(self) -> str | None:
+        """Why the ranker and the snapshot in service do not belong together, if they don't.
+
+        The ranker learned its co-visitation features from the snapshot ``coldstream train``
+        wrote beside it; served with one counted on other data, those features move under it.
+        Files without a data hash (written by hand, or by older versions) are not judged.
+        """
+        ranker = self.ranker.current if self.enabled else None
+        covisit = self.covisit.current
+        if ranker is None or covisit is None:
+            return None
+        trained, counted = ranker.meta.data_hash, covisit.data_hash
+        if not trained or not counted or trained == counted:
+            return None
+        return (
+            f"the ranker {ranker.version} was trained on data {trained[:12]}, the co-visitation "
+            f"snapshot {self.covisit.path} was counted on data {counted[:12]}: its co-visitation "
+            "features are not the counts it learned on (`coldstream train` writes both)"
+        )
+
+    def _check_pair(self) -> None:
+        """Say once when the pair in service stops (or starts again) belonging together."""
+        now = self.mismatch()
+        metrics.MODEL_DATA_MISMATCH.set(1 if now else 0)
+        if now and now != self._mismatch:
+            log.warning("%s", now)
+        elif self._mismatch and not now:
+            log.info("the ranker and the co-visitation snapshot come from the same data again")
+        self._mismatch = now
 
 
 @contextlib.contextmanager

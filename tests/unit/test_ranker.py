@@ -453,3 +453,43 @@ def test_a_user_with_only_text_events_counts_no_covisitation() -> None:
     model = build_covisit(seqs, ["a", "b", "searcher"], TrainConfig())
     assert model.count("i1") == 2.0
     assert model.neighbors("i1")[0] == ["i2"]
+
+
+def test_a_ranker_served_with_another_datas_snapshot_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both load (either alone is a valid model), but the pair is flagged: a log line once per
+    change and the ``coldstream_model_data_mismatch`` gauge, until they match again."""
+    from infra import metrics
+    from infra.settings import Settings
+    from ranking.covisit import CovisitModel
+    from streams.worker import ModelWatchers
+
+    settings = Settings(data_dir=tmp_path)
+    watchers = ModelWatchers(settings, dim=DIM, encoder="enc")
+    save_ranker(settings.ranker_file, _scorer(version="v1"))  # data "abc"
+
+    def snapshot(data: str) -> None:
+        time.sleep(0.01)  # a new mtime for the watcher
+        CovisitModel.build([["a", "b"]], window=2, neighbors=2, data_hash=data).save(
+            settings.covisit_file
+        )
+
+    def gauge() -> float | None:
+        return metrics.REGISTRY.get_sample_value("coldstream_model_data_mismatch")
+
+    snapshot("def")
+    with caplog.at_level("WARNING", logger="streams.worker"):
+        ranker, covisit = watchers.poll()
+        assert ranker is not None and covisit is not None  # served all the same
+        assert watchers.poll() == (None, None)  # nothing changed: said once
+    message = watchers.mismatch()
+    assert message is not None and "v1" in message and "abc" in message and "def" in message
+    assert [r.getMessage() for r in caplog.records] == [message]
+    assert gauge() == 1.0
+    snapshot("abc")
+    watchers.poll()
+    assert watchers.mismatch() is None and gauge() == 0.0
+    snapshot("")  # a snapshot without a data hash (by hand, or an older version): not judged
+    watchers.poll()
+    assert watchers.mismatch() is None and gauge() == 0.0
