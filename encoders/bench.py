@@ -20,6 +20,7 @@ import torch
 from encoders.batcher import MicroBatcher
 from encoders.config import GPU_BATCH, EncoderConfig
 from encoders.model import (
+    EncoderLoadError,
     TextEncoder,
     check_texts,
     dtype_name,
@@ -240,6 +241,7 @@ def run_encoder_bench(
     devices = devices or [pick_device(config.device)]
     groups: list[list[_Job]] = []
     optimized_by_device: dict[str, str] = {}
+    fallbacks: dict[str, str] = {}
     encoder: TextEncoder | None = None
     for device in devices:
         wanted = pick_dtype(device, config.dtype)
@@ -250,7 +252,17 @@ def run_encoder_bench(
         optimized_by_device[device] = dtype_name(wanted)
         for dtype in dtypes:
             say(f"loading {device}/{dtype}")
-            encoder = load_encoder(dataclasses.replace(config, device=device, dtype=dtype))
+            try:
+                encoder = load_encoder(dataclasses.replace(config, device=device, dtype=dtype))
+            except EncoderLoadError as exc:
+                if config.dtype != "auto" or dtype == "float32":
+                    raise
+                # what the worker does under dtype auto: float32 when the reduced precision
+                # fails its check against float32, so the bench judges what would run
+                say(f"{device}/{dtype} refused ({exc}); float32 is what the worker would use")
+                fallbacks[device] = str(exc)
+                optimized_by_device[device] = "float32"
+                continue
             groups.append(_jobs(encoder, all_texts, sample, config))
 
     for round_ in range(repeats):
@@ -340,6 +352,8 @@ def run_encoder_bench(
         "results": results,
         "agreement": cosines,
         "ratios": ratios,
+        # device → why its reduced precision was refused (dtype auto fell back to float32)
+        "precision_fallbacks": fallbacks,
     }
 
 
@@ -384,4 +398,6 @@ def format_bench(report: dict[str, Any]) -> str:
             f"throughput target {t['per_s']:.0f}/s ({r['throughput_judged']}: "
             f"{r['throughput_judged_per_s']:.1f}/s): {'met' if met['per_s'] else 'MISSED'}"
         )
+    for device, why in report.get("precision_fallbacks", {}).items():
+        lines.append(f"{device}: reduced precision refused, float32 judged instead: {why}")
     return "\n".join(lines)

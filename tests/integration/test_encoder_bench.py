@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from encoders.bench import format_bench, run_encoder_bench
 from encoders.config import EncoderConfig
@@ -70,3 +71,32 @@ def test_gpu_check_script_runs_on_cpu(tmp_path: Path) -> None:
     ab = report.get("cudnn_attention", {})
     assert all(rate > 0 for rates in ab.values() for rate in rates)
     assert not reduced or len(ab) == 8  # 2 text sets x 2 caller sizes x on/off
+
+
+def test_auto_precision_that_fails_its_check_is_benched_as_the_worker_would_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With dtype auto the worker falls back to float32 when the reduced precision fails its
+    check against float32; the bench judges that instead of stopping with the load error."""
+    import encoders.model as model
+
+    monkeypatch.setattr(model, "_verify_precision", lambda enc, dtype: "bfloat16 broke (test)")
+    monkeypatch.setattr("encoders.bench.reduced_dtype", lambda device: torch.bfloat16)
+    monkeypatch.setattr("encoders.bench.pick_dtype", lambda device, requested: torch.bfloat16)
+    texts = [item_text(f"Movie {i}", "Drama", ["Drama"]) for i in range(12)]
+    report = run_encoder_bench(
+        texts, EncoderConfig(max_length=32, batch_size=8, device="cpu"), naive_sample=2, repeats=1
+    )
+    assert {r["dtype"] for r in report["results"]} == {"float32"}
+    (ratio,) = report["ratios"]
+    assert ratio["optimized"] == "float32 micro_batched"
+    assert list(report["precision_fallbacks"]) == ["cpu"]
+    assert "bfloat16 broke" in report["precision_fallbacks"]["cpu"]
+    assert "reduced precision refused" in format_bench(report)
+    with pytest.raises(model.EncoderLoadError, match="bfloat16 broke"):  # asked for by name
+        run_encoder_bench(
+            texts,
+            EncoderConfig(max_length=32, batch_size=8, device="cpu", dtype="bfloat16"),
+            naive_sample=2,
+            repeats=1,
+        )
