@@ -243,6 +243,18 @@ def serve(host: str, port: int) -> WSGIServer:
     return server
 
 
+def probe_url(host: str, port: int, path: str) -> str:
+    """Where a probe on this machine reaches a server bound to ``host``: a wildcard bind
+    (0.0.0.0, ::, empty) answers on loopback; an IPv6 literal goes in brackets."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{path}"
+
+
 def _server_class(host: str) -> type[ThreadingWSGIServer]:
     """The threading server for ``host``'s address family (an IPv6 literal needs AF_INET6)."""
     family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]

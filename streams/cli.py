@@ -46,6 +46,33 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    """Probe this machine's worker as an orchestrator would (exit 0 healthy, 1 not, 2 off):
+    the address and port come from the worker's own settings, so a container health check
+    needs no copy of them."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from infra.metrics import probe_url
+
+    if not settings.metrics_port:
+        print("the health endpoints are off (COLDSTREAM_METRICS_PORT=0)", file=sys.stderr)
+        return 2
+    url = probe_url(
+        settings.metrics_host, settings.metrics_port, "/readyz" if args.ready else "/healthz"
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            print(f"{url}: {resp.status} {resp.read(2048).decode(errors='replace')}")
+            return 0
+    except urllib.error.HTTPError as exc:  # 503: the worker answers that it is not well
+        print(f"{url}: {exc.code} {exc.read(2048).decode(errors='replace')}", file=sys.stderr)
+    except (OSError, http.client.HTTPException) as exc:  # refused, timed out, cut off
+        print(f"{url}: no answer: {exc}", file=sys.stderr)
+    return 1
+
+
 def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     from streams.schemas import json_schemas
 
@@ -259,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         action="store_true",
         help="print every setting with its default and meaning (Markdown; docs/settings.md)",
+    )
+    p = add("health", _cmd_health, "probe the local worker's /healthz (or /readyz); exit 0 if ok")
+    p.add_argument("--ready", action="store_true", help="probe /readyz instead of /healthz")
+    p.add_argument(
+        "--timeout",
+        type=eval_cli._in(0.0, 3600.0, open_ends=True),
+        default=4.0,
+        help="seconds to wait for an answer (default 4)",
     )
     p = add("schemas", _cmd_schemas, "write the JSON Schemas of the wire contracts")
     p.add_argument("--out", default="schemas", help="output directory (default: ./schemas)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -252,3 +254,55 @@ def test_the_watchdog_thread_ends_a_stalled_process() -> None:
     exited = threading.Event()
     LivenessWatchdog(health, 0.05, exit=lambda status: exited.set(), check_every_s=0.01).start()
     assert exited.wait(5.0)  # no beat ever came: the start grace, then the watchdog's count
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:9108/healthz"),
+        ("", "http://127.0.0.1:9108/healthz"),
+        ("::", "http://[::1]:9108/healthz"),
+        ("10.1.2.3", "http://10.1.2.3:9108/healthz"),
+        ("fd00::7", "http://[fd00::7]:9108/healthz"),
+        ("worker-0.local", "http://worker-0.local:9108/healthz"),
+    ],
+)
+def test_a_probe_reaches_the_address_the_worker_binds(host: str, url: str) -> None:
+    assert metrics.probe_url(host, 9108, "/healthz") == url
+
+
+def test_coldstream_health_exits_as_the_probe_answers(
+    served: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0 while /healthz says alive, 1 for a 503 (here /readyz before the start) or no answer,
+    2 with the endpoints off; the address and port come from the worker's settings."""
+    from infra.settings import get_settings
+    from streams.cli import main
+
+    port = served.rsplit(":", 1)[1]
+
+    def run(*args: str, **env: str) -> int:
+        for name, value in env.items():
+            monkeypatch.setenv(f"COLDSTREAM_{name}", value)
+        get_settings.cache_clear()
+        try:
+            return main(["health", *args])
+        finally:
+            get_settings.cache_clear()
+
+    assert run(METRICS_HOST="0.0.0.0", METRICS_PORT=port) == 0
+    assert "200" in (out := capsys.readouterr().out) and "alive" in out
+    assert run("--ready") == 1  # not started: the worker answers 503
+    assert "503" in capsys.readouterr().err
+    with socket_without_listener() as free:
+        assert run(METRICS_PORT=str(free)) == 1
+    assert "no answer" in capsys.readouterr().err
+    assert run(METRICS_PORT="0") == 2
+
+
+@contextlib.contextmanager
+def socket_without_listener() -> Iterator[int]:
+    """A loopback port bound but not listening: a connection to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
