@@ -30,7 +30,7 @@ def use_event_loop(kind: str) -> None:
 
     Faust runs the agents on one loop and its consumer on a thread with a loop of its own; both
     share the GIL with the engine. On a busy 2-core machine the loops' own Python was a quarter
-    of the worker's GIL time (README, "Performance"); uvloop does that work in C.
+    of the worker's GIL time (docs/performance-history.md); uvloop does that work in C.
     """
     if kind == "asyncio":
         return

@@ -492,7 +492,7 @@ class Settings(BaseSettings):
     # the list's tail (its last quarter) ordered by the scorer's relevance blended with
     # co-visitation. Chosen on validation users of seeds 0-2 (trained ranker; weight 0.2/0.3,
     # head 1/2 or 3/4 of the list): mean Recall+NDCG@20 over k 0.5965 → 0.5989, Recall@20
-    # +0.001 to +0.007 (README, "Cold-start evaluation")
+    # +0.001 to +0.007 (docs/evaluation-history.md)
     tail_covisit_weight: float = Field(
         0.3, ge=0, le=1, description="co-visitation's weight in the order of the list's tail"
     )

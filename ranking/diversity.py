@@ -160,7 +160,7 @@ def head_then_tail(
 
     Why: on validation users the learned ranker's head is its strength (NDCG@20 well above
     item-kNN's) while co-visitation evidence, item-kNN's signal, recalls more in the tail
-    (README, "Cold-start evaluation"): blended over the whole list it cost NDCG, over the
+    (docs/evaluation-history.md): blended over the whole list it cost NDCG, over the
     tail only it costs little.
     """
     return head_then_tail_many(

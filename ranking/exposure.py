@@ -4,7 +4,7 @@ A list's new-item slots go to the best new items by the slot order (``EngineConf
 cold_rank_by``). With an order led by the item prior (popularity predicted from content), that
 is the same item for almost every user: the validation-chosen policies on MovieLens showed one
 new item in 76–99% of the lists and 2–15 distinct new items in all (content-only: the top one in
-15–47%, 37–67 distinct; README, "Cold-start evaluation"). That is a bet on one item, and it
+15–47%, 37–67 distinct; docs/evaluation-history.md). That is a bet on one item, and it
 leaves every other new item without the impressions that would teach the system about it. A cap
 on each item's share of the recent lists hands a slot to the next new item in the user's order
 once an item has had its share.

@@ -120,7 +120,7 @@ class DeferredAcks(Generic[E]):
     already runs.
 
     Waiting for the broker's acks before taking the next batch idled the worker for a round
-    trip per batch: ~5 ms of the 35-80 ms batches at 500 events/s (README, "Performance"). The
+    trip per batch: ~5 ms of the 35-80 ms batches at 500 events/s (docs/performance-history.md). The
     guarantee is kept: an input event is acked only after every output of its batch was
     acknowledged, so the committed offset never passes an event whose recommendations could
     still be lost (Faust commits up to the first offset not acked), and an event redelivered

@@ -152,7 +152,7 @@ def batch_wait(
     ``within`` bounds the wait for events still to come. Events already in the agent's queue
     (``waiting``) are no reason to close early: moving them into the batch takes time of its
     own, ~300 events per 5 ms window at 2,000/s while ~2,500 more waited (batches of ~300
-    against 512 with this rule; README, "Performance"). So while events wait, or the broker
+    against 512 with this rule; docs/performance-history.md). So while events wait, or the broker
     holds more of the partition (``behind``), the bound is ``behind_within``; the batch still
     closes at ``max_`` events or as soon as the queue runs dry and the worker is not behind.
     ``behind_within`` None turns both off.

@@ -294,7 +294,7 @@ def run_bench(
             round(100.0 * (broker_cpu_end - broker_cpu_start) / cpu_window_s, 1) if broker else None
         ),
         # the same machine runs the load: at 2,000 events/s the generator and the reader took
-        # ~20% of a core and the broker ~28%, beside the worker's ~90% (README, "Performance")
+        # ~20% of a core and the broker ~28%, beside the worker's ~90% (docs/performance-history.md)
         "client_cpu_percent": round(100.0 * (client_cpu_end - client_cpu_start) / cpu_window_s, 1),
         "machine_cpu_percent": round(100.0 * machine_busy_s / cpu_window_s, 1),
         "machine_cores": psutil.cpu_count() or 1,

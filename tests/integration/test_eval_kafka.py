@@ -10,7 +10,7 @@ run's events in one batch (``COLDSTREAM_EVAL_KAFKA_SINGLE_BATCH``), as the in-pr
 replay applies them, so every list sees the same trending counts and no online co-visitation
 pairs; the new items are encoded by the worker, and on this data its vectors rank like the
 eval's. With the default batching (ML-100K, several batches per run) the lists differ for some
-users: the README gives the measured difference.
+users: docs/evaluation-history.md gives the measured difference.
 """
 
 from __future__ import annotations
