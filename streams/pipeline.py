@@ -39,6 +39,7 @@ from streams.schemas import (
     ItemEvent,
     Limits,
     decode,
+    error_preview,
     raw_preview,
 )
 
@@ -135,7 +136,7 @@ def dead_letter(record: Record, reason: str, error: str) -> tuple[bytes | None, 
         offset=record.offset,
         key=None if record.key is None else raw_preview(record.key),
         raw=raw_preview(record.value),
-        error=error,
+        error=error_preview(error),
         reason=reason,
         ts=datetime.now(UTC),
     )
@@ -393,7 +394,7 @@ class Pipeline:
                 user_id=ev.user_id,
                 type=ev.type,
                 ts=ev.ts_epoch,
-                item_id=ev.item_id,
+                item_id=ev.applied_item_id,
                 text=ev.text,
                 rating=ev.rating,
                 partition=record.partition,

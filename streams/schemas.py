@@ -159,10 +159,17 @@ class BehaviorEvent(_Input):
     event_id: NonEmptyId
     user_id: NonEmptyId
     type: EventType
+    # required for the item types; a search or profile event's item_id (a page it came from)
+    # is ignored: the event applies its text, and an id the catalog lacks must not hold it
     item_id: str | None = None
     text: str | None = None
     rating: float | None = Field(None, ge=0, le=10)
     ts: Timestamp
+
+    @property
+    def applied_item_id(self) -> str | None:
+        """The item the event is about: None for the text-only types, whatever it carries."""
+        return None if self.type in TEXT_EVENT_TYPES else self.item_id
 
     @field_validator("ts", mode="after")
     @classmethod
@@ -325,6 +332,8 @@ class DeadLetter(BaseModel):
 
 
 RAW_PREVIEW_BYTES = 4096
+ERROR_MAX_PROBLEMS = 20  # validation problems named in a dead letter's error
+ERROR_PREVIEW_CHARS = 4096  # a dead letter's error text at most (then how much was cut)
 
 
 class InvalidPayload(ValueError):
@@ -361,12 +370,28 @@ def decode(raw: bytes | None, model: type[M], limits: Limits = DEFAULT_LIMITS) -
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, each naming its field: ``rating: Input should be a valid number``."""
+    """One line per problem, each naming its field: ``rating: Input should be a valid number``.
+
+    At most :data:`ERROR_MAX_PROBLEMS`, then how many more: pydantic reports every element of
+    a bad list (several per union member), so a 64 KiB record of ``"tags": [1, 1, …]`` made a
+    1.4 MB message, a dead letter the producer refused as too large, resent forever.
+    """
+    errors = exc.errors(include_url=False)
     parts = []
-    for err in exc.errors(include_url=False):
+    for err in errors[:ERROR_MAX_PROBLEMS]:
         loc = ".".join(str(p) for p in err["loc"]) or "(payload)"
         parts.append(f"{loc}: {err['msg']}")
+    if len(errors) > ERROR_MAX_PROBLEMS:
+        parts.append(f"and {len(errors) - ERROR_MAX_PROBLEMS} more problems")
     return "; ".join(parts)
+
+
+def error_preview(error: str) -> str:
+    """A dead letter's error text, cut at :data:`ERROR_PREVIEW_CHARS` (the record's size bound
+    holds for every message, whatever raised it)."""
+    if len(error) <= ERROR_PREVIEW_CHARS:
+        return error
+    return error[:ERROR_PREVIEW_CHARS] + f" … ({len(error) - ERROR_PREVIEW_CHARS} more characters)"
 
 
 def raw_preview(raw: bytes | None) -> str:

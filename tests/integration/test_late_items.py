@@ -208,3 +208,37 @@ def test_without_a_wait_the_unknown_item_is_dead_lettered_at_once(
     ]
     assert _triggers(out) == [later]
     assert _held("retried") + _held("dead_letter") == held
+
+
+def test_a_search_carrying_an_item_id_applies_its_text_and_waits_for_nothing(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    """A search's ``item_id`` (the page it came from) is not what it is about: an id the
+    catalog lacks was held for the wait, then dead-lettered as unknown_item, and a known one
+    was marked seen and counted as a visit (found by review). The text is what applies."""
+    pipeline, loop = running
+    user = f"s-{uuid.uuid4().hex[:8]}"
+    retried = _held("retried") + _held("dead_lettered")
+    searches = []
+    for page in ("ctx-page-42", "old-3"):
+        value = {
+            "event_id": str(uuid.uuid4()),
+            "user_id": user,
+            "type": "search",
+            "text": "a drama film",
+            "item_id": page,
+            "ts": int(time.time() * 1000),
+        }
+        searches.append(
+            Record(
+                "events", 0, inprocess.next_offset(), user.encode(), json.dumps(value).encode(), 0
+            )
+        )
+    started = time.perf_counter()
+    out = loop.run_until_complete(pipeline.on_events(searches))
+    assert time.perf_counter() - started < WAIT_S  # not held for the unknown id
+    assert out.dead_letters == [] and _held("retried") + _held("dead_lettered") == retried
+    (rec,) = _recs(out)
+    assert rec.profile_events == 2
+    stored = pipeline.store.retrieve(pipeline.engine.cfg.users_collection, [user])[user]
+    assert stored.payload["recent_items"] == [] and "old-3" not in stored.payload["seen"]

@@ -644,3 +644,32 @@ def test_a_dead_letter_keeps_a_huge_key_to_the_preview_size() -> None:
     assert letter.offset == 7 and letter.raw == "not json"
     short = Record("events", 0, 8, b"u1", b"{}", 1.7e9)
     assert dead_letter(short, "schema", "x")[0] == b"u1"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"tags": [1] * 20_000},  # one problem per element, several per union member
+        {"attributes": {str(i): None for i in range(4_500)}},
+    ],
+)
+def test_a_record_with_thousands_of_problems_makes_a_small_dead_letter(
+    bad: dict[str, Any],
+) -> None:
+    """A record under the payload limit whose every list element is wrong: pydantic names each,
+    and the message made a 1.4 MB letter the producer refuses as too large (resent forever,
+    so the items agent stopped for good; found by review). The letter keeps the first
+    problems and says how many more there were."""
+    from streams.pipeline import Record, dead_letter
+
+    payload = raw(item(**bad))
+    assert len(payload) <= DEFAULT_LIMITS.max_payload_bytes
+    err = rejected(payload, ItemEvent)
+    assert err.reason == "schema" and "more problems" in err.message
+    assert err.message.count("; ") == 20 and len(err.message) < 4096
+    _, value = dead_letter(Record("items", 0, 1, b"i9", payload, 1.7e9), err.reason, err.message)
+    assert len(value) < 4 * RAW_PREVIEW_BYTES
+    # whatever raised it, an error text is cut at the preview size, saying how much went
+    _, value = dead_letter(Record("items", 0, 2, None, b"{}", 1.7e9), "schema", "x" * 100_000)
+    letter = DeadLetter.model_validate_json(value)
+    assert letter.error.startswith("x" * 4096) and letter.error.endswith("(95904 more characters)")
