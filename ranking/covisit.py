@@ -8,7 +8,12 @@ Two layers, merged at query time by :class:`CovisitIndex`:
   interaction log and saved as safetensors (no pickle) with JSON metadata.
 - :class:`CovisitCounter`, the online delta: the same counts, learned from the events a worker
   owns since the snapshot, one counter per input partition (like trending) so ownership follows
-  the consumer group; persisted as a payload in the store.
+  the consumer group; persisted as a payload in the store. A worker pairs an event with only
+  the user's last few distinct items (the profile keeps no more), where the snapshot paired
+  visits hundreds of positions apart, so each online pair counts ``online_pair_scale`` times:
+  the ratio of the two rules' counts on the snapshot's own pairs, measured on its own log
+  (``ranking.training.online_pair_scale``). Without it, evidence gathered after training — all
+  a new item has — weighed a fraction of what the ranker learned such counts to mean.
 
 Score of a candidate ``j`` for a user whose recent items are ``r_1 … r_n`` (newest last):
 ``Σ_t recency^(n−t) · c(r_t, j) / sqrt(n(r_t) · n(j))`` — item-kNN's cosine, recency-weighted.
@@ -48,8 +53,11 @@ class CovisitModel:
         *,
         window: int,
         data_hash: str = "",
+        online_pair_scale: float = 1.0,
     ) -> None:
         n = len(item_ids)
+        if not (math.isfinite(online_pair_scale) and online_pair_scale > 0):
+            raise CovisitError(f"online pair scale {online_pair_scale!r}: expected a number > 0")
         if counts.shape != (n,) or indptr.shape != (n + 1,) or indices.shape != data.shape:
             raise CovisitError("co-visitation arrays do not match the item list")
         if n and (int(indptr[0]) != 0 or int(indptr[-1]) != len(indices)):
@@ -64,6 +72,8 @@ class CovisitModel:
         self.data = data.astype(np.float32)
         self.window = window
         self.data_hash = data_hash
+        # what one online pair counts for (see the module docstring); 1 for files without it
+        self.online_pair_scale = float(online_pair_scale)
 
     @classmethod
     def empty(cls) -> CovisitModel:
@@ -142,6 +152,19 @@ class CovisitModel:
             inv_index[i] = item
         return cls(inv_index, counts, indptr, cols, sums, window=window, data_hash=data_hash)
 
+    def with_online_pair_scale(self, scale: float) -> CovisitModel:
+        """The same snapshot, its online pairs counting ``scale`` times (arrays shared)."""
+        return CovisitModel(
+            self.item_ids,
+            self.counts,
+            self.indptr,
+            self.indices,
+            self.data,
+            window=self.window,
+            data_hash=self.data_hash,
+            online_pair_scale=scale,
+        )
+
     # -- lookups --------------------------------------------------------------------------
     def count(self, item: str) -> float:
         i = self.index.get(item)
@@ -174,6 +197,7 @@ class CovisitModel:
             "format": FORMAT,
             "window": str(self.window),
             "data_hash": self.data_hash,
+            "online_pair_scale": repr(self.online_pair_scale),
             "item_ids": json.dumps(self.item_ids),
             "checksum": _checksum(tensors),
         }
@@ -211,6 +235,8 @@ class CovisitModel:
         try:
             item_ids = json.loads(meta["item_ids"])
             window = int(meta["window"])
+            # files written before 2026-11-27 (session 21) have none: online pairs count once
+            scale = float(meta.get("online_pair_scale", "1.0"))
         except (KeyError, ValueError) as exc:
             raise CovisitError(f"{path}: bad metadata: {exc}") from exc
         if not (isinstance(item_ids, list) and all(isinstance(i, str) for i in item_ids)):
@@ -227,6 +253,7 @@ class CovisitModel:
             tensors["data"],
             window=window,
             data_hash=meta.get("data_hash", ""),
+            online_pair_scale=scale,
         )
 
 
@@ -288,8 +315,12 @@ class CovisitCounter:
         self.dirty_counts: set[int] = set()
         self.dirty_all = False
 
-    def add(self, recent: Sequence[str], item: str, weight: float = 1.0) -> None:
-        """``item`` was just visited after ``recent`` (the window of items before it).
+    def add(
+        self, recent: Sequence[str], item: str, weight: float = 1.0, pair_scale: float = 1.0
+    ) -> None:
+        """``item`` was just visited after ``recent`` (the window of items before it): its
+        visit count grows by ``weight``, each pair's by ``weight · pair_scale`` (the snapshot's
+        ``online_pair_scale``).
 
         The pair loop is inline (no method call per pair) and looks the item's own row up
         once: ~40 pair updates per event make it the hottest Python loop of a warm batch.
@@ -298,6 +329,7 @@ class CovisitCounter:
         b = intern(item)
         self._counts[b] = self._counts.get(b, 0.0) + weight
         self.dirty_counts.add(b)
+        weight *= pair_scale  # from here on, what each pair adds
         pairs = self._pairs
         dirty = self.dirty
         cap = 2 * self.row_cap
@@ -376,6 +408,12 @@ class CovisitCounter:
     def count(self, item: str) -> float:
         i = self.ids.get(item)
         return self._counts.get(i, 0.0) if i is not None else 0.0
+
+    def pair(self, a: str, b: str) -> float:
+        i, j = self.ids.get(a), self.ids.get(b)
+        if i is None or j is None:
+            return 0.0
+        return self._pairs.get(i, {}).get(j, 0.0)
 
     def row(self, item: str) -> dict[str, float]:
         i = self.ids.get(item)

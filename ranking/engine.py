@@ -774,7 +774,9 @@ class BehaviorEngine:
                 self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap, self.item_ids
             )
         assert e.item_id is not None
-        counter.add(recent, e.item_id)
+        # each pair at the snapshot's scale: see ranking.covisit (1 without a snapshot)
+        scale = self.covisit_base.online_pair_scale if self.covisit_base is not None else 1.0
+        counter.add(recent, e.item_id, pair_scale=scale)
         self._dirty.add(part)
 
     def load_trending(self, partitions: Iterable[int]) -> None:

@@ -547,7 +547,7 @@ def evaluate_seed(
         cfg_lam = with_cold_policy(cfg_lam, policy)
         cfg_full = cfg_lam
         # the served snapshot counts every training user (validation users included)
-        covisit = build_covisit(user_sequences(split.train), train_users, cfg.train)
+        covisit = build_covisit(user_sequences(split.train), train_users, cfg.train, "", engine_cfg)
         via: dict[str, dict[str, Any]] = {}
         paired: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
         for k in cfg.ks:

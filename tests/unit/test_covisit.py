@@ -360,3 +360,38 @@ def test_counts_whose_indices_leave_the_item_list_are_refused() -> None:
         payload["pair_a"] = base64.b64encode(np.array([bad, 0], "<i4").tobytes()).decode()
         with pytest.raises(CovisitError, match="pair_a outside"):
             CovisitCounter.from_payload(payload)
+
+
+def test_online_pairs_count_at_the_snapshots_scale_and_visits_once() -> None:
+    c = CovisitCounter()
+    c.add(["a", "b"], "c", pair_scale=4.0)
+    c.add(["c"], "a", weight=0.5, pair_scale=4.0)
+    assert c.counts == {"c": 1.0, "a": 0.5}
+    assert c.pairs == {"a": {"c": 6.0}, "b": {"c": 4.0}, "c": {"a": 6.0, "b": 4.0}}
+    assert c.pair("a", "c") == 6.0 and c.pair("a", "b") == 0.0 and c.pair("a", "zz") == 0.0
+
+
+def test_the_online_pair_scale_round_trips_and_older_files_read_as_one(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    m = CovisitModel.build([["a", "b"], ["a", "c"]], window=1, neighbors=10)
+    assert m.online_pair_scale == 1.0
+    scaled = m.with_online_pair_scale(4.3996)
+    assert scaled.online_pair_scale == 4.3996 and scaled.pairs == m.pairs
+    path = tmp_path / "c.safetensors"
+    scaled.save(path)
+    assert CovisitModel.load(path).online_pair_scale == 4.3996
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = dict(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    del meta["online_pair_scale"], meta["meta_checksum"]  # as written before the scale
+    save_file(tensors, str(path), metadata=meta)
+    assert CovisitModel.load(path).online_pair_scale == 1.0
+    for bad in ("nan", "-2", "0", "many"):
+        meta["online_pair_scale"] = bad
+        save_file(tensors, str(path), metadata=meta)
+        with pytest.raises(CovisitError, match=r"scale|bad metadata"):
+            CovisitModel.load(path)
+    with pytest.raises(CovisitError, match="scale"):
+        m.with_online_pair_scale(math.inf)

@@ -493,3 +493,45 @@ def test_a_ranker_served_with_another_datas_snapshot_is_reported(
     snapshot("")  # a snapshot without a data hash (by hand, or an older version): not judged
     watchers.poll()
     assert watchers.mismatch() is None and gauge() == 0.0
+
+
+def test_the_online_pair_scale_is_the_two_rules_ratio_on_the_kept_pairs() -> None:
+    """One user viewing a, b, c. The snapshot (window 500) pairs all three: 6 counts both ways.
+    A worker pairing each visit with its last recent item only pairs a-b and b-c: 4 of those.
+    So each online pair stands for 1.5 snapshot counts. A rating of 0 pairs in the snapshot
+    but not online (weight 0), and the cap on events recounts the snapshot over the users
+    taken."""
+    import dataclasses
+
+    import pandas as pd
+
+    from infra.settings import Settings
+    from ranking.training import TrainConfig, build_covisit, online_pair_scale, user_sequences
+    from streams.worker import engine_config
+
+    engine = dataclasses.replace(engine_config(Settings()), covisit_window=1)
+    log = pd.DataFrame(
+        {
+            "user_id": ["u"] * 3,
+            "item_id": ["a", "b", "c"],
+            "ts": [1.0, 2.0, 3.0],
+            "type": ["view"] * 3,
+            "rating": [float("nan")] * 3,
+        }
+    )
+    seqs = user_sequences(log)
+    model = build_covisit(seqs, ["u"], TrainConfig(), "h", engine)
+    assert model.online_pair_scale == pytest.approx(1.5)
+    assert build_covisit(seqs, ["u"], TrainConfig()).online_pair_scale == 1.0  # not served
+    rated = log.assign(type="rate", rating=[5.0, 0.0, 5.0])  # b rated 0: never paired online
+    seqs = user_sequences(rated)
+    snapshot = build_covisit(seqs, ["u"], TrainConfig())
+    # online: c after [a] (b left the recent items) -> a-c both ways: 2 of the kept 6
+    assert online_pair_scale(seqs, ["u"], TrainConfig(), engine, snapshot) == pytest.approx(3.0)
+    two = pd.concat([log, log.assign(user_id="v", item_id=["x", "y", "z"])])
+    seqs = user_sequences(two)
+    both = build_covisit(seqs, ["u", "v"], TrainConfig())
+    # capped to the first user: both rules over u alone, not v's snapshot pairs against nothing
+    assert online_pair_scale(
+        seqs, ["u", "v"], TrainConfig(), engine, both, max_events=3
+    ) == pytest.approx(1.5)

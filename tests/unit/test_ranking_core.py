@@ -1201,3 +1201,19 @@ def test_the_eval_replay_applies_events_in_time_ordered_batches(
     assert set(lists) == {"u1", "u2"}
     assert not {"a0", "a1"} & set(lists["u1"]) and "a2" not in lists["u2"]
     assert len(lists["u1"]) == 4
+
+
+@integration
+def test_online_pairs_count_at_the_served_snapshots_scale(store: QdrantStore) -> None:
+    from ranking.covisit import CovisitModel
+
+    engine = engine_for(store)
+    snapshot = CovisitModel.build([["b0", "b1"]], window=5, neighbors=5)
+    engine.swap_covisit(snapshot.with_online_pair_scale(3.0))
+    run(engine, [ev("u1", "view", "a0", offset=1)])
+    run(engine, [ev("u1", "view", "a1", offset=2)])
+    assert engine.covisit[0].pairs["a0"] == {"a1": 3.0}  # one pair, at the snapshot's scale
+    assert engine.covisit[0].count("a1") == 1.0  # a visit counts once
+    engine.swap_covisit(None)
+    run(engine, [ev("u1", "view", "a2", offset=3)])
+    assert engine.covisit[0].pairs["a2"] == {"a0": 1.0, "a1": 1.0}  # no snapshot: once
