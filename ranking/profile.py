@@ -104,10 +104,18 @@ class Profile:
 
     def count_offsets_in(self, log: str) -> None:
         """Make ``log`` the one the offsets count in; offsets kept from another are dropped
-        (the guard would take that log's new records for replays and skip them)."""
-        if self.offsets_log != log:
+        (the guard would take that log's new records for replays and skip them).
+
+        An unknown log ("": a worker that could not learn its topic's id, or offsets written
+        by one) is taken for the same one, as the worker's warning says: dropping the offsets
+        there wiped every profile's replay guard while the broker failed to answer, and
+        redeliveries past the last 64 event ids were then applied twice (found by review).
+        """
+        if not log:
+            return
+        if self.offsets_log and self.offsets_log != log:
             self.offsets = {}
-            self.offsets_log = log
+        self.offsets_log = log
 
     def already_applied(self, event_id: str, partition: int | None, offset: int | None) -> bool:
         """True for a replay (offset at or below the last applied one) or a duplicate event id."""

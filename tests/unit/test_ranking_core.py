@@ -1217,3 +1217,25 @@ def test_online_pairs_count_at_the_served_snapshots_scale(store: QdrantStore) ->
     engine.swap_covisit(None)
     run(engine, [ev("u1", "view", "a2", offset=3)])
     assert engine.covisit[0].pairs["a2"] == {"a0": 1.0, "a1": 1.0}  # no snapshot: once
+
+
+@integration
+def test_a_worker_that_cannot_name_its_log_keeps_the_stored_offsets(store: QdrantStore) -> None:
+    """Without the topic's id (the broker did not answer at start) the offsets are trusted as
+    they are, as the worker's warning says, not dropped: a redelivery is still a replay. Once
+    the id is known again, offsets written meanwhile are taken as that log's."""
+    engine = engine_for(store)
+    engine.offsets_log = "topic-life-1"
+    assert run(engine, [ev("u1", "view", "a0", event_id="e-1", partition=0, offset=5)]).applied
+    engine.offsets_log = ""  # a restart that could not learn the id
+    replay = run(engine, [ev("u1", "view", "a0", event_id="e-9", partition=0, offset=5)])
+    assert replay.applied == 0 and len(replay.skipped) == 1  # a redelivery, by its offset
+    stored = store.retrieve("users", ["u1"])["u1"].payload
+    assert stored["offsets_log"] == "topic-life-1" and stored["offsets"] == {"0": 5}
+    assert run(engine, [ev("u2", "view", "a0", event_id="e-2", partition=0, offset=6)]).applied
+    engine.offsets_log = "topic-life-1"  # known again: u2's offset counts in it
+    again = run(engine, [ev("u2", "view", "a0", event_id="e-3", partition=0, offset=6)])
+    assert again.applied == 0
+    assert run(engine, [ev("u2", "view", "a1", event_id="e-4", partition=0, offset=7)]).applied
+    stored = store.retrieve("users", ["u2"])["u2"].payload
+    assert stored["offsets_log"] == "topic-life-1" and stored["offsets"] == {"0": 7}
