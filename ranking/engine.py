@@ -163,6 +163,9 @@ class Prepared:
     # users whose events in the batch were all replays (offsets their profile has applied):
     # the last replayed event, which triggers their list again (see ``prepare``)
     relist: dict[str, Interaction] = field(default_factory=dict)
+    # replays of events this engine wrote in a step that failed after the write (a store call
+    # of ``recommend``): applied then, reported as applied now (the failed step reported none)
+    written: list[Interaction] = field(default_factory=list)
 
     @property
     def users(self) -> list[str]:
@@ -207,6 +210,9 @@ class BehaviorEngine:
         # waited on the encoder or a store outage meanwhile) must not count into a fresh
         # counter, which the next save would write over the new owner's counts
         self._revoked: set[int] = set()
+        # (user, event id) of the last step's profile write while its lists are not made yet
+        # (see Prepared.written): a retry of that step reports them as applied, not replayed
+        self._unlisted: set[tuple[str, str]] = set()
         self.exposure = NewItemExposure(cfg.cold_exposure_max_share, cfg.cold_exposure_window)
 
     # -- hot swaps (one attribute write each). The worker makes them on the thread that runs
@@ -283,6 +289,7 @@ class BehaviorEngine:
         # profile's event ids are (two users' events sharing an id are both applied)
         seen_in_batch: set[tuple[str, str]] = set()
         held: list[Interaction] = []
+        written: list[Interaction] = []
         replayed: dict[str, Interaction] = {}
         held_users = (
             {e.user_id for e in fresh if e.item_id is not None and e.item_id not in items}
@@ -306,6 +313,11 @@ class BehaviorEngine:
                     # exists: items are retired, never deleted): its dead letter goes out again
                     seen_in_batch.add(key)
                     rejected.append(Rejected(e, "unknown_item", f"unknown item_id {e.item_id!r}"))
+                    continue
+                if done and key in self._unlisted and key not in seen_in_batch:
+                    seen_in_batch.add(key)  # a repeat of it in this batch is a duplicate
+                    written.append(e)
+                    replayed[e.user_id] = e
                     continue
                 if profile.replays(e.partition, e.offset):
                     skipped.append(Skipped(e, "replayed_offset"))
@@ -337,6 +349,7 @@ class BehaviorEngine:
             index,
             held=held,
             relist=relist,
+            written=written,
         )
 
     def _channels(
@@ -418,10 +431,14 @@ class BehaviorEngine:
                 self._count(e)
         triggers = {**last_event, **prep.relist}  # relist: users with no event applied here
         ranker = self.scorer.version
+        self._unlisted = {(e.user_id, e.event_id) for e in prep.to_apply} | {
+            (e.user_id, e.event_id) for e in prep.written
+        }
         try:
             recs = self.recommend(
                 [prep.profiles[u] for u in triggers], prep.items, prep.channels, prep.covisit
             )
+            self._unlisted = set()
         finally:
             # after recommend: the step's index must see fixed counts. Also when it fails: the
             # profiles are written, so a retry skips these events and would never count them
@@ -431,7 +448,8 @@ class BehaviorEngine:
             UserRecs(uid, trigger, prep.profiles[uid].event_count, recs[uid], ranker)
             for uid, trigger in triggers.items()
         ]
-        return BatchOutcome(out, prep.rejected, prep.skipped, len(prep.to_apply), prep.held)
+        applied = len(prep.to_apply) + len(prep.written)
+        return BatchOutcome(out, prep.rejected, prep.skipped, applied, prep.held)
 
     # -- recall → score → diversify → explain ------------------------------------------------
     def recommend(

@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import faust
 import mode
@@ -227,15 +227,16 @@ async def finish_batch(work: Awaitable[None]) -> None:
         raise cancelled
 
 
-async def guarded(
-    records: Sequence[Record],
-    handle: Callable[[Sequence[Record]], Awaitable[Outputs]],
-    pipeline: Pipeline,
-) -> Outputs:
+class BatchHandler(Protocol):
+    def __call__(self, records: Sequence[Record], *, retry: bool = False) -> Awaitable[Outputs]: ...
+
+
+async def guarded(records: Sequence[Record], handle: BatchHandler, pipeline: Pipeline) -> Outputs:
     """Run ``handle`` on the batch; on an unexpected error, retry record by record.
 
     A record that still fails alone is dead-lettered with the error, so one poison message
-    neither kills the agent nor takes the rest of its batch down with it.
+    neither kills the agent nor takes the rest of its batch down with it. The records tried
+    alone are marked ``retry``: what the failed batch counted already is not counted again.
     """
     try:
         return await handle(records)
@@ -244,7 +245,7 @@ async def guarded(
     merged = Outputs()
     for record in records:
         try:
-            single = await handle([record])
+            single = await handle([record], retry=True)
         except Exception as exc:
             log.exception("record %s[%d]@%d failed", record.topic, record.partition, record.offset)
             key, value = pipeline.dead_letter_for(record, "processing_error", repr(exc)[:500])

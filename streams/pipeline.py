@@ -69,6 +69,9 @@ class Outputs:
     # set once ``latencies_s`` went into the histogram: a part of a batch delivered, then sent
     # again with the rest of the batch after another part failed, is counted once
     latencies_observed: bool = False
+    # dead letters by (topic, reason) not counted yet: counted when the outputs are final (a
+    # batch that fails is retried record by record, and would count its letters twice)
+    uncounted: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -292,7 +295,9 @@ class Pipeline:
             metrics.set_ranker_version(ranker.version)
 
     # -- items --------------------------------------------------------------------------
-    async def on_items(self, records: Sequence[Record]) -> Outputs:
+    async def on_items(self, records: Sequence[Record], *, retry: bool = False) -> Outputs:
+        """The batch's dead letters (items produce no other output). ``retry`` as for
+        :meth:`on_events` (items count no consumption: nothing differs)."""
         out = Outputs()
         now = time.time()
         # a batch ends where its versions one by one would have: each item as its last
@@ -347,7 +352,7 @@ class Pipeline:
                 metrics.EVENTS_SKIPPED.labels(reason="retire_unknown_item").inc(
                     len(retired) - found
                 )
-        return out
+        return self._count_letters(out)
 
     def _index(self, points: list[StoredPoint]) -> None:
         """Upsert ``points``, each keeping the earliest ``created_at`` it has been given: an
@@ -373,10 +378,14 @@ class Pipeline:
         self,
         records: Sequence[Record],
         early: Callable[[Outputs], Awaitable[None]] | None = None,
+        *,
+        retry: bool = False,
     ) -> Outputs:
         """The batch's outputs. With ``early``, a batch that waits for late items (a click can
         overtake its item) hands the rest of its outputs to ``early`` before the wait, and
-        returns only what the held events produce; the caller acks the batch after both."""
+        returns only what the held events produce; the caller acks the batch after both.
+        ``retry``: a record of a failed batch tried alone (``streams.agents.guarded``), whose
+        consumption was counted with its batch."""
         interactions: list[Interaction] = []
         by_event: dict[int, Record] = {}
         out = Outputs()
@@ -403,21 +412,22 @@ class Pipeline:
             )
             by_event[id(inter)] = record
             interactions.append(inter)
-        for event_type, n in consumed.items():
-            metrics.EVENTS_CONSUMED.labels(type=event_type).inc(n)
+        if not retry:  # a record retried alone was counted with its batch
+            for event_type, n in consumed.items():
+                metrics.EVENTS_CONSUMED.labels(type=event_type).inc(n)
         if not interactions:
-            return out
+            return self._count_letters(out)
 
         async def before_wait(first: BatchOutcome) -> None:
             nonlocal out
             self._add_outcome(out, first, by_event)
             if early is not None:
-                await early(out)
+                await early(self._count_letters(out))
                 out = Outputs()
 
         outcome = await self._process(interactions, before_wait)
         self._add_outcome(out, outcome, by_event)
-        return out
+        return self._count_letters(out)
 
     def _add_outcome(
         self, out: Outputs, outcome: BatchOutcome, by_event: dict[int, Record]
@@ -480,7 +490,16 @@ class Pipeline:
                 return
 
     def _reject(self, out: Outputs, record: Record, reason: str, message: str) -> None:
-        out.dead_letters.append(self.dead_letter_for(record, reason, message))
+        out.dead_letters.append(dead_letter(record, reason, message))
+        out.uncounted[(record.topic, reason)] += 1
+
+    @staticmethod
+    def _count_letters(out: Outputs) -> Outputs:
+        """Count ``out``'s dead letters once it is what goes out (see ``Outputs.uncounted``)."""
+        for (topic, reason), n in out.uncounted.items():
+            metrics.DEAD_LETTERS.labels(topic=topic, reason=reason).inc(n)
+        out.uncounted.clear()
+        return out
 
     def dead_letter_for(
         self, record: Record, reason: str, message: str

@@ -316,3 +316,39 @@ def test_the_probe_tells_a_broken_encoder_from_a_bad_text(
         device.broken = False
     assert isinstance(broken, EncoderUnavailable)
     assert "CUDA" in str(broken)
+
+
+def test_a_batch_retried_record_by_record_counts_each_record_once(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop, Device],
+) -> None:
+    """The batch attempt had counted its events and its letters before it failed, and the
+    records tried alone counted them again: 3 events read 6 consumed, 1 letter read 2
+    (found by review)."""
+    pipeline, loop, device = running
+    a, b = f"ma-{uuid.uuid4().hex[:6]}", f"mb-{uuid.uuid4().hex[:6]}"
+    bad = Record("events", 0, next_offset(), b"x", b"{not json", 1.7e9)
+    records = [bad, click(a, "film-1")[1], _search(a, f"films with {device.poison}")]
+    records.append(click(b, "film-2")[1])
+    names = {
+        "click": ("coldstream_events_consumed_total", {"type": "click"}),
+        "search": ("coldstream_events_consumed_total", {"type": "search"}),
+        "invalid": ("coldstream_events_consumed_total", {"type": "invalid"}),
+        "bad_json": ("coldstream_dead_letters_total", {"topic": "events", "reason": "bad_json"}),
+        "poison": (
+            "coldstream_dead_letters_total",
+            {"topic": "events", "reason": "processing_error"},
+        ),
+        "updates": ("coldstream_profile_updates_total", {}),
+    }
+    before = {k: _sample(*v) for k, v in names.items()}
+    out = loop.run_until_complete(guarded(records, pipeline.on_events, pipeline))
+    moved = {k: _sample(*v) - before[k] for k, v in names.items()}
+    assert moved == {
+        "click": 2,
+        "search": 1,
+        "invalid": 1,
+        "bad_json": 1,
+        "poison": 1,
+        "updates": 2,
+    }
+    assert len(out.dead_letters) == 2

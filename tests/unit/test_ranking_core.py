@@ -754,9 +754,15 @@ def test_a_batch_whose_recall_fails_after_the_write_still_counts_once(
         run(engine, batch)
     monkeypatch.undo()
     again = run(engine, batch)  # the retry: a replay, listed again, counted nowhere
-    assert again.applied == 0 and [r.trigger.event_id for r in again.recommendations] == ["e-2"]
+    assert [r.trigger.event_id for r in again.recommendations] == ["e-2"]
+    # reported once, by the retry (the failed step reported nothing): applied, not a replay
+    assert again.applied == 1 and again.skipped == []
     assert engine.covisit[0].pairs["a0"] == {"a1": 1.0}
     assert engine.covisit[0].count("a1") == 1.0
+    redelivered = run(engine, batch)  # once listed, a redelivery is a replay again
+    assert redelivered.applied == 0 and [s.reason for s in redelivered.skipped] == [
+        "replayed_offset"
+    ]
 
 
 @integration
