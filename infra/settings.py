@@ -247,6 +247,14 @@ class Settings(BaseSettings):
         "of the batch; the rest of the batch is applied first and its outputs leave before the "
         "wait. Still unknown then: dead-lettered as unknown_item. 0 = dead-letter at once",
     )
+    unknown_item_forget_s: float = Field(
+        300.0,
+        ge=0,
+        description="an item id still unknown after its wait is not waited for again for this "
+        "long: its events are dead-lettered at once unless the item is in the store by then "
+        "(a client clicking ids that never come would otherwise hold every batch it is in, "
+        "and every partition of the worker behind it, for the whole wait). 0 = wait every time",
+    )
 
     # --- Input limits --------------------------------------------------------------------
     max_payload_bytes: int = Field(

@@ -45,6 +45,9 @@ from streams.schemas import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# item ids remembered as missing at most (Pipeline._missing): a bound on the memory a stream
+# of made-up ids can take; past it the oldest are forgotten (and waited for again)
+_MISSING_IDS_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,9 @@ class Pipeline:
         self._max_backoff_s = 5.0
         self._start_lock = asyncio.Lock()
         self._started = False
+        # item ids whose wait ran out (see ``unknown_item_forget_s``), in the order they did:
+        # monotonic time then
+        self._missing: dict[str, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -460,12 +466,30 @@ class Pipeline:
         # wait for their items, then go through again (now rejected if still unknown)
         await before_wait(first)
         wanted = list(dict.fromkeys(e.item_id for e in first.held if e.item_id is not None))
-        await self._retrying(lambda: self._wait_for_items(wanted, wait_s))
+        missing = self._recently_missing()
+        waiting = [i for i in wanted if i not in missing]
+        if waiting:  # ids whose wait ran out lately are not waited for again
+            await self._retrying(lambda: self._wait_for_items(waiting, wait_s))
         second = await self._retrying(lambda: self._pass(first.held, hold_unknown=False))
-        unknown = sum(1 for r in second.rejected if r.reason == "unknown_item")
-        metrics.EVENTS_HELD.labels(outcome="dead_letter").inc(unknown)
-        metrics.EVENTS_HELD.labels(outcome="retried").inc(len(first.held) - unknown)
+        unknown = [r for r in second.rejected if r.reason == "unknown_item"]
+        now = time.monotonic()
+        for r in unknown:
+            if r.interaction.item_id is not None:
+                missing.pop(r.interaction.item_id, None)  # to the end: the order stays by time
+                missing[r.interaction.item_id] = now
+        while len(missing) > _MISSING_IDS_KEPT:
+            del missing[next(iter(missing))]
+        metrics.EVENTS_HELD.labels(outcome="dead_letter").inc(len(unknown))
+        metrics.EVENTS_HELD.labels(outcome="retried").inc(len(first.held) - len(unknown))
         return second
+
+    def _recently_missing(self) -> dict[str, float]:
+        """The ids whose wait ran out less than ``unknown_item_forget_s`` ago (older dropped)."""
+        missing = self._missing
+        horizon = time.monotonic() - self.settings.unknown_item_forget_s
+        while missing and next(iter(missing.values())) <= horizon:
+            del missing[next(iter(missing))]
+        return missing
 
     async def _pass(self, interactions: list[Interaction], *, hold_unknown: bool) -> BatchOutcome:
         prep = await self._run(lambda: self.engine.prepare(interactions, hold_unknown=hold_unknown))

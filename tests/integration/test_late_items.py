@@ -242,3 +242,30 @@ def test_a_search_carrying_an_item_id_applies_its_text_and_waits_for_nothing(
     assert rec.profile_events == 2
     stored = pipeline.store.retrieve(pipeline.engine.cfg.users_collection, [user])[user]
     assert stored.payload["recent_items"] == [] and "old-3" not in stored.payload["seen"]
+
+
+def test_an_id_whose_wait_ran_out_is_not_waited_for_again_until_it_comes(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop],
+) -> None:
+    """Clicks on an id that never comes held every batch they were in for the whole wait, each
+    time (found by review): after one wait runs out, the id's events are dead-lettered at once;
+    once the item is in the store, they are applied as any other."""
+    pipeline, loop = running
+    ghost = f"ghost-{uuid.uuid4().hex[:6]}"
+
+    def timed(record: Record) -> tuple[float, Outputs]:
+        started = time.perf_counter()
+        out = loop.run_until_complete(pipeline.on_events([record]))
+        return time.perf_counter() - started, out
+
+    waited, out = timed(_event(f"g1-{uuid.uuid4().hex[:6]}", ghost)[1])
+    assert waited >= WAIT_S and [_reason(v) for _, v in out.dead_letters] == ["unknown_item"]
+    waited, out = timed(_event(f"g2-{uuid.uuid4().hex[:6]}", ghost)[1])
+    assert waited < WAIT_S / 2 and [_reason(v) for _, v in out.dead_letters] == ["unknown_item"]
+    loop.run_until_complete(pipeline.on_items([_item(ghost)]))
+    waited, out = timed(_event(f"g3-{uuid.uuid4().hex[:6]}", ghost)[1])
+    assert out.dead_letters == [] and len(_recs(out)) == 1
+
+
+def _reason(value: bytes) -> str:
+    return DeadLetter.model_validate_json(value).reason
