@@ -43,6 +43,13 @@ EVENTS_CONSUMED = Counter(
     ["type"],
     registry=REGISTRY,
 )
+EVENTS_MISKEYED = Counter(
+    "coldstream_events_miskeyed_total",
+    "Behavior events whose Kafka key is not their user_id (none, or another): applied, but "
+    "with several workers their user's events can land on two of them, whose profile writes "
+    "then overwrite each other",
+    registry=REGISTRY,
+)
 EVENTS_SKIPPED = Counter(
     "coldstream_events_skipped_total",
     "Records not applied, by reason: replayed_offset (a redelivery), duplicate_event (an "

@@ -185,6 +185,7 @@ class Pipeline:
         # item ids whose wait ran out (see ``unknown_item_forget_s``), in the order they did:
         # monotonic time then
         self._missing: dict[str, float] = {}
+        self._said_miskeyed = False
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -396,6 +397,7 @@ class Pipeline:
         by_event: dict[int, Record] = {}
         out = Outputs()
         consumed: collections.Counter[str] = collections.Counter()  # one metric update a type
+        miskeyed = 0
         for record in records:
             try:
                 ev = decode(record.value, BehaviorEvent, self.limits)
@@ -404,6 +406,8 @@ class Pipeline:
                 self._reject(out, record, exc.reason, exc.message)
                 continue
             consumed[ev.type] += 1
+            if record.key != ev.user_id.encode():
+                miskeyed += 1
             inter = Interaction(
                 event_id=ev.event_id,
                 user_id=ev.user_id,
@@ -421,6 +425,8 @@ class Pipeline:
         if not retry:  # a record retried alone was counted with its batch
             for event_type, n in consumed.items():
                 metrics.EVENTS_CONSUMED.labels(type=event_type).inc(n)
+            if miskeyed:
+                self._say_miskeyed(miskeyed)
         if not interactions:
             return self._count_letters(out)
 
@@ -482,6 +488,17 @@ class Pipeline:
         metrics.EVENTS_HELD.labels(outcome="dead_letter").inc(len(unknown))
         metrics.EVENTS_HELD.labels(outcome="retried").inc(len(first.held) - len(unknown))
         return second
+
+    def _say_miskeyed(self, n: int) -> None:
+        """Count events not keyed by their user_id; the first time, say why it matters."""
+        metrics.EVENTS_MISKEYED.inc(n)
+        if not self._said_miskeyed:
+            self._said_miskeyed = True
+            log.warning(
+                "events keyed other than by user_id (the events contract's key): applied, but "
+                "with more than one worker a user's events can reach two of them, whose profile "
+                "writes overwrite each other; counted in coldstream_events_miskeyed_total"
+            )
 
     def _recently_missing(self) -> dict[str, float]:
         """The ids whose wait ran out less than ``unknown_item_forget_s`` ago (older dropped)."""

@@ -7,6 +7,7 @@ real encoder, with the items agent's code (``Pipeline.on_items``) indexing the i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -269,3 +270,35 @@ def test_an_id_whose_wait_ran_out_is_not_waited_for_again_until_it_comes(
 
 def _reason(value: bytes) -> str:
     return DeadLetter.model_validate_json(value).reason
+
+
+def test_events_not_keyed_by_their_user_are_applied_and_counted(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The contract keys events by user_id; one keyed otherwise (or not at all) is applied, as
+    one worker owns every partition it reads, but counted and said once: with several workers
+    its user's profile could be written by two of them."""
+    pipeline, loop = running
+    pipeline._said_miskeyed = False  # said once per worker: this test's worker says it here
+
+    def counted() -> float:
+        return metrics.REGISTRY.get_sample_value("coldstream_events_miskeyed_total") or 0.0
+
+    user = f"k-{uuid.uuid4().hex[:6]}"
+    _, keyed = _event(user, "old-1")
+    before = counted()
+    loop.run_until_complete(pipeline.on_events([keyed]))
+    assert counted() == before  # keyed by its user
+    records = [
+        dataclasses.replace(_event(user, "old-2")[1], key=None),
+        dataclasses.replace(_event(user, "old-3")[1], key=b"session-9"),
+    ]
+    with caplog.at_level("WARNING", logger="streams.pipeline"):
+        out = loop.run_until_complete(pipeline.on_events(records))
+        loop.run_until_complete(
+            pipeline.on_events([dataclasses.replace(_event(user, "old-4")[1], key=None)])
+        )
+    assert counted() == before + 3 and out.dead_letters == []
+    assert [r.profile_events for r in _recs(out)] == [3]
+    said = [r for r in caplog.records if "coldstream_events_miskeyed_total" in r.getMessage()]
+    assert len(said) == 1  # once, not per batch
