@@ -47,17 +47,34 @@ async def send_outputs(out: Outputs, topics: Topics) -> Awaitable[None]:
     It must be awaited before the batch's input events are acked: an input is acked only
     after what it produced is on the broker.
     """
+    recommendations, letters = list(out.recommendations), list(out.dead_letters)
     pending = [
-        await topics.recommendations.send(key=key, value=value)
-        for key, value in out.recommendations
+        await topics.recommendations.send(key=key, value=value) for key, value in recommendations
     ]
-    pending += [
-        await topics.dead_letter.send(key=key, value=value) for key, value in out.dead_letters
-    ]
+    pending += [await topics.dead_letter.send(key=key, value=value) for key, value in letters]
 
     async def delivered() -> None:
         if pending:
-            await asyncio.gather(*pending)
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                # what the broker took is not sent again: ``out`` keeps only the records it
+                # failed, for a resend (a list delivered, then sent again after a later
+                # batch's newer list for the same user, would read as the latest one)
+                n = len(recommendations)
+                out.recommendations = [
+                    rec
+                    for rec, got in zip(recommendations, results[:n], strict=True)
+                    if isinstance(got, BaseException)
+                ]
+                out.dead_letters = [
+                    letter
+                    for letter, got in zip(letters, results[n:], strict=True)
+                    if isinstance(got, BaseException)
+                ]
+                raise failed[0]
+        # all taken: a resend of the batch (another part failed) sends none of it again
+        out.recommendations, out.dead_letters = [], []
         if not out.latencies_observed:
             out.latencies_observed = True
             for latency in out.latencies_s:
@@ -75,8 +92,9 @@ async def until_delivered(
     max_delay_s: float = 30.0,
 ) -> None:
     """Wait for a batch's output; if the broker fails it (after the producer's own retries),
-    or a resend cannot even be handed to the producer, send all of ``parts`` again, backing
-    off, until it is taken. Consumers drop repeats.
+    or a resend cannot even be handed to the producer, send ``parts`` again, backing off,
+    until it is taken: each part as :func:`send_outputs` left it, the records the broker
+    failed (a part refused when handed over goes whole). Consumers drop repeats.
 
     Both agents' batches go through it. An exception would end the agent's loop: for the
     items agent, whose batches Faust acks when the next one is asked for (``take_events``),
@@ -102,8 +120,8 @@ async def _refused(exc: BaseException) -> None:
 
 
 async def _resend(parts: Sequence[Outputs], topics: Topics) -> None:
-    """All of ``parts`` again; a send that raises (a full buffer, no metadata) raises here,
-    inside :func:`until_delivered`'s loop."""
+    """``parts`` again (what of them is still undelivered); a send that raises (a full buffer,
+    no metadata) raises here, inside :func:`until_delivered`'s loop."""
     await all_delivered([await send_outputs(part, topics) for part in parts])
 
 
