@@ -103,16 +103,37 @@ async def until_delivered(
     the failed batch. So a batch waits, unacked, for as long as the broker refuses its output.
     """
     delay = first_delay_s
-    while True:
-        try:
-            await delivered
-            return
-        except Exception as exc:
-            metrics.OUTPUT_RESENDS.inc()
-            log.warning("output not delivered (%s); sending it again in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
-            delivered = _resend(parts, topics)
+    failing = False
+    try:
+        while True:
+            try:
+                await delivered
+                return
+            except Exception as exc:
+                if not failing:
+                    failing = True
+                    _resending(+1)
+                metrics.OUTPUT_RESENDS.inc()
+                log.warning("output not delivered (%s); sending it again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay_s)
+                delivered = _resend(parts, topics)
+    finally:
+        if failing:
+            _resending(-1)
+
+
+_RESENDING = [0]  # batches whose output is being sent again (one event loop: no lock)
+
+
+def _resending(change: int) -> None:
+    """While any batch's output is being sent again, the broker counts as down: readiness
+    fails and ``coldstream_dependency_up{dependency="broker"}`` is 0. A batch that waits for
+    its output blocks its agent, and only the resend counter said so before."""
+    _RESENDING[0] += change
+    up = _RESENDING[0] == 0
+    metrics.DEPENDENCY_UP.labels(dependency="broker").set(1 if up else 0)
+    HEALTH.set_dependency("broker", up)
 
 
 async def _refused(exc: BaseException) -> None:

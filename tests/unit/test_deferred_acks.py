@@ -319,3 +319,30 @@ def test_deferred_acks_wait_for_a_delivery_sent_again_and_keep_batch_order() -> 
         assert topics.recommendations.sent.count(b"list-1") == 2
 
     asyncio.run(main())
+
+
+def test_the_broker_reads_as_down_while_an_output_is_sent_again() -> None:
+    """A batch waiting for its output blocks its agent: readiness says so, and the dependency
+    gauge, until the resend is taken."""
+    from infra.health import HEALTH
+
+    def broker() -> tuple[str | None, float | None]:
+        state = HEALTH.readiness().detail["dependencies"].get("broker")
+        gauge = metrics.REGISTRY.get_sample_value(
+            "coldstream_dependency_up", {"dependency": "broker"}
+        )
+        return state, gauge
+
+    async def main() -> None:
+        topics = _Topics(failures=2)
+        out = Outputs(recommendations=[(b"u1", b"list-1")])
+        first = await send_outputs(out, topics)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(
+            until_delivered(first, [out], topics, first_delay_s=0.05)  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.02)
+        assert broker() == ("down", 0.0)
+        await task
+        assert broker() == ("up", 1.0)
+
+    asyncio.run(main())
