@@ -10,10 +10,13 @@ Two layers, merged at query time by :class:`CovisitIndex`:
   owns since the snapshot, one counter per input partition (like trending) so ownership follows
   the consumer group; persisted as a payload in the store. A worker pairs an event with only
   the user's last few distinct items (the profile keeps no more), where the snapshot paired
-  visits hundreds of positions apart, so each online pair counts ``online_pair_scale`` times:
-  the ratio of the two rules' counts on the snapshot's own pairs, measured on its own log
-  (``ranking.training.online_pair_scale``). Without it, evidence gathered after training — all
-  a new item has — weighed a fraction of what the ranker learned such counts to mean.
+  visits hundreds of positions apart, so the index reads each online pair count
+  ``online_pair_scale`` times: the ratio of the two rules' counts on the snapshot's own pairs,
+  measured on its own log (``ranking.training.online_pair_scale``). Without it, evidence
+  gathered after training — all a new item has — weighed a fraction of what the ranker learned
+  such counts to mean. The counters themselves stay in events (scaled when read), so counts
+  persisted under one snapshot stay right under the next, and a row's trim compares like with
+  like.
 
 Score of a candidate ``j`` for a user whose recent items are ``r_1 … r_n`` (newest last):
 ``Σ_t recency^(n−t) · c(r_t, j) / sqrt(n(r_t) · n(j))`` — item-kNN's cosine, recency-weighted.
@@ -153,7 +156,7 @@ class CovisitModel:
         return cls(inv_index, counts, indptr, cols, sums, window=window, data_hash=data_hash)
 
     def with_online_pair_scale(self, scale: float) -> CovisitModel:
-        """The same snapshot, its online pairs counting ``scale`` times (arrays shared)."""
+        """The same counts, the online pairs read with it counting ``scale`` times."""
         return CovisitModel(
             self.item_ids,
             self.counts,
@@ -315,12 +318,8 @@ class CovisitCounter:
         self.dirty_counts: set[int] = set()
         self.dirty_all = False
 
-    def add(
-        self, recent: Sequence[str], item: str, weight: float = 1.0, pair_scale: float = 1.0
-    ) -> None:
-        """``item`` was just visited after ``recent`` (the window of items before it): its
-        visit count grows by ``weight``, each pair's by ``weight · pair_scale`` (the snapshot's
-        ``online_pair_scale``).
+    def add(self, recent: Sequence[str], item: str, weight: float = 1.0) -> None:
+        """``item`` was just visited after ``recent`` (the window of items before it).
 
         The pair loop is inline (no method call per pair) and looks the item's own row up
         once: ~40 pair updates per event make it the hottest Python loop of a warm batch.
@@ -329,7 +328,6 @@ class CovisitCounter:
         b = intern(item)
         self._counts[b] = self._counts.get(b, 0.0) + weight
         self.dirty_counts.add(b)
-        weight *= pair_scale  # from here on, what each pair adds
         pairs = self._pairs
         dirty = self.dirty
         cap = 2 * self.row_cap
@@ -408,12 +406,6 @@ class CovisitCounter:
     def count(self, item: str) -> float:
         i = self.ids.get(item)
         return self._counts.get(i, 0.0) if i is not None else 0.0
-
-    def pair(self, a: str, b: str) -> float:
-        i, j = self.ids.get(a), self.ids.get(b)
-        if i is None or j is None:
-            return 0.0
-        return self._pairs.get(i, {}).get(j, 0.0)
 
     def row(self, item: str) -> dict[str, float]:
         i = self.ids.get(item)
@@ -666,7 +658,9 @@ class CovisitIndex:
                 d.extend_row(i, keys, values)
             if keys:
                 idx.append(np.array(keys, np.int64))
-                val.append(np.array(values, np.float64))
+                online = np.array(values, np.float64)
+                scale = self.base.online_pair_scale  # online pairs in the snapshot's units
+                val.append(online * scale if scale != 1.0 else online)
             if not idx:
                 row = (np.zeros(0, np.int64), np.zeros(0, np.float64))
             elif len(idx) == 1:

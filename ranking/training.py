@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from ranking.candidates import assemble_candidates
-from ranking.covisit import CovisitCounter, CovisitIndex, CovisitModel
+from ranking.covisit import CovisitIndex, CovisitModel
 from ranking.engine import EngineConfig
 from ranking.features import FEATURES, feature_matrix
 from ranking.profile import Profile, Signal, apply_signal, event_weight, update_recent
@@ -178,8 +178,11 @@ def online_pair_scale(
         taken.append(u)
         events += len(seqs[u])
     reference = snapshot if len(taken) == len(with_events) else build_covisit(seqs, taken, cfg)
-    online = CovisitCounter(max_pairs=1 << 62, row_cap=1 << 40)  # nothing pruned or trimmed
+    # only the kept pairs are counted (the sum reads no other): memory stays the snapshot's
+    kept = {a: set(reference.neighbors(a)[0]) for a in reference.item_ids}
+    none: set[str] = set()
     window, profile = engine_cfg.covisit_window, engine_cfg.profile
+    paired = 0
     for u in taken:
         g = seqs[u]
         recent: list[str] = []
@@ -187,13 +190,12 @@ def online_pair_scale(
             g["item_id"].astype(str), g["type"], g["rating"], strict=True
         ):
             weight = event_weight(profile, str(kind), None if pd.isna(rating) else float(rating))
-            if weight > 0:
-                online.add(recent[-window:], item)
+            if weight > 0:  # as CovisitCounter.add pairs it, both ways
+                mine = kept.get(item, none)
+                for other in recent[-window:]:
+                    if other != item:
+                        paired += (item in kept.get(other, none)) + (other in mine)
             update_recent(recent, item, weight, profile)
-    paired = 0.0
-    for a in reference.item_ids:
-        neighbours, _ = reference.neighbors(a)
-        paired += sum(online.pair(a, b) for b in neighbours)
     return float(reference.data.sum()) / paired if paired > 0 else 1.0
 
 

@@ -362,13 +362,20 @@ def test_counts_whose_indices_leave_the_item_list_are_refused() -> None:
             CovisitCounter.from_payload(payload)
 
 
-def test_online_pairs_count_at_the_snapshots_scale_and_visits_once() -> None:
+def test_the_index_reads_online_pairs_at_the_snapshots_scale_and_visits_once() -> None:
+    """The counters keep events (persisted counts stay right under another snapshot, a row's
+    trim compares like with like); the index reads their pairs in the snapshot's units."""
     c = CovisitCounter()
-    c.add(["a", "b"], "c", pair_scale=4.0)
-    c.add(["c"], "a", weight=0.5, pair_scale=4.0)
-    assert c.counts == {"c": 1.0, "a": 0.5}
-    assert c.pairs == {"a": {"c": 6.0}, "b": {"c": 4.0}, "c": {"a": 6.0, "b": 4.0}}
-    assert c.pair("a", "c") == 6.0 and c.pair("a", "b") == 0.0 and c.pair("a", "zz") == 0.0
+    c.add(["a", "b"], "c")
+    c.add(["c"], "a")
+    assert c.pairs == {"a": {"c": 2.0}, "b": {"c": 1.0}, "c": {"a": 2.0, "b": 1.0}}
+    base = CovisitModel.build([["x", "y"]], window=1, neighbors=5)
+    plain = CovisitIndex(base, [c], recency=1.0).scores(["a"])
+    scaled = CovisitIndex(base.with_online_pair_scale(4.0), [c], recency=1.0).scores(["a"])
+    # cosine: c(a, c) / sqrt(n(a) · n(c)); visits count once either way
+    assert plain.get("c") == pytest.approx(2.0 / math.sqrt(1.0 * 1.0))
+    assert scaled.get("c") == pytest.approx(4.0 * plain.get("c"))
+    assert CovisitIndex(base.with_online_pair_scale(4.0), [c], 1.0).count("a") == 1.0
 
 
 def test_the_online_pair_scale_round_trips_and_older_files_read_as_one(tmp_path: Path) -> None:
