@@ -210,10 +210,20 @@ class BehaviorEngine:
         # waited on the encoder or a store outage meanwhile) must not count into a fresh
         # counter, which the next save would write over the new owner's counts
         self._revoked: set[int] = set()
-        # (user, event id) of the last step's profile write while its lists are not made yet
-        # (see Prepared.written): a retry of that step reports them as applied, not replayed
+        # (user, event id) of a step's profile write while its lists are not made yet (see
+        # Prepared.written): a retry of that step reports them as applied, not replayed; and
+        # those whose trending and co-visitation counts are not in yet, with the recent items
+        # before them (None: not a visit that pairs). Both are dropped when a new batch starts
+        # (forget_failed_steps): a redelivery after that is a replay like any other
         self._unlisted: set[tuple[str, str]] = set()
+        self._uncounted: dict[tuple[str, str], tuple[Interaction, list[str] | None]] = {}
         self.exposure = NewItemExposure(cfg.cold_exposure_max_share, cfg.cold_exposure_window)
+
+    def forget_failed_steps(self) -> None:
+        """A new batch starts: what failed steps of the last one left (see ``_unlisted``) is
+        dropped; a redelivery of their events is a replay."""
+        self._unlisted.clear()
+        self._uncounted.clear()
 
     # -- hot swaps (one attribute write each). The worker makes them on the thread that runs
     # ``prepare`` and ``apply``, so a batch is ranked by one scorer and one snapshot throughout.
@@ -419,6 +429,15 @@ class BehaviorEngine:
             )
             last_event[e.user_id] = e
         users = list(last_event)
+        # from here the events may be written (a write can land and still raise, a client's
+        # timeout): a retry finds them applied and reports them (Prepared.written), and counts
+        # them in trending and co-visitation if this step never got to
+        keys = {(e.user_id, e.event_id) for e in (*prep.to_apply, *prep.written)}
+        self._unlisted |= keys
+        recent_of = {id(e): recent for e, recent in visits}
+        for e in prep.to_apply:
+            if e.item_id is not None:
+                self._uncounted[(e.user_id, e.event_id)] = (e, recent_of.get(id(e)))
         self.store.upsert(
             self.cfg.users_collection,
             [
@@ -426,24 +445,28 @@ class BehaviorEngine:
                 for uid in users
             ],
         )
-        for e in prep.to_apply:  # after the write: a retried batch must not count twice
-            if e.item_id is not None:
-                self._count(e)
+        # after the write: a retried batch must not count twice. Events of an earlier step
+        # whose write landed but raised are counted now
+        counted = [
+            self._uncounted.pop((e.user_id, e.event_id))
+            for e in (*prep.written, *prep.to_apply)
+            if (e.user_id, e.event_id) in self._uncounted
+        ]
+        for e, _ in counted:
+            self._count(e)
         triggers = {**last_event, **prep.relist}  # relist: users with no event applied here
         ranker = self.scorer.version
-        self._unlisted = {(e.user_id, e.event_id) for e in prep.to_apply} | {
-            (e.user_id, e.event_id) for e in prep.written
-        }
         try:
             recs = self.recommend(
                 [prep.profiles[u] for u in triggers], prep.items, prep.channels, prep.covisit
             )
-            self._unlisted = set()
+            self._unlisted -= keys
         finally:
             # after recommend: the step's index must see fixed counts. Also when it fails: the
             # profiles are written, so a retry skips these events and would never count them
-            for e, recent in visits:
-                self._covisit(e, recent)
+            for e, recent in counted:
+                if recent is not None:
+                    self._covisit(e, recent)
         out = [
             UserRecs(uid, trigger, prep.profiles[uid].event_count, recs[uid], ranker)
             for uid, trigger in triggers.items()
@@ -792,9 +815,7 @@ class BehaviorEngine:
                 self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap, self.item_ids
             )
         assert e.item_id is not None
-        # each pair at the snapshot's scale: see ranking.covisit (1 without a snapshot)
-        scale = self.covisit_base.online_pair_scale if self.covisit_base is not None else 1.0
-        counter.add(recent, e.item_id, pair_scale=scale)
+        counter.add(recent, e.item_id)
         self._dirty.add(part)
 
     def load_trending(self, partitions: Iterable[int]) -> None:

@@ -19,7 +19,7 @@ from infra.health import HEALTH
 from infra.settings import Settings
 from streams.app import Topics
 from streams.lag import update_consumer_lag
-from streams.pipeline import Outputs, Pipeline, Record
+from streams.pipeline import BatchPartlySent, Outputs, Pipeline, Record
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,17 @@ async def _refused(exc: BaseException) -> None:
 
 async def _resend(parts: Sequence[Outputs], topics: Topics) -> None:
     """``parts`` again (what of them is still undelivered); a send that raises (a full buffer,
-    no metadata) raises here, inside :func:`until_delivered`'s loop."""
-    await all_delivered([await send_outputs(part, topics) for part in parts])
+    no metadata) raises here, inside :func:`until_delivered`'s loop, once the parts handed
+    over before it are delivered or failed: each is left with only what the broker failed
+    (not awaited, a part the broker took would go whole again next time)."""
+    handed: list[Awaitable[None]] = []
+    try:
+        for part in parts:
+            handed.append(await send_outputs(part, topics))
+    except Exception:
+        await asyncio.gather(*handed, return_exceptions=True)
+        raise
+    await all_delivered(handed)
 
 
 async def all_delivered(parts: Sequence[Awaitable[None]]) -> None:
@@ -277,12 +286,22 @@ async def guarded(records: Sequence[Record], handle: BatchHandler, pipeline: Pip
     neither kills the agent nor takes the rest of its batch down with it. The records tried
     alone are marked ``retry``: what the failed batch counted already is not counted again.
     """
+    todo = list(records)
     try:
         return await handle(records)
+    except BatchPartlySent as exc:  # what went out early is done: the rest only
+        todo = [r for r in records if (r.topic, r.partition, r.offset) not in exc.final]
+        log.exception(
+            "batch of %d failed after %d records' outputs were sent; retrying the other %d "
+            "record by record",
+            len(records),
+            len(records) - len(todo),
+            len(todo),
+        )
     except Exception:
         log.exception("batch of %d failed; retrying record by record", len(records))
     merged = Outputs()
-    for record in records:
+    for record in todo:
         try:
             single = await handle([record], retry=True)
         except Exception as exc:

@@ -62,6 +62,16 @@ class Record:
     timestamp: float
 
 
+class BatchPartlySent(Exception):
+    """A batch that failed after part of its output went out early (``on_events``'s
+    ``early``): the records of that part are final, and only the others are to be retried
+    (again, they would be dead-lettered, listed and counted twice)."""
+
+    def __init__(self, final: set[tuple[str, int, int]]) -> None:
+        super().__init__(f"batch failed after {len(final)} of its records were sent")
+        self.final = final  # (topic, partition, offset) of each record that is done
+
+
 @dataclass
 class Outputs:
     """What a batch produces: recommendations (key, value) and dead letters (key, value)."""
@@ -423,6 +433,9 @@ class Pipeline:
             by_event[id(inter)] = record
             interactions.append(inter)
         if not retry:  # a record retried alone was counted with its batch
+            # what a failed step of the last batch left does not carry over (the records of
+            # this one's retries do: they may be those steps' events)
+            self.engine.forget_failed_steps()
             for event_type, n in consumed.items():
                 metrics.EVENTS_CONSUMED.labels(type=event_type).inc(n)
             if miskeyed:
@@ -430,14 +443,26 @@ class Pipeline:
         if not interactions:
             return self._count_letters(out)
 
+        final: set[tuple[str, int, int]] = set()  # records whose outputs went out early
+
         async def before_wait(first: BatchOutcome) -> None:
             nonlocal out
             self._add_outcome(out, first, by_event)
             if early is not None:
                 await early(self._count_letters(out))
                 out = Outputs()
+                held = {id(e) for e in first.held}
+                open_ = {id(by_event[i]) for i in held}
+                final.update(
+                    (r.topic, r.partition, r.offset) for r in records if id(r) not in open_
+                )
 
-        outcome = await self._process(interactions, before_wait)
+        try:
+            outcome = await self._process(interactions, before_wait)
+        except Exception as exc:
+            if final:
+                raise BatchPartlySent(final) from exc
+            raise
         self._add_outcome(out, outcome, by_event)
         return self._count_letters(out)
 

@@ -302,3 +302,49 @@ def test_events_not_keyed_by_their_user_are_applied_and_counted(
     assert [r.profile_events for r in _recs(out)] == [3]
     said = [r for r in caplog.records if "coldstream_events_miskeyed_total" in r.getMessage()]
     assert len(said) == 1  # once, not per batch
+
+
+def test_a_batch_failing_after_its_early_part_went_out_retries_only_the_rest(
+    running: tuple[Pipeline, asyncio.AbstractEventLoop], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The part of a batch sent before the wait is final: when the wait then fails (no
+    outage), only the held records are retried alone; before, every record was, and the
+    early part's letters and lists went out (and were counted) twice (found by review)."""
+    import functools
+
+    from streams.agents import guarded
+
+    pipeline, loop = running
+    bad = Record("events", 0, inprocess.next_offset(), b"x", b"{not json", 1.7e9)
+    _, listed = _event(f"e1-{uuid.uuid4().hex[:6]}", "old-1")
+    _, held = _event(f"e2-{uuid.uuid4().hex[:6]}", f"never-{uuid.uuid4().hex[:6]}")
+    real_wait = pipeline._wait_for_items
+    fails = {"left": 1}
+
+    async def wait_once_broken(item_ids: list[str], wait_s: float) -> None:
+        if fails["left"]:
+            fails["left"] -= 1
+            raise RuntimeError("a bug in the wait (test)")
+        await real_wait(item_ids, wait_s)
+
+    monkeypatch.setattr(pipeline, "_wait_for_items", wait_once_broken)
+    sent: list[Outputs] = []
+
+    async def early(out: Outputs) -> None:
+        sent.append(out)
+
+    letters = metrics.REGISTRY.get_sample_value(
+        "coldstream_dead_letters_total", {"topic": "events", "reason": "bad_json"}
+    )
+    handle = functools.partial(pipeline.on_events, early=early)
+    out = loop.run_until_complete(guarded([bad, listed, held], handle, pipeline))
+    every = [*sent, out]
+    reasons = [_reason(v) for o in every for _, v in o.dead_letters]
+    assert sorted(reasons) == ["bad_json", "unknown_item"]  # each once
+    assert len([r for o in every for r in _recs(o)]) == 1  # the listed user, once
+    assert (
+        metrics.REGISTRY.get_sample_value(
+            "coldstream_dead_letters_total", {"topic": "events", "reason": "bad_json"}
+        )
+        == (letters or 0.0) + 1
+    )

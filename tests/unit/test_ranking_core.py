@@ -1210,7 +1210,9 @@ def test_the_eval_replay_applies_events_in_time_ordered_batches(
 
 
 @integration
-def test_online_pairs_count_at_the_served_snapshots_scale(store: QdrantStore) -> None:
+def test_online_pairs_are_read_at_the_served_snapshots_scale(store: QdrantStore) -> None:
+    """Counted in events, read in the snapshot's units: a new snapshot with another scale
+    re-reads the same counts (the engine's row cache follows the swap)."""
     from ranking.covisit import CovisitModel
 
     engine = engine_for(store)
@@ -1218,11 +1220,12 @@ def test_online_pairs_count_at_the_served_snapshots_scale(store: QdrantStore) ->
     engine.swap_covisit(snapshot.with_online_pair_scale(3.0))
     run(engine, [ev("u1", "view", "a0", offset=1)])
     run(engine, [ev("u1", "view", "a1", offset=2)])
-    assert engine.covisit[0].pairs["a0"] == {"a1": 3.0}  # one pair, at the snapshot's scale
-    assert engine.covisit[0].count("a1") == 1.0  # a visit counts once
-    engine.swap_covisit(None)
-    run(engine, [ev("u1", "view", "a2", offset=3)])
-    assert engine.covisit[0].pairs["a2"] == {"a0": 1.0, "a1": 1.0}  # no snapshot: once
+    assert engine.covisit[0].pairs["a0"] == {"a1": 1.0}  # the counter keeps events
+    assert engine.covisit[0].count("a1") == 1.0
+    scaled = engine.covisit_index().scores(["a0"]).get("a1")
+    assert scaled == pytest.approx(3.0)  # 3 · 1 / sqrt(1 · 1)
+    engine.swap_covisit(snapshot)  # scale 1: the same counts, read once
+    assert engine.covisit_index().scores(["a0"]).get("a1") == pytest.approx(1.0)
 
 
 @integration
@@ -1245,3 +1248,61 @@ def test_a_worker_that_cannot_name_its_log_keeps_the_stored_offsets(store: Qdran
     assert run(engine, [ev("u2", "view", "a1", event_id="e-4", partition=0, offset=7)]).applied
     stored = store.retrieve("users", ["u2"])["u2"].payload
     assert stored["offsets_log"] == "topic-life-1" and stored["offsets"] == {"0": 7}
+
+
+@integration
+def test_a_write_that_landed_but_raised_is_applied_and_counted_once_by_its_retry(
+    store: QdrantStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's timeout can raise after the server applied the write: the retry finds the
+    events applied. It reports them as applied and counts them in trending and co-visitation,
+    which the failed step never got to (they were replays, counted nowhere; found by review)."""
+    engine = engine_for(store)
+    run(engine, [ev("u1", "view", "a0", event_id="e-1", partition=0, offset=1)])
+    batch = [ev("u1", "view", "a1", event_id="e-2", partition=0, offset=2)]
+    real_upsert = store.upsert
+
+    def lands_then_raises(collection: str, points: Any) -> None:
+        real_upsert(collection, points)
+        if collection == "users":
+            raise StoreUnavailable("read timeout (test)")
+
+    monkeypatch.setattr(store, "upsert", lands_then_raises)
+    with pytest.raises(StoreUnavailable):
+        run(engine, batch)
+    monkeypatch.undo()
+    assert engine.covisit[0].count("a1") == 0.0  # not counted by the failed step
+    again = run(engine, batch)
+    assert again.applied == 1 and again.skipped == []
+    assert [r.trigger.event_id for r in again.recommendations] == ["e-2"]
+    assert engine.covisit[0].pairs["a0"] == {"a1": 1.0} and engine.covisit[0].count("a1") == 1.0
+    assert "a1" in engine.trending[0].scores
+    run(engine, batch)  # a redelivery now: counted nowhere
+    assert engine.covisit[0].count("a1") == 1.0
+
+
+@integration
+def test_records_of_a_failed_batch_retried_one_by_one_are_each_reported_applied(
+    store: QdrantStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``streams.agents.guarded`` retries a batch that failed for no outage record by record:
+    each record's retry reports its own event as applied (the first retry used to forget the
+    others' written events, which then read as replays)."""
+    engine = engine_for(store)
+    batch = [
+        ev("u1", "view", "a0", event_id="e-1", partition=0, offset=1),
+        ev("u2", "view", "a1", event_id="e-2", partition=0, offset=2),
+    ]
+    real = engine.recommend
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("a scorer bug (test)")
+
+    monkeypatch.setattr(engine, "recommend", broken)
+    with pytest.raises(RuntimeError):
+        run(engine, batch)
+    monkeypatch.setattr(engine, "recommend", real)
+    outcomes = [run(engine, [e]) for e in batch]
+    assert [o.applied for o in outcomes] == [1, 1] and all(o.skipped == [] for o in outcomes)
+    engine.forget_failed_steps()  # the next batch starts: a redelivery is a replay again
+    assert run(engine, batch[:1]).skipped[0].reason == "replayed_offset"
