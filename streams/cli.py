@@ -62,8 +62,10 @@ def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     url = probe_url(
         settings.metrics_host, settings.metrics_port, "/readyz" if args.ready else "/healthz"
     )
+    # straight to the local worker: an HTTP_PROXY in the environment must not carry the probe
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+        with opener.open(url, timeout=args.timeout) as resp:
             print(f"{url}: {resp.status} {resp.read(2048).decode(errors='replace')}")
             return 0
     except urllib.error.HTTPError as exc:  # 503: the worker answers that it is not well

@@ -152,14 +152,14 @@ class ModelWatchers:
         self.ranker = ranker_watcher(settings.ranker_file, expect_dim=dim, expect_encoder=encoder)
         self.covisit = ArtifactWatcher(settings.covisit_file, CovisitModel.load)
         self.enabled = settings.ranker_enabled
-        self._mismatch: str | None = None
+        self._mismatch: str | None = None  # the mismatch reported, if any
+        self._seen: str | None = None  # the mismatch the last poll saw, if any
 
     def poll(self) -> tuple[RankerScorer | None, CovisitModel | None]:
         """New objects for the files that changed since the last poll (None otherwise)."""
         ranker = self.ranker.poll() if self.enabled else None
         covisit = self.covisit.poll()
-        if ranker is not None or covisit is not None:
-            self._check_pair()
+        self._check_pair()
         return ranker, covisit
 
     def mismatch(self) -> str | None:
@@ -183,14 +183,23 @@ class ModelWatchers:
         )
 
     def _check_pair(self) -> None:
-        """Say once when the pair in service stops (or starts again) belonging together."""
+        """Say once when the pair in service stops (or starts again) belonging together.
+
+        A mismatch counts once two polls in a row saw it: ``coldstream train`` writes the
+        snapshot, then the ranker, and a poll between the two would flag every retraining.
+        """
         now = self.mismatch()
-        metrics.MODEL_DATA_MISMATCH.set(1 if now else 0)
-        if now and now != self._mismatch:
-            log.warning("%s", now)
-        elif self._mismatch and not now:
-            log.info("the ranker and the co-visitation snapshot come from the same data again")
-        self._mismatch = now
+        if now and now == self._seen:  # seen by the poll before too
+            if now != self._mismatch:
+                log.warning("%s", now)
+                metrics.MODEL_DATA_MISMATCH.set(1)
+                self._mismatch = now
+        elif not now:
+            if self._mismatch:
+                log.info("the ranker and the co-visitation snapshot come from the same data again")
+            metrics.MODEL_DATA_MISMATCH.set(0)
+            self._mismatch = None
+        self._seen = now
 
 
 @contextlib.contextmanager

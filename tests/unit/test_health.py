@@ -290,6 +290,8 @@ def test_coldstream_health_exits_as_the_probe_answers(
         finally:
             get_settings.cache_clear()
 
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy must not carry the probe
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     assert run(METRICS_HOST="0.0.0.0", METRICS_PORT=port) == 0
     assert "200" in (out := capsys.readouterr().out) and "alive" in out
     assert run("--ready") == 1  # not started: the worker answers 503
