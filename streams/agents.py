@@ -14,6 +14,7 @@ import faust
 import mode
 from faust.types import EventT
 
+from encoders.batcher import BatcherStopped
 from infra import metrics
 from infra.health import HEALTH
 from infra.settings import Settings
@@ -289,6 +290,8 @@ async def guarded(records: Sequence[Record], handle: BatchHandler, pipeline: Pip
     todo = list(records)
     try:
         return await handle(records)
+    except BatcherStopped:  # the worker is stopping: no record's fault, none dead-lettered
+        raise
     except BatchPartlySent as exc:  # what went out early is done: the rest only
         todo = [r for r in records if (r.topic, r.partition, r.offset) not in exc.final]
         log.exception(
@@ -304,6 +307,8 @@ async def guarded(records: Sequence[Record], handle: BatchHandler, pipeline: Pip
     for record in todo:
         try:
             single = await handle([record], retry=True)
+        except BatcherStopped:
+            raise
         except Exception as exc:
             log.exception("record %s[%d]@%d failed", record.topic, record.partition, record.offset)
             key, value = pipeline.dead_letter_for(record, "processing_error", repr(exc)[:500])

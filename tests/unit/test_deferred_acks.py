@@ -346,3 +346,27 @@ def test_the_broker_reads_as_down_while_an_output_is_sent_again() -> None:
         assert broker() == ("up", 1.0)
 
     asyncio.run(main())
+
+
+def test_a_batch_cut_by_the_encoder_stopping_is_nobodys_fault() -> None:
+    """The batcher answers its callers BatcherStopped while the worker stops: that ends the
+    agent (the worker restarts from the last commit) instead of dead-lettering every record of
+    the batch as a processing_error and acking them."""
+    from encoders.batcher import BatcherStopped
+    from streams.agents import guarded
+    from streams.pipeline import Record
+
+    class NoLetters:
+        def dead_letter_for(self, *args: object) -> None:
+            raise AssertionError("nothing is dead-lettered")
+
+    calls: list[int] = []
+
+    async def stopping(records: object, *, retry: bool = False) -> Outputs:
+        calls.append(1)
+        raise BatcherStopped("encoder batcher stopped")
+
+    records = [Record("events", 0, n, b"u", b"{}", 1.7e9) for n in range(3)]
+    with pytest.raises(BatcherStopped):
+        asyncio.run(guarded(records, stopping, NoLetters()))  # type: ignore[arg-type]
+    assert calls == [1]  # not retried record by record
