@@ -163,8 +163,9 @@ class Prepared:
     # users whose events in the batch were all replays (offsets their profile has applied):
     # the last replayed event, which triggers their list again (see ``prepare``)
     relist: dict[str, Interaction] = field(default_factory=dict)
-    # replays of events this engine wrote in a step that failed after the write (a store call
-    # of ``recommend``): applied then, reported as applied now (the failed step reported none)
+    # replays of events this engine wrote in a step that failed at or after the write (a write
+    # that landed but raised, a store call of ``recommend``): applied then, reported as applied
+    # now (the failed step reported none), and counted now if that step never got to
     written: list[Interaction] = field(default_factory=list)
 
     @property

@@ -78,10 +78,10 @@ class Outputs:
 
     recommendations: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    # each list's event→recommendation latency; observed once the part is delivered (then
+    # emptied with it: a part delivered, then sent again with the rest of its batch, is timed
+    # once)
     latencies_s: list[float] = field(default_factory=list)
-    # set once ``latencies_s`` went into the histogram: a part of a batch delivered, then sent
-    # again with the rest of the batch after another part failed, is counted once
-    latencies_observed: bool = False
     # dead letters by (topic, reason) not counted yet: counted when the outputs are final (a
     # batch that fails is retried record by record, and would count its letters twice)
     uncounted: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
