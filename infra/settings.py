@@ -492,6 +492,12 @@ class Settings(BaseSettings):
         description="online neighbours kept per item: the scoring work per user grows with it "
         "(measured: 64 made a 10-minute soak at 500 events/s fall behind)",
     )
+    covisit_online_pair_scale: float = Field(
+        0.0,
+        ge=0,
+        description="what one online co-visitation pair counts for beside the snapshot's; "
+        "0 = the scale `coldstream train` measured and stored in the snapshot, 1 = once",
+    )
     covisit_train_window: int = Field(500, ge=1, description="snapshot pairs: max distance")
     covisit_neighbors: int = Field(200, ge=1, description="snapshot neighbors kept per item")
     # 25, not 50 (this and the new-item channel): on validation users of seeds 0-2, pools a

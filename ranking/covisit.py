@@ -16,7 +16,11 @@ Two layers, merged at query time by :class:`CovisitIndex`:
   gathered after training — all a new item has — weighed a fraction of what the ranker learned
   such counts to mean. The counters themselves stay in events (scaled when read), so counts
   persisted under one snapshot stay right under the next, and a row's trim compares like with
-  like.
+  like. ``COLDSTREAM_COVISIT_ONLINE_PAIR_SCALE`` replaces the stored scale (1 = once).
+  The gain is not the units alone: weighing only the visits past the worker's window, by the
+  ratio measured on those (1.000 within it, 4.92 past it), predicted worse in the time-split
+  replay than the uniform scale (``scripts/covisit_scale_replay.py``, ``depth``): online pairs
+  are fresher than the snapshot's, and counting them more pays.
 
 Score of a candidate ``j`` for a user whose recent items are ``r_1 … r_n`` (newest last):
 ``Σ_t recency^(n−t) · c(r_t, j) / sqrt(n(r_t) · n(j))`` — item-kNN's cosine, recency-weighted.

@@ -75,6 +75,9 @@ class EngineConfig:
     covisit_recency: float = 0.8  # weight of the t-th most recent item: recency^t
     covisit_max_pairs: int = 200_000  # online pairs kept per partition
     covisit_row_cap: int = 16  # online neighbours kept per item (bounds per-user scoring work)
+    # what one online pair counts for: 0 = the snapshot's measured online_pair_scale (1 without
+    # a snapshot or with one that has none); any other value replaces it (1 = once)
+    covisit_online_pair_scale: float = 0.0
     popular_top_n: int = 25
     # the list after its head (tail_head_frac of it, rounded) is ordered by (1 − w)·the scorer's
     # relevance + w·co-visitation (ranking.diversity.head_then_tail); w = tail_covisit_weight,
@@ -199,7 +202,7 @@ class BehaviorEngine:
         # pins it, so its lists do not depend on how long the run has taken
         self.clock = clock
         self.trending: dict[int, TrendingCounter] = {}
-        self.covisit_base = covisit
+        self.covisit_base = self._scaled(covisit)
         self.covisit: dict[int, CovisitCounter] = {}
         self.item_ids = ItemIds()  # shared by the online counters and every index
         # the log the events' offsets count in (the worker sets the events topic's id): a
@@ -233,9 +236,16 @@ class BehaviorEngine:
 
     def swap_covisit(self, model: CovisitModel | None, *, reset_online: bool = False) -> None:
         """Take a new learned snapshot; ``reset_online`` drops the online counts held so far."""
-        self.covisit_base = model
+        self.covisit_base = self._scaled(model)
         if reset_online:
             self.covisit = {}
+
+    def _scaled(self, model: CovisitModel | None) -> CovisitModel | None:
+        """``model`` with ``cfg.covisit_online_pair_scale`` in place of its own, when set."""
+        scale = self.cfg.covisit_online_pair_scale
+        if model is None or scale <= 0 or scale == model.online_pair_scale:
+            return model
+        return model.with_online_pair_scale(scale)
 
     def covisit_index(self) -> CovisitIndex:
         return CovisitIndex(

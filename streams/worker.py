@@ -68,6 +68,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         covisit_recency=settings.covisit_recency,
         covisit_max_pairs=settings.covisit_max_pairs,
         covisit_row_cap=settings.covisit_row_cap,
+        covisit_online_pair_scale=settings.covisit_online_pair_scale,
         popular_top_n=settings.popular_top_n,
         cold_item_max_count=settings.cold_item_max_count,
         cold_slots_follow_content=settings.cold_slots_follow_content,

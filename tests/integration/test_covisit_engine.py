@@ -115,3 +115,22 @@ def test_popular_channel_fetches_vectors_in_the_same_read(store: QdrantStore) ->
     out = engine.apply(prep, None)
     sources = {i.item_id: i.source for i in out.recommendations[0].items}
     assert sources.get("i3") == "trending" or sources.get("i4") == "trending"
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(0.0, 4.0), (1.0, 1.0), (2.5, 2.5)])
+def test_the_online_pair_scale_setting_replaces_the_snapshots(
+    store: QdrantStore, setting: float, expected: float
+) -> None:
+    """``COLDSTREAM_COVISIT_ONLINE_PAIR_SCALE``: 0 reads online pairs at the scale ``train``
+    stored in the snapshot, any other value instead of it, also in a snapshot swapped in."""
+    snapshot = CovisitModel.build([["i1", "i2"]], window=2, neighbors=5)
+    engine = _engine(store, snapshot.with_online_pair_scale(4.0), covisit_online_pair_scale=setting)
+    user = f"crowd-{setting}"
+    _run(engine, [ev(user, "i0")])
+    _run(engine, [ev(user, "i7")])  # one online pair: i0 → i7
+    visits = engine.covisit_index().count("i0") * engine.covisit_index().count("i7")
+    score = engine.covisit_index().scores(["i0"])["i7"]
+    assert score == pytest.approx(expected / np.sqrt(visits))
+    engine.swap_covisit(snapshot.with_online_pair_scale(4.0))
+    assert engine.covisit_base is not None
+    assert engine.covisit_base.online_pair_scale == expected
