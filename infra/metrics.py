@@ -53,7 +53,9 @@ EVENTS_MISKEYED = Counter(
 EVENTS_SKIPPED = Counter(
     "coldstream_events_skipped_total",
     "Records not applied, by reason: replayed_offset (a redelivery), duplicate_event (an "
-    "applied event id again), retire_unknown_item (an item retirement naming no stored item)",
+    "applied event id again), retire_unknown_item (an item retirement naming no stored item), "
+    "owner_changed (another worker wrote the user's profile while the batch ran: the "
+    "partitions moved, and the new owner applies the event)",
     ["reason"],
     registry=REGISTRY,
 )

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,8 @@ class Skipped:
     """An event not applied because its profile holds it already: ``replayed_offset`` (a
     redelivery: its offset is at or below the last one applied from its partition) or
     ``duplicate_event`` (a new record repeating an applied event id, or an earlier one of the
-    same batch)."""
+    same batch); or because another worker took its user over while the batch ran:
+    ``owner_changed`` (see ``BehaviorEngine._moved_away``)."""
 
     interaction: Interaction
     reason: str
@@ -145,6 +147,16 @@ class UserRecs:
     profile_events: int
     items: list[RecItem]
     ranker: str  # the version of the scorer that ranked ``items``
+
+
+# enough of a stored profile to tell that another writer changed it: every write applies at
+# least one event, which moves the count and the last event id
+ProfileMark = tuple[int, str]
+
+
+def profile_mark(payload: Mapping[str, Any]) -> ProfileMark:
+    ids = payload.get("event_ids") or [""]
+    return int(payload.get("event_count", 0)), str(ids[-1])
 
 
 @dataclass
@@ -170,6 +182,10 @@ class Prepared:
     # that landed but raised, a store call of ``recommend``): applied then, reported as applied
     # now (the failed step reported none), and counted now if that step never got to
     written: list[Interaction] = field(default_factory=list)
+    # what each user's stored profile was when read (None: none stored), and the worker's
+    # ownership count then (see BehaviorEngine.ownership)
+    read_marks: dict[str, ProfileMark | None] = field(default_factory=dict)
+    ownership: int = 0
 
     @property
     def users(self) -> list[str]:
@@ -222,6 +238,11 @@ class BehaviorEngine:
         self._unlisted: set[tuple[str, str]] = set()
         self._uncounted: dict[tuple[str, str], tuple[Interaction, list[str] | None]] = {}
         self.exposure = NewItemExposure(cfg.cold_exposure_max_share, cfg.cold_exposure_window)
+        # a count that moves whenever this worker's partitions may be moving (the stream sets
+        # it to Faust's rebalance count). A batch that saw it move between its reads and its
+        # profile write reads the profiles again first, and leaves the users another worker
+        # wrote meanwhile to that worker (``_moved_away``)
+        self.ownership: Callable[[], int] = lambda: 0
 
     def forget_failed_steps(self) -> None:
         """A new batch starts: what failed steps of the last one left (see ``_unlisted``) is
@@ -277,7 +298,11 @@ class BehaviorEngine:
         again. A user's events stay together and in order, so a held event is never behind an
         applied offset, and the user still gets one list for the batch."""
         user_ids = list(dict.fromkeys(e.user_id for e in events))
+        ownership = self.ownership()  # before the read: a move after it is caught at the write
         stored = self.store.retrieve(self.cfg.users_collection, user_ids, with_vectors=True)
+        read_marks = {
+            uid: profile_mark(p.payload) if (p := stored.get(uid)) else None for uid in user_ids
+        }
         profiles = {
             uid: Profile.from_payload(uid, p.vector, p.payload) for uid, p in stored.items()
         }
@@ -371,6 +396,8 @@ class BehaviorEngine:
             held=held,
             relist=relist,
             written=written,
+            read_marks=read_marks,
+            ownership=ownership,
         )
 
     def _channels(
@@ -439,14 +466,24 @@ class BehaviorEngine:
                 self.cfg.profile,
             )
             last_event[e.user_id] = e
+        to_apply, skipped = prep.to_apply, prep.skipped
+        moved = self._moved_away(prep, list(last_event))
+        if moved:
+            to_apply = [e for e in prep.to_apply if e.user_id not in moved]
+            skipped = skipped + [
+                Skipped(e, "owner_changed") for e in prep.to_apply if e.user_id in moved
+            ]
+            visits = [(e, recent) for e, recent in visits if e.user_id not in moved]
+            for uid in moved:
+                del last_event[uid]
         users = list(last_event)
         # from here the events may be written (a write can land and still raise, a client's
         # timeout): a retry finds them applied and reports them (Prepared.written), and counts
         # them in trending and co-visitation if this step never got to
-        keys = {(e.user_id, e.event_id) for e in (*prep.to_apply, *prep.written)}
+        keys = {(e.user_id, e.event_id) for e in (*to_apply, *prep.written)}
         self._unlisted |= keys
         recent_of = {id(e): recent for e, recent in visits}
-        for e in prep.to_apply:
+        for e in to_apply:
             if e.item_id is not None:
                 self._uncounted[(e.user_id, e.event_id)] = (e, recent_of.get(id(e)))
         self.store.upsert(
@@ -460,7 +497,7 @@ class BehaviorEngine:
         # whose write landed but raised are counted now
         counted = [
             self._uncounted.pop((e.user_id, e.event_id))
-            for e in (*prep.written, *prep.to_apply)
+            for e in (*prep.written, *to_apply)
             if (e.user_id, e.event_id) in self._uncounted
         ]
         for e, _ in counted:
@@ -482,8 +519,39 @@ class BehaviorEngine:
             UserRecs(uid, trigger, prep.profiles[uid].event_count, recs[uid], ranker)
             for uid, trigger in triggers.items()
         ]
-        applied = len(prep.to_apply) + len(prep.written)
-        return BatchOutcome(out, prep.rejected, prep.skipped, applied, prep.held)
+        applied = len(to_apply) + len(prep.written)
+        return BatchOutcome(out, prep.rejected, skipped, applied, prep.held)
+
+    def _moved_away(self, prep: Prepared, users: Sequence[str]) -> set[str]:
+        """The users whose stored profile another writer changed since ``prep`` read it, when
+        this worker's partitions may have moved meanwhile (else none, and no read).
+
+        A batch can outlive its partitions: Faust waits for it before giving them up, but a
+        member dropped from the group (a batch past the rebalance timeout, or the embedded
+        broker forming a generation without it) learns so only at its next heartbeat, and the
+        new owner starts from the last commit, which is before this batch. Writing these
+        users would put back profiles older than the new owner's, and its offset guard would
+        then skip what it applied. Their events are skipped here (``owner_changed``): the new
+        owner applies them. This narrows the race to the time between this read and the
+        write; closing it would take a conditional write, which Qdrant does not offer.
+        """
+        if not users or self.ownership() == prep.ownership:
+            return set()
+        now = self.store.retrieve(self.cfg.users_collection, list(users), with_vectors=False)
+        moved = {
+            uid
+            for uid in users
+            if (profile_mark(p.payload) if (p := now.get(uid)) else None)
+            != prep.read_marks.get(uid)
+        }
+        if moved:
+            log.warning(
+                "%d of the batch's %d users were written by another worker since the batch "
+                "read them (its partitions moved in a rebalance): their events are left to it",
+                len(moved),
+                len(users),
+            )
+        return moved
 
     # -- recall → score → diversify → explain ------------------------------------------------
     def recommend(

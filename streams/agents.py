@@ -444,6 +444,10 @@ def register_agents(app: faust.App, topics: Topics, pipeline: Pipeline, settings
         if parts:
             await pipeline.on_partitions_revoked(parts)
 
+    # Faust counts rebalances as they start (on the consumer's thread, before the revocation
+    # waits for the agents): a batch that sees the count move re-reads its profiles before
+    # writing them (BehaviorEngine._moved_away)
+    pipeline.engine.ownership = lambda: app.rebalancing_count
     # mode's Signal.connect is typed for receivers with a ``signal`` keyword; ours take **kwargs
     app.on_partitions_assigned.connect(cast(Any, on_assigned))
     app.on_partitions_revoked.connect(cast(Any, on_revoked))

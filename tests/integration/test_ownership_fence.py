@@ -1,0 +1,105 @@
+"""A batch that outlives its partitions does not put older profiles back over the new owner's.
+
+Two engines on one real store play the old and the new owner of a partition: the old one reads
+a user's profile, the partition moves (the worker's rebalance count moves), the new owner
+applies the same events and more from the last commit, and only then does the old batch get
+to its write (``BehaviorEngine._moved_away``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infra.qdrant_store import QdrantStore
+from infra.settings import Settings
+from ranking.engine import BehaviorEngine, EngineConfig, Interaction
+from ranking.profile import ProfileConfig
+from ranking.scoring import BlendScorer
+from ranking.store import StoredPoint
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+]
+DIM = 4
+T0 = 1_700_000_000.0
+
+
+def _engine(store: QdrantStore) -> BehaviorEngine:
+    s = Settings()
+    cfg = EngineConfig(
+        profile=ProfileConfig(weights=s.event_weights(), half_life_s=72 * 3600.0),
+        recs_count=2,
+        cold_item_slots=0,
+    )
+    for name, dim in ((cfg.items_collection, DIM), (cfg.users_collection, DIM)):
+        store.ensure_collection(name, dim)
+    store.ensure_collection(cfg.state_collection, 1)
+    store.upsert(
+        cfg.items_collection,
+        [
+            StoredPoint(f"i{n}", np.eye(DIM, dtype=np.float32)[n], {"title": f"T{n}"})
+            for n in range(DIM)
+        ],
+    )
+    return BehaviorEngine(store, cfg, BlendScorer(0.3))
+
+
+def ev(user: str, offset: int, item: str) -> Interaction:
+    return Interaction(
+        f"e{offset}", user, "view", T0 + offset, item_id=item, partition=0, offset=offset
+    )
+
+
+def _stored_count(store: QdrantStore, engine: BehaviorEngine, user: str) -> int:
+    point = store.retrieve(engine.cfg.users_collection, [user], with_vectors=False)[user]
+    return int(point.payload["event_count"])
+
+
+@pytest.mark.parametrize("rebalanced", [True, False])
+def test_a_batch_whose_user_moved_leaves_the_new_owners_profile(
+    store: QdrantStore, rebalanced: bool
+) -> None:
+    old, new = _engine(store), _engine(store)
+    rebalances = 0
+    old.ownership = lambda: rebalances
+    old.apply(old.prepare([ev("u", 0, "i0"), ev("v", 1, "i0")]), None)  # committed up to here
+
+    batch = [ev("u", 2, "i1"), ev("u", 3, "i2"), ev("v", 4, "i1")]
+    prep = old.prepare(batch)  # the old owner reads, then stalls (an encoder, a store outage)
+    rebalances += rebalanced  # ... the partition moves: the new owner starts from the commit
+    # ... and applies u's events and a later one; it has not reached v's yet
+    got = new.apply(new.prepare([ev("u", 2, "i1"), ev("u", 3, "i2"), ev("u", 5, "i3")]), None)
+    assert got.applied == 3 and _stored_count(store, new, "u") == 4
+
+    late = old.apply(prep, None)
+    if rebalanced:
+        # u is left to the new owner; v, which no one else wrote, is written as before
+        assert [(s.interaction.offset, s.reason) for s in late.skipped] == [
+            (2, "owner_changed"),
+            (3, "owner_changed"),
+        ]
+        assert late.applied == 1
+        assert [r.user_id for r in late.recommendations] == ["v"]
+        assert _stored_count(store, new, "u") == 4
+    else:
+        # the race this guards against: without a rebalance seen, the old batch writes over
+        assert late.applied == 3 and late.skipped == []
+        assert _stored_count(store, new, "u") == 3
+    assert _stored_count(store, new, "v") == 2
+
+
+def test_no_read_again_while_the_ownership_count_stands(store: QdrantStore) -> None:
+    engine = _engine(store)
+    reads: list[list[str]] = []
+    retrieve = store.retrieve
+
+    def counting(collection: str, ids: list[str], *, with_vectors: bool = True):  # type: ignore[no-untyped-def]
+        if collection == engine.cfg.users_collection:
+            reads.append(list(ids))
+        return retrieve(collection, ids, with_vectors=with_vectors)
+
+    store.retrieve = counting  # type: ignore[method-assign]
+    engine.apply(engine.prepare([ev("u", 0, "i0")]), None)
+    assert reads == [["u"]]  # the batch's own read only
