@@ -61,6 +61,7 @@ class CovisitModel:
         window: int,
         data_hash: str = "",
         online_pair_scale: float = 1.0,
+        counted_until: float | None = None,
     ) -> None:
         n = len(item_ids)
         if not (math.isfinite(online_pair_scale) and online_pair_scale > 0):
@@ -81,6 +82,9 @@ class CovisitModel:
         self.data_hash = data_hash
         # what one online pair counts for (see the module docstring); 1 for files without it
         self.online_pair_scale = float(online_pair_scale)
+        # the time of the latest event the snapshot counted (None: not known, files written
+        # before session 22): online counts of events up to it are in the snapshot already
+        self.counted_until = counted_until
 
     @classmethod
     def empty(cls) -> CovisitModel:
@@ -96,6 +100,7 @@ class CovisitModel:
         window: int,
         neighbors: int,
         data_hash: str = "",
+        counted_until: float | None = None,
     ) -> CovisitModel:
         """Count pairs at most ``window`` apart in each time-ordered sequence; keep the top ones.
 
@@ -157,7 +162,16 @@ class CovisitModel:
         inv_index = [""] * n
         for item, i in index.items():
             inv_index[i] = item
-        return cls(inv_index, counts, indptr, cols, sums, window=window, data_hash=data_hash)
+        return cls(
+            inv_index,
+            counts,
+            indptr,
+            cols,
+            sums,
+            window=window,
+            data_hash=data_hash,
+            counted_until=counted_until,
+        )
 
     def with_online_pair_scale(self, scale: float) -> CovisitModel:
         """The same counts, the online pairs read with it counting ``scale`` times."""
@@ -170,6 +184,7 @@ class CovisitModel:
             window=self.window,
             data_hash=self.data_hash,
             online_pair_scale=scale,
+            counted_until=self.counted_until,
         )
 
     # -- lookups --------------------------------------------------------------------------
@@ -205,6 +220,7 @@ class CovisitModel:
             "window": str(self.window),
             "data_hash": self.data_hash,
             "online_pair_scale": repr(self.online_pair_scale),
+            **({} if self.counted_until is None else {"counted_until": repr(self.counted_until)}),
             "item_ids": json.dumps(self.item_ids),
             "checksum": _checksum(tensors),
         }
@@ -244,6 +260,7 @@ class CovisitModel:
             window = int(meta["window"])
             # files written before 2026-11-27 (session 21) have none: online pairs count once
             scale = float(meta.get("online_pair_scale", "1.0"))
+            until = float(meta["counted_until"]) if "counted_until" in meta else None
         except (KeyError, ValueError) as exc:
             raise CovisitError(f"{path}: bad metadata: {exc}") from exc
         if not (isinstance(item_ids, list) and all(isinstance(i, str) for i in item_ids)):
@@ -261,6 +278,7 @@ class CovisitModel:
             window=window,
             data_hash=meta.get("data_hash", ""),
             online_pair_scale=scale,
+            counted_until=until,
         )
 
 
@@ -317,17 +335,29 @@ class CovisitCounter:
         self._counts: dict[int, float] = {}
         self._pairs: dict[int, dict[int, float]] = {}
         self._n_pairs = 0
+        # event times: of the first event counted (the counter's start; a late event counted
+        # afterwards does not move it) and the latest; None before any carried one
+        self.since_ts: float | None = None
+        self.until_ts: float | None = None
         # rows and visit counts changed since a RowCache last looked (bounded by interned items)
         self.dirty: set[int] = set()
         self.dirty_counts: set[int] = set()
         self.dirty_all = False
 
-    def add(self, recent: Sequence[str], item: str, weight: float = 1.0) -> None:
-        """``item`` was just visited after ``recent`` (the window of items before it).
+    def add(
+        self, recent: Sequence[str], item: str, weight: float = 1.0, ts: float | None = None
+    ) -> None:
+        """``item`` was just visited after ``recent`` (the window of items before it), at
+        event time ``ts`` if known.
 
         The pair loop is inline (no method call per pair) and looks the item's own row up
         once: ~40 pair updates per event make it the hottest Python loop of a warm batch.
         """
+        if ts is not None:
+            if self.since_ts is None:
+                self.since_ts = ts
+            if self.until_ts is None or ts > self.until_ts:
+                self.until_ts = ts
         intern = self.ids.id
         b = intern(item)
         self._counts[b] = self._counts.get(b, 0.0) + weight
@@ -406,6 +436,10 @@ class CovisitCounter:
         self._n_pairs = len(keep)
         self.dirty_all = True
 
+    @property
+    def empty(self) -> bool:
+        return not self._counts and not self._pairs
+
     # -- reads by item name (tests, persistence) and by interned id (the index) ------------
     def count(self, item: str) -> float:
         i = self.ids.get(item)
@@ -475,6 +509,8 @@ class CovisitCounter:
             "pair_a": _b64(local[k : k + m].astype(np.int32)),
             "pair_b": _b64(local[k + m :].astype(np.int32)),
             "pair_counts": _b64(v),
+            "since_ts": self.since_ts,
+            "until_ts": self.until_ts,
         }
 
     @classmethod
@@ -513,6 +549,9 @@ class CovisitCounter:
                 for a, row in payload.get("pairs", {}).items()
             }
         c._n_pairs = sum(len(r) for r in c._pairs.values())
+        for name in ("since_ts", "until_ts"):  # counts saved before session 22 have none
+            value = payload.get(name)
+            setattr(c, name, None if value is None else float(value))
         return c
 
 

@@ -256,10 +256,46 @@ class BehaviorEngine:
         self.scorer = scorer
 
     def swap_covisit(self, model: CovisitModel | None, *, reset_online: bool = False) -> None:
-        """Take a new learned snapshot; ``reset_online`` drops the online counts held so far."""
+        """Take a new learned snapshot; ``reset_online`` drops the online counts held so far,
+        and counts the snapshot holds already are dropped in any case (``_drop_counted``)."""
         self.covisit_base = self._scaled(model)
         if reset_online:
             self.covisit = {}
+        self._drop_counted(list(self.covisit))
+
+    def _drop_counted(self, partitions: Sequence[int]) -> None:
+        """Drop the online counts of ``partitions`` that the snapshot in service counted too.
+
+        A retraining cycle trains on a log the worker has been counting since its start; kept,
+        those visits and pairs would count twice (online pairs ``online_pair_scale`` times
+        over) for as long as the counts live, and they are persisted. The snapshot names the
+        time of the latest event it counted (``counted_until``); a counter whose first event
+        is not later than that is replaced by an empty one (saved at the next persist, so a
+        restart does not bring it back). Its events after that time are lost to co-visitation
+        (they are in neither); that is the time between the log's export and the new
+        snapshot's arrival. Counts a counter cannot date (saved before session 22) go too.
+        """
+        until = self.covisit_base.counted_until if self.covisit_base is not None else None
+        if until is None:
+            return
+        for part in partitions:
+            counter = self.covisit.get(part)
+            if counter is None or counter.empty:
+                continue
+            if counter.since_ts is not None and counter.since_ts > until:
+                continue
+            log.info(
+                "partition %d: online co-visitation counts of events from %s to %s dropped: the "
+                "snapshot in service counted events up to %s",
+                part,
+                _when(counter.since_ts),
+                _when(counter.until_ts),
+                _when(until),
+            )
+            self.covisit[part] = CovisitCounter(
+                self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap, self.item_ids
+            )
+            self._dirty.add(part)
 
     def _scaled(self, model: CovisitModel | None) -> CovisitModel | None:
         """``model`` with ``cfg.covisit_online_pair_scale`` in place of its own, when set."""
@@ -894,7 +930,7 @@ class BehaviorEngine:
                 self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap, self.item_ids
             )
         assert e.item_id is not None
-        counter.add(recent, e.item_id)
+        counter.add(recent, e.item_id, ts=e.ts)
         self._dirty.add(part)
 
     def load_trending(self, partitions: Iterable[int]) -> None:
@@ -927,6 +963,7 @@ class BehaviorEngine:
                     log.error(
                         "partition %d: co-visitation counts unreadable (%s); from none", part, exc
                     )
+        self._drop_counted(parts)
 
     def drop_trending(self, partitions: Iterable[int]) -> None:
         """Give up ``partitions``' counts (revoked); they count again once loaded."""
@@ -955,6 +992,12 @@ class BehaviorEngine:
 
 # what stored counts of another version or a damaged payload raise when read
 _UNREADABLE = (ValueError, TypeError, KeyError, AttributeError)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "(unknown)"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def trending_key(partition: int) -> str:

@@ -546,8 +546,11 @@ def evaluate_seed(
         store.upsert(cfg_n.items_collection, [p for p in points if p.id in changed])
         cfg_lam = with_cold_policy(cfg_lam, policy)
         cfg_full = cfg_lam
-        # the served snapshot counts every training user (validation users included)
-        covisit = build_covisit(user_sequences(split.train), train_users, cfg.train, "", engine_cfg)
+        # the served snapshot counts every training user (validation users included). Undated:
+        # the test users' events are as old as the training log's, and not in it
+        covisit = build_covisit(
+            user_sequences(split.train), train_users, cfg.train, "", engine_cfg, dated=False
+        )
         via: dict[str, dict[str, Any]] = {}
         paired: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
         for k in cfg.ks:

@@ -131,15 +131,22 @@ def build_covisit(
     cfg: TrainConfig,
     data_hash: str = "",
     engine_cfg: EngineConfig | None = None,
+    *,
+    dated: bool = True,
 ) -> CovisitModel:
     """Co-visitation counted over ``users``' item events; a user with none (only searches or
     profile texts) adds nothing. With ``engine_cfg`` (the snapshot a worker serves), the
-    scale of the worker's online pairs is measured too (:func:`online_pair_scale`)."""
+    scale of the worker's online pairs is measured too (:func:`online_pair_scale`).
+    ``dated``: the snapshot names its latest event's time (``counted_until``); a log split by
+    user, not by time, has later events outside it, and must not."""
+    counted = [seqs[u] for u in users if u in seqs]
     model = CovisitModel.build(
-        ([str(i) for i in seqs[u]["item_id"]] for u in users if u in seqs),
+        ([str(i) for i in g["item_id"]] for g in counted),
         window=cfg.covisit_window,
         neighbors=cfg.covisit_neighbors,
         data_hash=data_hash,
+        # a worker drops online counts of events up to here (BehaviorEngine._drop_counted)
+        counted_until=max((float(g["ts"].max()) for g in counted), default=None) if dated else None,
     )
     if engine_cfg is None:
         return model
@@ -440,6 +447,7 @@ def train(
         "data_hash": dhash,
         "covisit_pairs": covisit.pairs,
         "covisit_online_pair_scale": round(covisit.online_pair_scale, 4),
+        "covisit_counted_until": covisit.counted_until,
     }
     prior = None
     if cfg.prior_l2 >= 0:

@@ -89,6 +89,7 @@ _SAME: dict[str, str] = {
     "covisit_recency": "covisit_recency",
     "covisit_max_pairs": "covisit_max_pairs",
     "covisit_row_cap": "covisit_row_cap",
+    "covisit_online_pair_scale": "covisit_online_pair_scale",
     "popular_top_n": "popular_top_n",
     "tail_covisit_weight": "tail_covisit_weight",
     "tail_head_frac": "tail_head_frac",

@@ -134,3 +134,45 @@ def test_the_online_pair_scale_setting_replaces_the_snapshots(
     engine.swap_covisit(snapshot.with_online_pair_scale(4.0))
     assert engine.covisit_base is not None
     assert engine.covisit_base.online_pair_scale == expected
+
+
+def test_online_counts_a_new_snapshot_counted_too_are_dropped_and_stay_dropped(
+    store: QdrantStore,
+) -> None:
+    """A retraining cycle: ``train`` reads a log the worker has been counting. The counts of
+    events up to the new snapshot's ``counted_until`` would count twice; they go, on a swap
+    and when a partition's saved counts are loaded (another worker's, or after a restart)."""
+    engine = _engine(store, popular_top_n=0)
+    _run(engine, [ev("crowd", "i0", partition=0), ev("crowd", "i7", partition=0)])
+    _run(engine, [ev("later", "i1", partition=1), ev("later", "i2", partition=1)])
+    first_1 = engine.covisit[1].since_ts
+    assert first_1 is not None and engine.covisit[0].pairs["i0"] == {"i7": 1.0}
+    engine.persist_trending()
+    # a snapshot counted up to just before partition 1's first event: partition 0's counts
+    # are in it, partition 1's are not
+    snapshot = CovisitModel.build([["i0", "i7"]], window=1, neighbors=5, counted_until=first_1 - 1)
+    engine.swap_covisit(snapshot)
+    assert engine.covisit[0].empty and engine.covisit[0].since_ts is None
+    assert engine.covisit[1].pairs["i1"] == {"i2": 1.0}
+    assert engine.covisit_index().count("i0") == 1.0  # the snapshot's visit, counted once
+    assert engine.persist_trending() == 1  # the emptied counts are saved
+    other = BehaviorEngine(store, engine.cfg, BlendScorer(0.3), covisit=snapshot)
+    other.load_trending([0, 1])
+    assert other.covisit[0].empty and other.covisit[1].pairs["i1"] == {"i2": 1.0}
+    # counts another worker saved under the old snapshot, of events the new one counted, are
+    # dropped when a worker serving the new one loads them
+    stale = BehaviorEngine(store, engine.cfg, BlendScorer(0.3))
+    early = [
+        Interaction(f"old{n}", "crowd2", "view", T0 - 100 + n, item_id=i, partition=2, offset=n)
+        for n, i in enumerate(["i0", "i7"])
+    ]
+    _run(stale, early)
+    stale.persist_trending()
+    stale.swap_covisit(None)  # no snapshot: nothing to compare with, nothing dropped
+    assert not stale.covisit[2].empty
+    other.load_trending([2])
+    assert other.covisit[2].empty
+    # and a later snapshot takes the rest
+    newer = CovisitModel.build([["i0", "i7"]], window=1, neighbors=5, counted_until=T0 + 10**7)
+    other.swap_covisit(newer)
+    assert all(c.empty for c in other.covisit.values())

@@ -402,3 +402,41 @@ def test_the_online_pair_scale_round_trips_and_older_files_read_as_one(tmp_path:
             CovisitModel.load(path)
     with pytest.raises(CovisitError, match="scale"):
         m.with_online_pair_scale(math.inf)
+
+
+def test_a_snapshot_names_the_time_it_counted_up_to_and_older_files_none(
+    tmp_path: Path,
+) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    m = CovisitModel.build([["a", "b"]], window=1, neighbors=10, counted_until=1_700_000_123.5)
+    path = tmp_path / "c.safetensors"
+    m.with_online_pair_scale(3.0).save(path)  # the scaled copy keeps it
+    assert CovisitModel.load(path).counted_until == 1_700_000_123.5
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = dict(fh.metadata())
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    del meta["counted_until"], meta["meta_checksum"]  # as written before session 22
+    save_file(tensors, str(path), metadata=meta)
+    assert CovisitModel.load(path).counted_until is None
+    meta["counted_until"] = "yesterday"
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CovisitError, match="bad metadata"):
+        CovisitModel.load(path)
+
+
+def test_a_counter_knows_when_it_started_counting_and_keeps_it_saved() -> None:
+    c = CovisitCounter()
+    assert c.empty and c.since_ts is None and c.until_ts is None
+    c.add([], "a", ts=100.0)
+    c.add(["a"], "b", ts=50.0)  # late: the start stays the first event's time
+    c.add(["b"], "c")  # no time: neither moves
+    c.add(["c"], "d", ts=300.0)
+    assert (c.since_ts, c.until_ts) == (100.0, 300.0) and not c.empty
+    back = CovisitCounter.from_payload(json.loads(json.dumps(c.to_payload())))
+    assert (back.since_ts, back.until_ts) == (100.0, 300.0)
+    assert back.pairs == c.pairs
+    old = c.to_payload()
+    del old["since_ts"], old["until_ts"]  # saved before session 22
+    assert CovisitCounter.from_payload(old).since_ts is None

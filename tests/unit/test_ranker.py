@@ -453,6 +453,10 @@ def test_a_user_with_only_text_events_counts_no_covisitation() -> None:
     model = build_covisit(seqs, ["a", "b", "searcher"], TrainConfig())
     assert model.count("i1") == 2.0
     assert model.neighbors("i1")[0] == ["i2"]
+    # dated by the latest item event it counted (the search at 3.0 counts nothing)
+    assert model.counted_until == 5.0
+    assert build_covisit(seqs, ["a"], TrainConfig()).counted_until == 2.0
+    assert build_covisit(seqs, ["a", "b"], TrainConfig(), dated=False).counted_until is None
 
 
 def test_a_ranker_served_with_another_datas_snapshot_is_reported(
