@@ -495,6 +495,7 @@ class Settings(BaseSettings):
     covisit_online_pair_scale: float = Field(
         0.0,
         ge=0,
+        allow_inf_nan=False,
         description="what one online co-visitation pair counts for beside the snapshot's; "
         "0 = the scale `coldstream train` measured and stored in the snapshot, 1 = once",
     )

@@ -29,6 +29,7 @@ Score of a candidate ``j`` for a user whose recent items are ``r_1 … r_n`` (ne
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import hashlib
 import heapq
@@ -174,18 +175,13 @@ class CovisitModel:
         )
 
     def with_online_pair_scale(self, scale: float) -> CovisitModel:
-        """The same counts, the online pairs read with it counting ``scale`` times."""
-        return CovisitModel(
-            self.item_ids,
-            self.counts,
-            self.indptr,
-            self.indices,
-            self.data,
-            window=self.window,
-            data_hash=self.data_hash,
-            online_pair_scale=scale,
-            counted_until=self.counted_until,
-        )
+        """The same counts, the online pairs read with it counting ``scale`` times. A shallow
+        copy: the arrays and the id index are shared (a worker keeps the loaded snapshot too)."""
+        if not (math.isfinite(scale) and scale > 0):
+            raise CovisitError(f"online pair scale {scale!r}: expected a number > 0")
+        scaled = copy.copy(self)
+        scaled.online_pair_scale = float(scale)
+        return scaled
 
     # -- lookups --------------------------------------------------------------------------
     def count(self, item: str) -> float:

@@ -149,14 +149,24 @@ class UserRecs:
     ranker: str  # the version of the scorer that ranked ``items``
 
 
-# enough of a stored profile to tell that another writer changed it: every write applies at
-# least one event, which moves the count and the last event id
-ProfileMark = tuple[int, str]
+# what a stored profile says about who applied what: the log its offsets count in and the
+# last offset applied from each partition ("", {} for no profile). A worker that applied events
+# of a partition moved that partition's offset; a write of events from another partition (a
+# user's events keyed otherwise, on two workers) does not count as the partition moving.
+ProfileMark = tuple[str, dict[str, int]]
+NO_PROFILE: ProfileMark = ("", {})
 
 
 def profile_mark(payload: Mapping[str, Any]) -> ProfileMark:
-    ids = payload.get("event_ids") or [""]
-    return int(payload.get("event_count", 0)), str(ids[-1])
+    offsets = payload.get("offsets") or {}
+    return str(payload.get("offsets_log", "")), {str(k): int(v) for k, v in offsets.items()}
+
+
+def _moved_on(before: ProfileMark, now: ProfileMark, partitions: Iterable[str]) -> bool:
+    """Did a write between the two marks apply events of ``partitions``?"""
+    if before[0] and now[0] and before[0] != now[0]:
+        return True
+    return any(before[1].get(p) != now[1].get(p) for p in partitions)
 
 
 @dataclass
@@ -182,9 +192,9 @@ class Prepared:
     # that landed but raised, a store call of ``recommend``): applied then, reported as applied
     # now (the failed step reported none), and counted now if that step never got to
     written: list[Interaction] = field(default_factory=list)
-    # what each user's stored profile was when read (None: none stored), and the worker's
-    # ownership count then (see BehaviorEngine.ownership)
-    read_marks: dict[str, ProfileMark | None] = field(default_factory=dict)
+    # what each user's stored profile was when the batch first read it, and the worker's
+    # ownership count when the batch began (see BehaviorEngine.ownership)
+    read_marks: dict[str, ProfileMark] = field(default_factory=dict)
     ownership: int = 0
 
     @property
@@ -234,21 +244,29 @@ class BehaviorEngine:
         # Prepared.written): a retry of that step reports them as applied, not replayed; and
         # those whose trending and co-visitation counts are not in yet, with the recent items
         # before them (None: not a visit that pairs). Both are dropped when a new batch starts
-        # (forget_failed_steps): a redelivery after that is a replay like any other
+        # (begin_batch): a redelivery after that is a replay like any other
         self._unlisted: set[tuple[str, str]] = set()
         self._uncounted: dict[tuple[str, str], tuple[Interaction, list[str] | None]] = {}
         self.exposure = NewItemExposure(cfg.cold_exposure_max_share, cfg.cold_exposure_window)
         # a count that moves whenever this worker's partitions may be moving (the stream sets
-        # it to Faust's rebalance count). A batch that saw it move between its reads and its
-        # profile write reads the profiles again first, and leaves the users another worker
-        # wrote meanwhile to that worker (``_moved_away``)
+        # it to Faust's rebalance count). A batch that saw it move since it began reads the
+        # profiles again before its write, and leaves the users another worker wrote since
+        # the batch first read them to that worker (``_moved_away``). Both are kept from the
+        # batch's start (``begin_batch``) through its retries and its second pass after an
+        # unknown-item wait: each of those reads again, and would take a newer owner's write
+        # for the base
         self.ownership: Callable[[], int] = lambda: 0
+        self._batch_ownership: int | None = None  # None: no batch begun (callers outside the
+        self._batch_marks: dict[str, ProfileMark] = {}  # stream): each prepare is its own
 
-    def forget_failed_steps(self) -> None:
+    def begin_batch(self) -> None:
         """A new batch starts: what failed steps of the last one left (see ``_unlisted``) is
-        dropped; a redelivery of their events is a replay."""
+        dropped, a redelivery of their events is a replay; the ownership count and the
+        profiles' marks are taken afresh (see ``ownership``)."""
         self._unlisted.clear()
         self._uncounted.clear()
+        self._batch_ownership = self.ownership()
+        self._batch_marks.clear()
 
     # -- hot swaps (one attribute write each). The worker makes them on the thread that runs
     # ``prepare`` and ``apply``, so a batch is ranked by one scorer and one snapshot throughout.
@@ -334,11 +352,19 @@ class BehaviorEngine:
         again. A user's events stay together and in order, so a held event is never behind an
         applied offset, and the user still gets one list for the batch."""
         user_ids = list(dict.fromkeys(e.user_id for e in events))
-        ownership = self.ownership()  # before the read: a move after it is caught at the write
+        # before the read: a move after it is caught at the write
+        ownership = self._batch_ownership
+        if ownership is None:
+            ownership = self.ownership()
         stored = self.store.retrieve(self.cfg.users_collection, user_ids, with_vectors=True)
         read_marks = {
-            uid: profile_mark(p.payload) if (p := stored.get(uid)) else None for uid in user_ids
+            uid: profile_mark(p.payload) if (p := stored.get(uid)) else NO_PROFILE
+            for uid in user_ids
         }
+        if self._batch_ownership is not None:  # the batch's first read of each user counts
+            read_marks = {
+                uid: self._batch_marks.setdefault(uid, m) for uid, m in read_marks.items()
+            }
         profiles = {
             uid: Profile.from_payload(uid, p.vector, p.payload) for uid, p in stored.items()
         }
@@ -502,17 +528,24 @@ class BehaviorEngine:
                 self.cfg.profile,
             )
             last_event[e.user_id] = e
-        to_apply, skipped = prep.to_apply, prep.skipped
-        moved = self._moved_away(prep, list(last_event))
-        if moved:
+        to_apply, skipped, rejected = prep.to_apply, prep.skipped, prep.rejected
+        moved = self._moved_away(prep)
+        if moved:  # left to the new owner, which also dead-letters their unknown items
             to_apply = [e for e in prep.to_apply if e.user_id not in moved]
+            rejected = [r for r in prep.rejected if r.interaction.user_id not in moved]
             skipped = skipped + [
-                Skipped(e, "owner_changed") for e in prep.to_apply if e.user_id in moved
+                Skipped(e, "owner_changed")
+                for e in (*prep.to_apply, *(r.interaction for r in prep.rejected))
+                if e.user_id in moved
             ]
             visits = [(e, recent) for e, recent in visits if e.user_id not in moved]
             for uid in moved:
-                del last_event[uid]
+                last_event.pop(uid, None)
         users = list(last_event)
+        if self._batch_ownership is not None:  # this write is the base of the batch's retries
+            for uid in users:
+                written_by_us = prep.profiles[uid]
+                self._batch_marks[uid] = (written_by_us.offsets_log, dict(written_by_us.offsets))
         # from here the events may be written (a write can land and still raise, a client's
         # timeout): a retry finds them applied and reports them (Prepared.written), and counts
         # them in trending and co-visitation if this step never got to
@@ -556,11 +589,13 @@ class BehaviorEngine:
             for uid, trigger in triggers.items()
         ]
         applied = len(to_apply) + len(prep.written)
-        return BatchOutcome(out, prep.rejected, skipped, applied, prep.held)
+        return BatchOutcome(out, rejected, skipped, applied, prep.held)
 
-    def _moved_away(self, prep: Prepared, users: Sequence[str]) -> set[str]:
-        """The users whose stored profile another writer changed since ``prep`` read it, when
-        this worker's partitions may have moved meanwhile (else none, and no read).
+    def _moved_away(self, prep: Prepared) -> set[str]:
+        """The users with events to apply (or to dead-letter) in ``prep`` whose stored profile
+        another writer moved, for a partition of those events, since the batch first read it;
+        asked only when this worker's partitions may have moved since the batch began (else
+        none, and no read).
 
         A batch can outlive its partitions: Faust waits for it before giving them up, but a
         member dropped from the group (a batch past the rebalance timeout, or the embedded
@@ -571,14 +606,21 @@ class BehaviorEngine:
         owner applies them. This narrows the race to the time between this read and the
         write; closing it would take a conditional write, which Qdrant does not offer.
         """
+        partitions: dict[str, set[str]] = {}
+        for e in (*prep.to_apply, *(r.interaction for r in prep.rejected)):
+            partitions.setdefault(e.user_id, set()).add(str(e.partition))
+        users = list(partitions)
         if not users or self.ownership() == prep.ownership:
             return set()
-        now = self.store.retrieve(self.cfg.users_collection, list(users), with_vectors=False)
+        now = self.store.retrieve(self.cfg.users_collection, users, with_vectors=False)
         moved = {
             uid
             for uid in users
-            if (profile_mark(p.payload) if (p := now.get(uid)) else None)
-            != prep.read_marks.get(uid)
+            if _moved_on(
+                prep.read_marks.get(uid, NO_PROFILE),
+                profile_mark(p.payload) if (p := now.get(uid)) else NO_PROFILE,
+                partitions[uid],
+            )
         }
         if moved:
             log.warning(

@@ -435,7 +435,7 @@ class Pipeline:
         if not retry:  # a record retried alone was counted with its batch
             # what a failed step of the last batch left does not carry over (the records of
             # this one's retries do: they may be those steps' events)
-            self.engine.forget_failed_steps()
+            self.engine.begin_batch()
             for event_type, n in consumed.items():
                 metrics.EVENTS_CONSUMED.labels(type=event_type).inc(n)
             if miskeyed:

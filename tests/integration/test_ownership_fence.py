@@ -103,3 +103,37 @@ def test_no_read_again_while_the_ownership_count_stands(store: QdrantStore) -> N
     store.retrieve = counting  # type: ignore[method-assign]
     engine.apply(engine.prepare([ev("u", 0, "i0")]), None)
     assert reads == [["u"]]  # the batch's own read only
+
+
+def test_a_retried_batch_still_compares_with_the_count_at_its_start(store: QdrantStore) -> None:
+    """A store outage or an unknown-item wait makes a batch prepare again after the count
+    moved; that retry must still read the profiles again before its write (found by review:
+    each prepare took the count anew, so a retry prepared after the move never checked)."""
+    old, new = _engine(store), _engine(store)
+    rebalances = 0
+    old.ownership = lambda: rebalances
+    old.begin_batch()
+    old.apply(old.prepare([ev("u", 0, "i0")]), None)
+    old.begin_batch()
+    batch = [ev("u", 1, "i1"), ev("u", 2, "i2")]
+    old.prepare(batch)  # the first attempt; its write then fails (say, a store outage)
+    rebalances += 1
+    retry = old.prepare(batch)  # the retry reads before the new owner writes
+    new.apply(new.prepare([*batch, ev("u", 3, "i3")]), None)
+    late = old.apply(retry, None)
+    assert [s.reason for s in late.skipped] == ["owner_changed", "owner_changed"]
+    assert late.applied == 0 and _stored_count(store, new, "u") == 4
+
+
+def test_a_write_from_another_partition_is_not_a_move(store: QdrantStore) -> None:
+    """Events of one user keyed otherwise reach two workers (counted as miskeyed): the other
+    worker's write of its partition's events says nothing about this batch's partition."""
+    old, other = _engine(store), _engine(store)
+    rebalances = 0
+    old.ownership = lambda: rebalances
+    prep = old.prepare([ev("u", 0, "i0"), ev("u", 1, "i1")])
+    rebalances += 1
+    away = Interaction("x9", "u", "view", T0 + 9, item_id="i2", partition=5, offset=9)
+    other.apply(other.prepare([away]), None)
+    late = old.apply(prep, None)
+    assert late.applied == 2 and late.skipped == []

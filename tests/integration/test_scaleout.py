@@ -346,6 +346,9 @@ def test_a_batch_that_outlives_its_partitions_leaves_the_new_owners_profiles(
                 workers = (leader, follower, joining)
                 assert all(w.error is None for w in workers)
     assert held.released_after_condition, "no rebalance began while the batch was held"
+    # not asserted: a run where the new owner had not yet written the held batch's users
+    # (its write then reads the old one's and skips those events as replays) checks nothing
+    # of the ownership check but is right all the same; 0-17 events per run here
     print(f"events left to the new owner: {_owner_changed() - skipped_before:.0f}")
 
 

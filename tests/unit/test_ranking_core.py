@@ -1304,5 +1304,5 @@ def test_records_of_a_failed_batch_retried_one_by_one_are_each_reported_applied(
     monkeypatch.setattr(engine, "recommend", real)
     outcomes = [run(engine, [e]) for e in batch]
     assert [o.applied for o in outcomes] == [1, 1] and all(o.skipped == [] for o in outcomes)
-    engine.forget_failed_steps()  # the next batch starts: a redelivery is a replay again
+    engine.begin_batch()  # the next batch starts: a redelivery is a replay again
     assert run(engine, batch[:1]).skipped[0].reason == "replayed_offset"
