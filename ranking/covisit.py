@@ -67,6 +67,8 @@ class CovisitModel:
         n = len(item_ids)
         if not (math.isfinite(online_pair_scale) and online_pair_scale > 0):
             raise CovisitError(f"online pair scale {online_pair_scale!r}: expected a number > 0")
+        if counted_until is not None and not math.isfinite(counted_until):
+            raise CovisitError(f"counted until {counted_until!r}: expected a time")
         if counts.shape != (n,) or indptr.shape != (n + 1,) or indices.shape != data.shape:
             raise CovisitError("co-visitation arrays do not match the item list")
         if n and (int(indptr[0]) != 0 or int(indptr[-1]) != len(indices)):
@@ -545,9 +547,11 @@ class CovisitCounter:
                 for a, row in payload.get("pairs", {}).items()
             }
         c._n_pairs = sum(len(r) for r in c._pairs.values())
-        for name in ("since_ts", "until_ts"):  # counts saved before session 22 have none
+        for name in ("since_ts", "until_ts"):
             value = payload.get(name)
             setattr(c, name, None if value is None else float(value))
+        if c.since_ts is None and not c.empty:  # saved before session 22: of any time, and the
+            c.since_ts = 0.0  # next event must not date them (a dated snapshot drops them)
         return c
 
 

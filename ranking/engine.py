@@ -273,12 +273,10 @@ class BehaviorEngine:
     def swap_scorer(self, scorer: Scorer) -> None:
         self.scorer = scorer
 
-    def swap_covisit(self, model: CovisitModel | None, *, reset_online: bool = False) -> None:
-        """Take a new learned snapshot; ``reset_online`` drops the online counts held so far,
-        and counts the snapshot holds already are dropped in any case (``_drop_counted``)."""
+    def swap_covisit(self, model: CovisitModel | None) -> None:
+        """Take a new learned snapshot; the online counts it holds already go
+        (``_drop_counted``)."""
         self.covisit_base = self._scaled(model)
-        if reset_online:
-            self.covisit = {}
         self._drop_counted(list(self.covisit))
 
     def _drop_counted(self, partitions: Sequence[int]) -> None:
@@ -292,6 +290,8 @@ class BehaviorEngine:
         restart does not bring it back). Its events after that time are lost to co-visitation
         (they are in neither); that is the time between the log's export and the new
         snapshot's arrival. Counts a counter cannot date (saved before session 22) go too.
+        While a dated snapshot is in service, events up to its date are not counted online
+        (``_covisit``): a backlog behind the export is in the snapshot already.
         """
         until = self.covisit_base.counted_until if self.covisit_base is not None else None
         if until is None:
@@ -966,6 +966,9 @@ class BehaviorEngine:
         part = e.partition if e.partition is not None else 0
         if part in self._revoked:
             return
+        until = self.covisit_base.counted_until if self.covisit_base is not None else None
+        if until is not None and e.ts <= until:
+            return  # the snapshot counted it (see _drop_counted)
         counter = self.covisit.get(part)
         if counter is None:
             counter = self.covisit[part] = CovisitCounter(

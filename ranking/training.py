@@ -146,11 +146,28 @@ def build_covisit(
         neighbors=cfg.covisit_neighbors,
         data_hash=data_hash,
         # a worker drops online counts of events up to here (BehaviorEngine._drop_counted)
-        counted_until=max((float(g["ts"].max()) for g in counted), default=None) if dated else None,
+        counted_until=_counted_until(counted) if dated else None,
     )
     if engine_cfg is None:
         return model
     return model.with_online_pair_scale(online_pair_scale(seqs, users, cfg, engine_cfg, model))
+
+
+def _counted_until(counted: Sequence[pd.DataFrame]) -> float | None:
+    """The latest event time of the log, but not past now: one event from a client whose
+    clock runs ahead (the events contract allows a day) would date the snapshot after
+    events it never saw, and a worker would drop those online counts."""
+    latest = max((float(g["ts"].max()) for g in counted), default=None)
+    if latest is None:
+        return None
+    now = time.time()
+    if latest > now:
+        log.warning(
+            "the log's latest event is %.0f s in the future: the snapshot is dated now",
+            latest - now,
+        )
+        return now
+    return latest
 
 
 def online_pair_scale(

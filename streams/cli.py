@@ -173,6 +173,20 @@ def _cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.export import export_log
+
+    if settings.embedded_kafka:
+        print("set COLDSTREAM_KAFKA_BOOTSTRAP to the broker to read from", file=sys.stderr)
+        return 2
+    report = export_log(settings, settings.kafka_bootstrap, Path(args.out), timeout_s=args.timeout)
+    print(report.summary())
+    if report.interactions == 0:
+        print("coldstream: error: no interactions to export", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
@@ -317,6 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("tail", _cmd_tail, "consume and pretty-print recommendations")
     p.add_argument("--limit", type=int, default=0, help="stop after N messages (0 = forever)")
     p.add_argument("--from-beginning", action="store_true")
+    p = add(
+        "export",
+        _cmd_export,
+        "write the items and events topics as a training log (items.jsonl, interactions.jsonl) "
+        "for `coldstream train --items … --interactions …`",
+    )
+    p.add_argument("--out", default="export", help="output directory (default: ./export)")
+    p.add_argument(
+        "--timeout",
+        type=eval_cli._in(0.0, 86400.0, open_ends=True),
+        default=600.0,
+        help="seconds to reach the topics' ends (default 600)",
+    )
     p = add("demo", _cmd_demo, "end-to-end demo on MovieLens-100K with the embedded stack")
     p.add_argument("--users", type=int, default=200, help="users whose events are replayed")
     p.add_argument("--events", type=int, default=20000, help="at most this many events")

@@ -176,3 +176,21 @@ def test_online_counts_a_new_snapshot_counted_too_are_dropped_and_stay_dropped(
     newer = CovisitModel.build([["i0", "i7"]], window=1, neighbors=5, counted_until=T0 + 10**7)
     other.swap_covisit(newer)
     assert all(c.empty for c in other.covisit.values())
+
+
+def test_while_a_dated_snapshot_serves_events_it_counted_are_not_counted_online(
+    store: QdrantStore,
+) -> None:
+    """A backlog behind the log's export (or a replay of old events) is in the snapshot: counted
+    online too, it would count twice, and date the counter before the snapshot."""
+    snapshot = CovisitModel.build([["i0", "i7"]], window=1, neighbors=5, counted_until=T0 + 10**6)
+    engine = _engine(store, snapshot, popular_top_n=0)
+    _run(engine, [ev("old", "i0", partition=0), ev("old", "i7", partition=0)])
+    assert engine.covisit.get(0) is None or engine.covisit[0].empty
+    late = T0 + 10**6 + 1
+    after = [
+        Interaction(f"n{k}", "new", "view", late + k, item_id=i, partition=0, offset=10**6 + k)
+        for k, i in enumerate(["i1", "i2"])
+    ]
+    _run(engine, after)
+    assert engine.covisit[0].pairs["i1"] == {"i2": 1.0} and engine.covisit[0].since_ts == late

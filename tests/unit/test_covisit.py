@@ -420,10 +420,11 @@ def test_a_snapshot_names_the_time_it_counted_up_to_and_older_files_none(
     del meta["counted_until"], meta["meta_checksum"]  # as written before session 22
     save_file(tensors, str(path), metadata=meta)
     assert CovisitModel.load(path).counted_until is None
-    meta["counted_until"] = "yesterday"
-    save_file(tensors, str(path), metadata=meta)
-    with pytest.raises(CovisitError, match="bad metadata"):
-        CovisitModel.load(path)
+    for bad in ("yesterday", "nan", "inf"):
+        meta["counted_until"] = bad
+        save_file(tensors, str(path), metadata=meta)
+        with pytest.raises(CovisitError, match=r"bad metadata|counted until"):
+            CovisitModel.load(path)
 
 
 def test_a_counter_knows_when_it_started_counting_and_keeps_it_saved() -> None:
@@ -438,5 +439,10 @@ def test_a_counter_knows_when_it_started_counting_and_keeps_it_saved() -> None:
     assert (back.since_ts, back.until_ts) == (100.0, 300.0)
     assert back.pairs == c.pairs
     old = c.to_payload()
-    del old["since_ts"], old["until_ts"]  # saved before session 22
-    assert CovisitCounter.from_payload(old).since_ts is None
+    del old["since_ts"], old["until_ts"]  # saved before session 22: of any time
+    undated = CovisitCounter.from_payload(old)
+    undated.add(["a"], "e", ts=5000.0)  # a later event must not date the older counts
+    assert undated.since_ts == 0.0 and undated.until_ts == 5000.0
+    empty = CovisitCounter().to_payload()
+    del empty["since_ts"], empty["until_ts"]
+    assert CovisitCounter.from_payload(empty).since_ts is None

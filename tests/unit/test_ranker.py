@@ -457,6 +457,11 @@ def test_a_user_with_only_text_events_counts_no_covisitation() -> None:
     assert model.counted_until == 5.0
     assert build_covisit(seqs, ["a"], TrainConfig()).counted_until == 2.0
     assert build_covisit(seqs, ["a", "b"], TrainConfig(), dated=False).counted_until is None
+    # an event from a clock that runs ahead does not date the snapshot past now
+    ahead = log.assign(ts=[1.0, 2.0, 3.0, 4.0, time.time() + 86_000])
+    before = time.time()
+    dated = build_covisit(user_sequences(ahead), ["a", "b"], TrainConfig()).counted_until
+    assert dated is not None and before <= dated <= time.time()
 
 
 def test_a_ranker_served_with_another_datas_snapshot_is_reported(
