@@ -25,12 +25,12 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from tqdm import tqdm
 
 from infra.kafka import TopicAdminError, client_config, list_topics
@@ -82,6 +82,15 @@ class ExportReport:
 _EXAMPLES = 10
 
 
+class ExportError(RuntimeError):
+    """The export could not read the topics to their end, or has nothing to write."""
+
+
+# one event kept for the log: (ts in seconds, the line's fields); a tuple, not a model, for
+# memory: the whole log is held to be sorted by time (about 300 bytes an event here)
+_Row = tuple[float, str, str, str, str | None, float | None, str | None]
+
+
 def export_log(
     settings: Settings,
     bootstrap: str,
@@ -90,12 +99,14 @@ def export_log(
     timeout_s: float = 600.0,
     progress: bool = True,
 ) -> ExportReport:
-    """Write ``out_dir``/items.jsonl and interactions.jsonl from the topics; see the module."""
+    """Write ``out_dir``/items.jsonl and interactions.jsonl from the topics; see the module.
+
+    Both files are written first under temporary names and renamed once both are complete, so
+    a failed or empty export leaves the last one as it was."""
     existing = list_topics(settings, bootstrap)
     for topic in (settings.topic_items, settings.topic_events):
         if topic not in existing:
             raise TopicAdminError(f"topic {topic!r} does not exist on {bootstrap}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(out_dir)
     limits = limits_from(settings)
     deadline = time.monotonic() + timeout_s
@@ -109,6 +120,10 @@ def export_log(
             report.invalid_items += 1
             _example(report, f"{where}: {exc.reason}: {exc.message}")
             return
+        if item.item_id != item.item_id.strip():  # train's reader strips ids: two would merge
+            report.invalid_items += 1
+            _example(report, f"{where}: item_id {item.item_id!r} has surrounding spaces")
+            return
         if item.active:
             items.pop(item.item_id, None)  # to the end: the file's order is the latest's
             items[item.item_id] = _item_line(item)
@@ -119,10 +134,9 @@ def export_log(
     report.items_without_content = sum(1 for line in items.values() if not line)
     kept = {item_id: line for item_id, line in items.items() if line}
     report.items = len(kept)
-    _write_jsonl(out_dir / ITEMS_FILE, kept.values())
 
     seen: set[tuple[str, str]] = set()
-    rows: list[dict[str, Any]] = []
+    rows: list[_Row] = []
 
     def on_event(raw: bytes | None, where: str) -> None:
         report.event_records += 1
@@ -131,6 +145,10 @@ def export_log(
         except InvalidPayload as exc:
             report.invalid_events += 1
             _example(report, f"{where}: {exc.reason}: {exc.message}")
+            return
+        if ev.user_id != ev.user_id.strip():
+            report.invalid_events += 1
+            _example(report, f"{where}: user_id {ev.user_id!r} has surrounding spaces")
             return
         key = (ev.user_id, ev.event_id)
         if key in seen:
@@ -143,25 +161,44 @@ def export_log(
             _example(report, f"{where}: item_id {item_id!r} is not in the items topic")
             return
         ts = ev.ts_epoch
-        row: dict[str, Any] = {"user_id": ev.user_id, "type": ev.type, "ts": ts}
-        if item_id is not None:
-            row["item_id"] = item_id
-        if ev.rating is not None:
-            row["rating"] = ev.rating
-        if ev.text is not None:
-            row["text"] = ev.text
-        rows.append(row)
+        # the time as ISO-8601: train's reader takes any date that way (a number before 1970
+        # would be refused as negative)
+        rows.append((ts, ev.ts.isoformat(), ev.user_id, ev.type, item_id, ev.rating, ev.text))
         report.first_ts = ts if report.first_ts is None else min(report.first_ts, ts)
         report.last_ts = ts if report.last_ts is None else max(report.last_ts, ts)
 
     _read_topic(settings, bootstrap, settings.topic_events, on_event, report, deadline, progress)
-    rows.sort(key=lambda r: r["ts"])  # stable: the read order breaks ties, as train's reader
+    rows.sort(key=lambda r: r[0])  # stable: the read order breaks ties, as train's reader
     report.interactions = len(rows)
-    _write_jsonl(out_dir / INTERACTIONS_FILE, rows)
+    if not kept or not rows:
+        raise ExportError(
+            f"nothing to train on: {report.items} item(s) and {report.interactions} "
+            f"interaction(s) in the topics; {out_dir} is left as it was\n{report.summary()}"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = [
+        _write_jsonl(out_dir / ITEMS_FILE, kept.values()),
+        _write_jsonl(out_dir / INTERACTIONS_FILE, map(_interaction_line, rows)),
+    ]
+    for tmp, path in done:
+        tmp.replace(path)
     return report
 
 
+def _interaction_line(row: _Row) -> dict[str, Any]:
+    _, when, user_id, kind, item_id, rating, text = row
+    line: dict[str, Any] = {"user_id": user_id, "type": kind, "ts": when}
+    if item_id is not None:
+        line["item_id"] = item_id
+    if rating is not None:
+        line["rating"] = rating
+    if text is not None:
+        line["text"] = text
+    return line
+
+
 def _item_line(item: ItemEvent) -> dict[str, Any]:
+    """What train's reader keeps (attributes are not: a NaN there would not even write)."""
     line: dict[str, Any] = {"item_id": item.item_id, "title": item.title}
     for name in ("description", "category", "brand", "price"):
         value = getattr(item, name)
@@ -169,10 +206,8 @@ def _item_line(item: ItemEvent) -> dict[str, Any]:
             line[name] = value
     if item.tags:
         line["tags"] = list(item.tags)
-    if item.attributes:
-        line["attributes"] = dict(item.attributes)
     if item.ts is not None:
-        line["ts"] = item.ts.timestamp()
+        line["ts"] = item.ts.isoformat()  # any date (a number is read in 1970-3000 only)
     return line
 
 
@@ -193,10 +228,13 @@ def _read_topic(
     """Hand every record of ``topic`` up to its end at the start to ``on_record``, partition
     by partition in offset order; a record's place is ``topic/partition@offset``.
 
-    The end is each partition's high watermark when the read starts. The embedded broker
-    (Tansu 0.6.0) answers one that is too low: it counts record batches, not records (7
-    records sent in 3 batches read as an end of 1 or 2). A partition read past the end its
-    broker now names, which Kafka cannot do, is read instead until an idle poll.
+    The end is each partition's high watermark when the read starts; a partition is done when
+    the consumer's position (or an end-of-partition event) reaches it, and is paused then, so
+    records that keep arriving on a live topic are not fetched. The embedded broker (Tansu
+    0.6.0) names an end that is too low: it counts record batches, not records (7 records sent
+    in 3 batches read as an end of 1 or 2). A partition read past the end its broker names when
+    asked again, which Kafka cannot do, is read instead until a poll brings none of its
+    records. Records deleted by retention under the read fail the export.
     """
     consumer = Consumer(
         client_config(
@@ -205,6 +243,8 @@ def _read_topic(
             **{
                 "group.id": f"coldstream-export-{uuid.uuid4().hex[:8]}",  # never joined
                 "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "error",  # a gap under the read is said, not skipped
                 "fetch.wait.max.ms": settings.effective_fetch_max_wait_ms,
             },
         )
@@ -214,90 +254,135 @@ def _read_topic(
         return max(deadline - time.monotonic(), 1.0)
 
     try:
-        meta = consumer.list_topics(topic, timeout=left_s())
-        ranges = report.ranges.setdefault(topic, {})
-        ends: dict[int, int] = {}
-        for p in sorted(meta.topics[topic].partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=left_s())
-            ranges[p] = (low, high)
-            if high > low:
-                ends[p] = high
+        try:
+            meta = consumer.list_topics(topic, timeout=left_s())
+            found = meta.topics.get(topic)
+            if found is None or found.error is not None:
+                raise ExportError(f"{topic}: {found.error if found else 'no such topic'}")
+            ranges = report.ranges.setdefault(topic, {})
+            ends: dict[int, int] = {}
+            for p in sorted(found.partitions):
+                tp = TopicPartition(topic, p)
+                low, high = consumer.get_watermark_offsets(tp, timeout=left_s())
+                ranges[p] = (low, high)
+                if high > low:  # an empty partition (on Tansu too: no batch) is done
+                    ends[p] = high
+        except KafkaException as exc:
+            raise ExportError(f"{topic}: {exc}") from exc
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        later: dict[int, list[tuple[int, bytes | None]]] = {p: [] for p in ends}
-        untrusted: set[int] = set()  # partitions whose broker names too low an end
+        reader = _Reader(consumer, topic, ends, on_record, left_s)
         total = sum(high - ranges[p][0] for p, high in ends.items())
         bar = tqdm(total=total, unit="rec", desc=topic, file=sys.stderr, disable=not progress)
         with bar:
-            while ends:
+            while reader.ends:
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f"{topic}: the end was not reached in time; partitions left (end "
-                        f"offsets): {dict(sorted(ends.items()))}"
+                        f"offsets): {dict(sorted(reader.ends.items()))}"
                     )
-                messages = consumer.consume(500, 0.5)
-                for msg in messages:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            raise RuntimeError(f"{topic}: consumer error: {err}")
-                        continue
-                    p, offset = msg.partition(), msg.offset()
-                    if p is None or offset is None or p not in ends:
-                        continue
-                    if offset < ends[p] or p in untrusted:
-                        on_record(msg.value(), f"{topic}/{p}@{offset}")
-                        bar.update(1)
-                    else:  # past the end: arrived after the start, unless the end is wrong
-                        later[p].append((offset, msg.value()))
-                if not messages:
-                    _judge_ends(consumer, topic, ends, later, untrusted, on_record, left_s())
+                bar.update(reader.poll())
     finally:
         consumer.close()
 
 
-def _judge_ends(
-    consumer: Consumer,
-    topic: str,
-    ends: dict[int, int],
-    later: dict[int, list[tuple[int, bytes | None]]],
-    untrusted: set[int],
-    on_record: Callable[[bytes | None, str], None],
-    timeout_s: float,
-) -> None:
-    """At an idle poll: a partition read to its end is done (what came after it is dropped);
-    one read past the end its broker names now has a wrong end: what was held back is handed
-    over, and it is done at the next idle poll."""
-    for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
-        p, position = tp.partition, tp.offset
-        if position < ends[p]:  # not there yet (or nothing fetched: a negative position)
-            continue
-        if p in untrusted:
-            del ends[p]  # drained: an idle poll after reading past the named end
-            continue
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-        if position > high:  # Kafka cannot hand out an offset past its high watermark
-            log.warning(
-                "%s/%d: the broker names %d as the end but records up to %d were read: "
-                "reading it until idle instead (the embedded broker counts record batches)",
-                topic,
-                p,
-                high,
-                position - 1,
-            )
-            untrusted.add(p)
-            for offset, value in later.pop(p, []):
-                on_record(value, f"{topic}/{p}@{offset}")
-        else:
-            del ends[p]
+class _Reader:
+    """One topic's read to its partitions' ends (see ``_read_topic``)."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        topic: str,
+        ends: dict[int, int],
+        on_record: Callable[[bytes | None, str], None],
+        timeout_s: Callable[[], float],
+    ) -> None:
+        self.consumer, self.topic, self.ends = consumer, topic, ends
+        self.on_record, self.timeout_s = on_record, timeout_s
+        # records at or past a partition's end, held until the end is judged right or wrong
+        self.later: dict[int, list[tuple[int, bytes | None]]] = {p: [] for p in ends}
+        self.untrusted: set[int] = set()  # partitions whose broker names too low an end
+
+    def poll(self) -> int:
+        """One fetch's records handed over; returns how many."""
+        handed = 0
+        got: set[int] = set()  # partitions this poll brought records of
+        eof: set[int] = set()
+        for msg in self.consumer.consume(500, 0.5):
+            p, offset, err = msg.partition(), msg.offset(), msg.error()
+            if p is None or p not in self.ends:
+                continue
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    eof.add(p)
+                    continue
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    raise ExportError(
+                        f"{self.topic}/{p}: records under the read were deleted (retention) "
+                        f"during the export; run it again ({err})"
+                    )
+                raise ExportError(f"{self.topic}/{p}: {err}")
+            if offset is None:
+                continue
+            got.add(p)
+            if offset < self.ends[p] or p in self.untrusted:
+                self.on_record(msg.value(), f"{self.topic}/{p}@{offset}")
+                handed += 1
+            else:  # past the end: arrived after the start, unless the end is wrong
+                self.later[p].append((offset, msg.value()))
+        handed += self._judge(got, eof)
+        return handed
+
+    def _judge(self, got: set[int], eof: set[int]) -> int:
+        """Partitions at their end are done (and paused); what they hold past it is dropped,
+        unless their broker now names an end below where they are: then it is handed over and
+        the partition is read on until a poll brings none of its records."""
+        handed = 0
+        done: list[TopicPartition] = []
+        for tp in self.consumer.position([TopicPartition(self.topic, p) for p in self.ends]):
+            p, position = tp.partition, tp.offset
+            if p in self.untrusted:
+                if p not in got:
+                    done.append(tp)
+                continue
+            if position < self.ends[p] and p not in eof:  # not there (negative: not fetched)
+                continue
+            if position > self.ends[p]:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=self.timeout_s()
+                )
+                if position > high:  # Kafka cannot hand out an offset past its high watermark
+                    log.warning(
+                        "%s/%d: the broker names %d as the end but records up to %d were "
+                        "read: reading it until it brings no more (the embedded broker counts "
+                        "record batches)",
+                        self.topic,
+                        p,
+                        high,
+                        position - 1,
+                    )
+                    self.untrusted.add(p)
+                    for offset, value in self.later.pop(p, []):
+                        self.on_record(value, f"{self.topic}/{p}@{offset}")
+                        handed += 1
+                    continue
+            done.append(tp)
+        if done:
+            self.consumer.pause(done)
+            for tp in done:
+                del self.ends[tp.partition]
+                self.later.pop(tp.partition, None)
+        return handed
 
 
-def _write_jsonl(path: Path, lines: Any) -> None:
-    """Write atomically: a reader (a training job) never sees half a file."""
+def _write_jsonl(path: Path, lines: Iterable[dict[str, Any]]) -> tuple[Path, Path]:
+    """Write to a temporary name beside ``path``; the caller renames it once all files are
+    written (a reader, a training job, never sees half a file or a mismatched pair)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as fh:
             for line in lines:
                 fh.write(json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n")
-        tmp.replace(path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp, path

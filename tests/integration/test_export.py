@@ -6,16 +6,20 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from infra.broker import EmbeddedBroker
-from infra.kafka import ensure_topics
+from infra.kafka import client_config, ensure_topics
 from infra.settings import Settings
 from ranking.datasets import load_generic
 from ranking.training import TrainConfig, build_covisit, user_sequences
+from streams.export import ExportError, export_log
 from streams.produce import Publisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -104,3 +108,75 @@ def test_export_writes_what_the_worker_could_apply_and_train_reads_it(
         env=unset,
     )
     assert refused.returncode == 2 and "COLDSTREAM_KAFKA_BOOTSTRAP" in refused.stderr
+
+
+def _topics(broker: EmbeddedBroker) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_items=f"items-{run}",
+        topic_events=f"events-{run}",
+        topic_recommendations=f"recs-{run}",
+        topic_dead_letter=f"dlq-{run}",
+    )
+    ensure_topics(settings, broker.bootstrap)
+    return settings
+
+
+def test_an_export_of_a_live_topic_ends_at_the_end_it_had_at_the_start(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Records keep arriving while the export reads (the running stream's topic): it stops at
+    each partition's end at its start, and does not wait for the topic to go quiet (found by
+    review: it ran until its timeout). One record per batch, so the embedded broker's high
+    watermark is right, as Kafka's is."""
+    settings = _topics(broker)
+    producer = Producer(
+        client_config(settings, broker.bootstrap, **{"linger.ms": 0, "batch.num.messages": 1})
+    )
+
+    def send(topic: str, key: str, payload: dict[str, object]) -> None:
+        producer.produce(topic, key=key.encode(), value=json.dumps(payload).encode())
+
+    for n in range(5):
+        send(settings.topic_items, f"i{n}", {"item_id": f"i{n}", "title": f"Film {n}"})
+    for n in range(40):
+        user = f"u{n % 7}"
+        send(settings.topic_events, user, _event(f"e{n}", user, "view", n, item_id=f"i{n % 5}"))
+    assert producer.flush(30) == 0
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        n = 1000
+        while not stop.is_set():
+            send(settings.topic_events, "late", _event(f"e{n}", "late", "view", n, item_id="i0"))
+            producer.flush(5)
+            n += 1
+            time.sleep(0.02)
+
+    feeder = threading.Thread(target=keep_sending, daemon=True)
+    feeder.start()
+    try:
+        time.sleep(0.5)  # the topic is live before the export starts
+        started = time.monotonic()
+        report = export_log(settings, broker.bootstrap, tmp_path, timeout_s=60, progress=False)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        feeder.join(10)
+    assert took < 20, f"the export took {took:.1f} s on a live topic"
+    users = {r["user_id"] for r in map(json.loads, (tmp_path / "interactions.jsonl").open())}
+    assert report.items == 5 and report.interactions >= 40
+    assert report.interactions == report.event_records  # nothing past the end was read in
+    assert users >= {f"u{k}" for k in range(7)}
+
+
+def test_nothing_to_train_on_is_an_error_and_leaves_the_last_export(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = _topics(broker)
+    (tmp_path / "items.jsonl").write_text("kept\n")
+    with pytest.raises(ExportError, match="nothing to train on"):
+        export_log(settings, broker.bootstrap, tmp_path, timeout_s=30, progress=False)
+    assert (tmp_path / "items.jsonl").read_text() == "kept\n"
+    assert not list(tmp_path.glob("*.tmp"))
