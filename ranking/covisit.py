@@ -185,6 +185,13 @@ class CovisitModel:
         scaled.online_pair_scale = float(scale)
         return scaled
 
+    def undated(self) -> CovisitModel:
+        """The same counts with no ``counted_until``: for replays whose online events are as
+        old as the snapshot's and not in it (the evaluation splits by user, not by time)."""
+        plain = copy.copy(self)
+        plain.counted_until = None
+        return plain
+
     # -- lookups --------------------------------------------------------------------------
     def count(self, item: str) -> float:
         i = self.index.get(item)

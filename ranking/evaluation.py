@@ -484,6 +484,11 @@ def evaluate_seed(
                 for k, (rv, tg) in val_sets.items()
             }
 
+        # undated, as the test snapshot: the validation users' events are as old as the fit
+        # log's and not in it, so a worker's rule (no online counts up to the snapshot's date)
+        # would leave their online co-visitation out
+        val_covisit = trained.covisit.undated()
+
         def validate(
             tag: str, ecfg: EngineConfig, new: frozenset[str]
         ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -491,7 +496,7 @@ def evaluate_seed(
             out, users = [], []
             for k, (rv, tg) in val_sets.items():
                 lists = replay_with(
-                    f"val-{tag}-k{k}", trained.scorer, trained.covisit, fit_log, ecfg, rv
+                    f"val-{tag}-k{k}", trained.scorer, val_covisit, fit_log, ecfg, rv
                 )
                 out.append(
                     evaluate_lists(

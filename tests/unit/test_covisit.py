@@ -413,6 +413,8 @@ def test_a_snapshot_names_the_time_it_counted_up_to_and_older_files_none(
     m = CovisitModel.build([["a", "b"]], window=1, neighbors=10, counted_until=1_700_000_123.5)
     path = tmp_path / "c.safetensors"
     m.with_online_pair_scale(3.0).save(path)  # the scaled copy keeps it
+    plain = m.undated()  # the evaluation's replays: the same counts, no date
+    assert plain.counted_until is None and plain.data is m.data and m.counted_until is not None
     assert CovisitModel.load(path).counted_until == 1_700_000_123.5
     with safe_open(str(path), framework="numpy") as fh:
         meta = dict(fh.metadata())
