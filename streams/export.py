@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from tqdm import tqdm
@@ -36,7 +36,9 @@ from tqdm import tqdm
 from infra.kafka import TopicAdminError, client_config, list_topics
 from infra.settings import Settings
 from streams.pipeline import limits_from
-from streams.schemas import BehaviorEvent, InvalidPayload, ItemEvent, decode
+from streams.schemas import BehaviorEvent, InvalidPayload, ItemEvent, Limits, decode
+
+M = TypeVar("M", ItemEvent, BehaviorEvent)
 
 log = logging.getLogger(__name__)
 ITEMS_FILE = "items.jsonl"
@@ -114,15 +116,9 @@ def export_log(
 
     def on_item(raw: bytes | None, where: str) -> None:
         report.item_records += 1
-        try:
-            item = decode(raw, ItemEvent, limits)
-        except InvalidPayload as exc:
+        item = _decoded(raw, ItemEvent, limits, report, where)
+        if item is None:
             report.invalid_items += 1
-            _example(report, f"{where}: {exc.reason}: {exc.message}")
-            return
-        if item.item_id != item.item_id.strip():  # train's reader strips ids: two would merge
-            report.invalid_items += 1
-            _example(report, f"{where}: item_id {item.item_id!r} has surrounding spaces")
             return
         if item.active:
             items.pop(item.item_id, None)  # to the end: the file's order is the latest's
@@ -140,15 +136,9 @@ def export_log(
 
     def on_event(raw: bytes | None, where: str) -> None:
         report.event_records += 1
-        try:
-            ev = decode(raw, BehaviorEvent, limits)
-        except InvalidPayload as exc:
+        ev = _decoded(raw, BehaviorEvent, limits, report, where)
+        if ev is None:
             report.invalid_events += 1
-            _example(report, f"{where}: {exc.reason}: {exc.message}")
-            return
-        if ev.user_id != ev.user_id.strip():
-            report.invalid_events += 1
-            _example(report, f"{where}: user_id {ev.user_id!r} has surrounding spaces")
             return
         key = (ev.user_id, ev.event_id)
         if key in seen:
@@ -183,6 +173,24 @@ def export_log(
     for tmp, path in done:
         tmp.replace(path)
     return report
+
+
+def _decoded(
+    raw: bytes | None, model: type[M], limits: Limits, report: ExportReport, where: str
+) -> M | None:
+    """The record under its contract, or None (an example of why kept in the report). An id
+    with surrounding spaces is refused too: train's reader strips ids, and two would merge."""
+    try:
+        parsed = decode(raw, model, limits)
+    except InvalidPayload as exc:
+        _example(report, f"{where}: {exc.reason}: {exc.message}")
+        return None
+    name = "item_id" if isinstance(parsed, ItemEvent) else "user_id"
+    value = getattr(parsed, name)
+    if value != value.strip():
+        _example(report, f"{where}: {name} {value!r} has surrounding spaces")
+        return None
+    return parsed
 
 
 def _interaction_line(row: _Row) -> dict[str, Any]:

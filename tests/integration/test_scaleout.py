@@ -196,18 +196,25 @@ def _join_mid_stream(
             60,
             "partitions moved to the joining member",
         )
-        feed.join(60)
-        assert not feed.is_alive(), "the paced publisher did not finish"
-        try:
-            _wait(lambda: _settled(store, settings, events), 120, "all events applied")
-        except TimeoutError:
-            _assert_exact(store, settings, events)  # names the users short of events
-            raise
-        time.sleep(2.0)  # anything applied twice would show up now
+        _all_applied_once(feed, store, settings, events)
         kept, moved = first.assigned(topic), second.assigned(topic)
-        _assert_exact(store, settings, events)
         assert first.error is None and second.error is None
     return kept, moved
+
+
+def _all_applied_once(
+    feed: threading.Thread, store: EdgeStore, settings: Settings, events: list[dict[str, object]]
+) -> None:
+    """Once ``feed`` has published everything: every event applied, none twice."""
+    feed.join(60)
+    assert not feed.is_alive(), "the paced publisher did not finish"
+    try:
+        _wait(lambda: _settled(store, settings, events), 120, "all events applied")
+    except TimeoutError:
+        _assert_exact(store, settings, events)  # names the users short of events
+        raise
+    time.sleep(2.0)  # anything applied twice would show up now
+    _assert_exact(store, settings, events)
 
 
 # The counterpart of the test above: here partitions move away from a member that stays alive,
@@ -334,15 +341,7 @@ def test_a_batch_that_outlives_its_partitions_leaves_the_new_owners_profiles(
             feed = _publish_paced(publisher, events[300:], per_s=300.0)
             _wait(held.held.is_set, 30, "a batch of the follower held")
             with running(joining):
-                feed.join(60)
-                assert not feed.is_alive(), "the paced publisher did not finish"
-                try:
-                    _wait(lambda: _settled(store, settings, events), 120, "all events applied")
-                except TimeoutError:
-                    _assert_exact(store, settings, events)  # names the users short of events
-                    raise
-                time.sleep(2.0)  # anything applied twice would show up now
-                _assert_exact(store, settings, events)
+                _all_applied_once(feed, store, settings, events)
                 workers = (leader, follower, joining)
                 assert all(w.error is None for w in workers)
     assert held.released_after_condition, "no rebalance began while the batch was held"
