@@ -606,11 +606,13 @@ class BehaviorEngine:
         owner applies them. This narrows the race to the time between this read and the
         write; closing it would take a conditional write, which Qdrant does not offer.
         """
+        if self.ownership() == prep.ownership:
+            return set()
         partitions: dict[str, set[str]] = {}
         for e in (*prep.to_apply, *(r.interaction for r in prep.rejected)):
             partitions.setdefault(e.user_id, set()).add(str(e.partition))
         users = list(partitions)
-        if not users or self.ownership() == prep.ownership:
+        if not users:
             return set()
         now = self.store.retrieve(self.cfg.users_collection, users, with_vectors=False)
         moved = {
