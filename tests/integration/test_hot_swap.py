@@ -116,3 +116,34 @@ def test_a_batch_is_ranked_by_one_scorer_and_its_lists_name_that_one(
     _, click = inprocess.click("swap-u1", "b")
     later = loop.run_until_complete(pipeline.on_events([click]))
     assert [r.model.ranker for r in inprocess.recommendations_in(later)] == ["v2"]
+
+
+def test_a_retrained_snapshot_takes_the_online_counts_it_holds_out_of_the_worker(
+    tmp_path: Path,
+) -> None:
+    """The retraining cycle through the worker's own reload: a snapshot file written by
+    ``train`` (dated by its log's latest event) is picked up by the model watcher, and the
+    online co-visitation counts of events up to its date are dropped, and saved so; events
+    after it count online again."""
+    settings = Settings(data_dir=tmp_path / "data")
+    with inprocess.drama_pipeline(settings, ["a", "b", "c", "d"]) as (pipeline, loop):
+        engine = pipeline.engine
+        for item in ("a", "b"):
+            loop.run_until_complete(pipeline.on_events([inprocess.click("retrain-u1", item)[1]]))
+        assert engine.covisit[0].row("a") == {"b": 1.0}
+        exported_at = time.time()
+        CovisitModel.build([["a", "b"]], window=1, neighbors=5, counted_until=exported_at).save(
+            settings.covisit_file
+        )
+        loop.run_until_complete(pipeline.reload_models())
+        assert engine.covisit_base is not None and engine.covisit_base.counted_until == exported_at
+        assert engine.covisit[0].empty
+        loop.run_until_complete(pipeline.persist_trending())
+        other = pipeline.engine.__class__(pipeline.store, engine.cfg, engine.scorer)
+        other.load_trending([0])
+        assert other.covisit[0].empty  # saved empty: a restart does not bring them back
+        time.sleep(0.01)  # the next click is later than the snapshot's date
+        for item in ("c", "d"):
+            loop.run_until_complete(pipeline.on_events([inprocess.click("retrain-u1", item)[1]]))
+        # pairs with the user's recent items: a-b is gone, the later visits count
+        assert engine.covisit[0].row("a") == {"c": 1.0, "d": 1.0}
