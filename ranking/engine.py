@@ -258,6 +258,9 @@ class BehaviorEngine:
         self.ownership: Callable[[], int] = lambda: 0
         self._batch_ownership: int | None = None  # None: no batch begun (callers outside the
         self._batch_marks: dict[str, ProfileMark] = {}  # stream): each prepare is its own
+        # what this batch's own profile writes leave in the store: a retry finds either that
+        # (the write landed) or the first read (it did not); anything else is another writer's
+        self._our_marks: dict[str, ProfileMark] = {}
 
     def begin_batch(self) -> None:
         """A new batch starts: what failed steps of the last one left (see ``_unlisted``) is
@@ -267,6 +270,7 @@ class BehaviorEngine:
         self._uncounted.clear()
         self._batch_ownership = self.ownership()
         self._batch_marks.clear()
+        self._our_marks.clear()
 
     # -- hot swaps (one attribute write each). The worker makes them on the thread that runs
     # ``prepare`` and ``apply``, so a batch is ranked by one scorer and one snapshot throughout.
@@ -542,10 +546,10 @@ class BehaviorEngine:
             for uid in moved:
                 last_event.pop(uid, None)
         users = list(last_event)
-        if self._batch_ownership is not None:  # this write is the base of the batch's retries
+        if self._batch_ownership is not None:  # what a retry finds if this write lands
             for uid in users:
                 written_by_us = prep.profiles[uid]
-                self._batch_marks[uid] = (written_by_us.offsets_log, dict(written_by_us.offsets))
+                self._our_marks[uid] = (written_by_us.offsets_log, dict(written_by_us.offsets))
         # from here the events may be written (a write can land and still raise, a client's
         # timeout): a retry finds them applied and reports them (Prepared.written), and counts
         # them in trending and co-visitation if this step never got to
@@ -615,15 +619,15 @@ class BehaviorEngine:
         if not users:
             return set()
         now = self.store.retrieve(self.cfg.users_collection, users, with_vectors=False)
-        moved = {
-            uid
-            for uid in users
-            if _moved_on(
-                prep.read_marks.get(uid, NO_PROFILE),
-                profile_mark(p.payload) if (p := now.get(uid)) else NO_PROFILE,
-                partitions[uid],
-            )
-        }
+        moved: set[str] = set()
+        for uid in users:
+            stored = profile_mark(p.payload) if (p := now.get(uid)) else NO_PROFILE
+            if not _moved_on(prep.read_marks.get(uid, NO_PROFILE), stored, partitions[uid]):
+                continue  # as the batch first read it: no write since, or ours failed
+            ours = self._our_marks.get(uid)
+            if ours is not None and not _moved_on(ours, stored, partitions[uid]):
+                continue  # this batch's own earlier write, which landed
+            moved.add(uid)
         if moved:
             log.warning(
                 "%d of the batch's %d users were written by another worker since the batch "

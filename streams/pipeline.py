@@ -511,7 +511,8 @@ class Pipeline:
         while len(missing) > _MISSING_IDS_KEPT:
             del missing[next(iter(missing))]
         metrics.EVENTS_HELD.labels(outcome="dead_letter").inc(len(unknown))
-        metrics.EVENTS_HELD.labels(outcome="retried").inc(len(first.held) - len(unknown))
+        moved = sum(1 for k in second.skipped if k.reason == "owner_changed")  # the new owner's
+        metrics.EVENTS_HELD.labels(outcome="retried").inc(len(first.held) - len(unknown) - moved)
         return second
 
     def _say_miskeyed(self, n: int) -> None:

@@ -8,6 +8,8 @@ to its write (``BehaviorEngine._moved_away``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,38 @@ def test_a_write_from_another_partition_is_not_a_move(store: QdrantStore) -> Non
     other.apply(other.prepare([away]), None)
     late = old.apply(prep, None)
     assert late.applied == 2 and late.skipped == []
+
+
+@pytest.mark.parametrize("landed", [False, True])
+def test_a_retry_after_its_own_write_failed_or_landed_is_no_move(
+    store: QdrantStore, landed: bool
+) -> None:
+    """A batch whose profile write raised (a store outage; or landed, then raised, a client's
+    timeout) is retried after a rebalance this worker came through with its partitions: the
+    retry finds the stored profile as first read, or as its own write left it, and applies
+    (found by review: the write's own mark was taken for the first read, so a write that
+    failed read as another worker's, and the events were skipped and acked, lost)."""
+    engine = _engine(store)
+    rebalances = 0
+    engine.ownership = lambda: rebalances
+    engine.begin_batch()
+    engine.apply(engine.prepare([ev("u", 0, "i0")]), None)
+    engine.begin_batch()
+    batch = [ev("u", 1, "i1"), ev("u", 2, "i2"), ev("v", 3, "i1")]  # v: no profile yet
+    prep = engine.prepare(batch)
+    upsert = store.upsert
+
+    def failing(collection: str, points: Any) -> None:
+        if landed:
+            upsert(collection, points)
+        raise ConnectionError("store down")
+
+    store.upsert = failing  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        engine.apply(prep, None)
+    store.upsert = upsert  # type: ignore[method-assign]
+    rebalances += 1
+    retry = engine.apply(engine.prepare(batch), None)
+    assert [s.reason for s in retry.skipped if s.reason == "owner_changed"] == []
+    assert retry.applied == 3
+    assert _stored_count(store, engine, "u") == 3 and _stored_count(store, engine, "v") == 1
