@@ -153,13 +153,14 @@ class UserRecs:
 # last offset applied from each partition ("", {} for no profile). A worker that applied events
 # of a partition moved that partition's offset; a write of events from another partition (a
 # user's events keyed otherwise, on two workers) does not count as the partition moving.
-ProfileMark = tuple[str, dict[str, int]]
+# The offsets are the payload's own mapping, not a copy: a mark is taken for every user of
+# every batch, and nothing changes a payload once read or written (profiles copy it).
+ProfileMark = tuple[str, Mapping[str, int]]
 NO_PROFILE: ProfileMark = ("", {})
 
 
 def profile_mark(payload: Mapping[str, Any]) -> ProfileMark:
-    offsets = payload.get("offsets") or {}
-    return str(payload.get("offsets_log", "")), {str(k): int(v) for k, v in offsets.items()}
+    return str(payload.get("offsets_log", "")), payload.get("offsets") or {}
 
 
 def _moved_on(before: ProfileMark, now: ProfileMark, partitions: Iterable[str]) -> bool:
@@ -297,7 +298,7 @@ class BehaviorEngine:
         While a dated snapshot is in service, events up to its date are not counted online
         (``_covisit``): a backlog behind the export is in the snapshot already.
         """
-        until = self.covisit_base.counted_until if self.covisit_base is not None else None
+        until = self._counted_until
         if until is None:
             return
         for part in partitions:
@@ -318,6 +319,11 @@ class BehaviorEngine:
                 self.cfg.covisit_max_pairs, self.cfg.covisit_row_cap, self.item_ids
             )
             self._dirty.add(part)
+
+    @property
+    def _counted_until(self) -> float | None:
+        """The date of the snapshot in service (see ``_drop_counted``), if it has one."""
+        return self.covisit_base.counted_until if self.covisit_base is not None else None
 
     def _scaled(self, model: CovisitModel | None) -> CovisitModel | None:
         """``model`` with ``cfg.covisit_online_pair_scale`` in place of its own, when set."""
@@ -548,8 +554,8 @@ class BehaviorEngine:
         users = list(last_event)
         if self._batch_ownership is not None:  # what a retry finds if this write lands
             for uid in users:
-                written_by_us = prep.profiles[uid]
-                self._our_marks[uid] = (written_by_us.offsets_log, dict(written_by_us.offsets))
+                written_by_us = prep.profiles[uid]  # its offsets are the payload's below
+                self._our_marks[uid] = (written_by_us.offsets_log, written_by_us.offsets)
         # from here the events may be written (a write can land and still raise, a client's
         # timeout): a retry finds them applied and reports them (Prepared.written), and counts
         # them in trending and co-visitation if this step never got to
@@ -972,7 +978,7 @@ class BehaviorEngine:
         part = e.partition if e.partition is not None else 0
         if part in self._revoked:
             return
-        until = self.covisit_base.counted_until if self.covisit_base is not None else None
+        until = self._counted_until
         if until is not None and e.ts <= until:
             return  # the snapshot counted it (see _drop_counted)
         counter = self.covisit.get(part)
