@@ -32,7 +32,7 @@ from ranking.profile import (
 )
 from ranking.reasons import Anchor, explain, item_anchor, nearest_anchors, text_anchor
 from ranking.scoring import Candidates, Scorer, score_all
-from ranking.store import Hit, Query, StoredPoint, VectorStore, payload_copy
+from ranking.store import Query, StoredPoint, VectorStore, payload_copy
 from ranking.trending import MergedTrending, TrendingCounter
 
 log = logging.getLogger(__name__)
@@ -667,13 +667,16 @@ class BehaviorEngine:
             )
             for p in with_vec
         ]
-        results = self.store.search(cfg.items_collection, queries) if queries else []
         out: dict[str, list[RecItem]] = {}
         now = self.clock()
         channels = channels or {}
         # the mean of each user's recent items: the new-item query and the slot order share it
         recent_vecs = {p.user_id: self._recent_vector(p, known_items) for p in with_vec}
-        new_hits = self._new_items(with_vec, recent_vecs, now)
+        new_queries = self._new_item_queries(with_vec, recent_vecs, now)
+        # one store call for both: the embedded store holds the GIL for a whole call while its
+        # search threads work, so each call is a wait nothing else in the worker can use
+        found = self.store.search(cfg.items_collection, queries + new_queries) if queries else []
+        results, new_hits = found[: len(queries)], found[len(queries) :]
         if new_hits:
             known_items = {
                 **known_items,
@@ -724,18 +727,18 @@ class BehaviorEngine:
         out.update(self._trending_lists(trending_only, popularity, known_items))
         return out
 
-    def _new_items(
+    def _new_item_queries(
         self,
         profiles: Sequence[Profile],
         recent_vecs: Mapping[str, np.ndarray | None],
         now: float,
-    ) -> list[list[Hit]]:
-        """Per profile, the new items best by recent cosine + weight · prior (one batch query)."""
+    ) -> list[Query]:
+        """Per profile, a query for the new items best by recent cosine + weight · prior."""
         cfg = self.cfg
         prior = getattr(self.scorer, "prior", None)
         if cfg.new_top_n <= 0 or prior is None or not profiles:
             return []
-        queries = [
+        return [
             Query(
                 vector=_or(recent_vecs[p.user_id], p.vector) + cfg.cold_prior_weight * prior.weight,
                 limit=cfg.new_top_n,
@@ -746,7 +749,6 @@ class BehaviorEngine:
             )
             for p in profiles
         ]
-        return self.store.search(cfg.items_collection, queries)
 
     def _diversify(
         self, pools: Sequence[Candidates], scores: Sequence[np.ndarray]
