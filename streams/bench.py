@@ -30,6 +30,7 @@ from tqdm import tqdm
 from infra import metrics
 from infra.settings import Settings
 from ranking.datasets import load_movielens_100k
+from streams.core_wait import ThreadTimes, core_wait, thread_times
 from streams.demo import item_payload
 from streams.produce import Publisher
 from streams.stack import LocalStack, scratch_settings
@@ -183,6 +184,10 @@ def run_bench(
         client = psutil.Process()  # this process: the load generator and the reader
         client_cpu_start = cpu_seconds(client)
         machine_start = psutil.cpu_times()
+        pids = {"worker": worker.pid, "client": client.pid}
+        if broker is not None:
+            pids["broker"] = broker.pid
+        threads_start = {name: thread_times(pid) for name, pid in pids.items()}
         backlog: list[tuple[float, float]] = []
         applied_series: list[tuple[float, float]] = []
         sent = 0
@@ -235,6 +240,9 @@ def run_bench(
         broker_cpu_end = cpu_seconds(broker)
         client_cpu_end = cpu_seconds(client)
         machine_end = psutil.cpu_times()
+        threads_end: dict[str, dict[int, ThreadTimes]] = {
+            name: thread_times(pid) for name, pid in pids.items()
+        }
         # The counters ran past drained_at (the reader's last second and its join), so CPU
         # shares are over the counters' own window; total_s would overstate them.
         cpu_window_s = time.time() - start
@@ -298,6 +306,16 @@ def run_bench(
         "client_cpu_percent": round(100.0 * (client_cpu_end - client_cpu_start) / cpu_window_s, 1),
         "machine_cpu_percent": round(100.0 * machine_busy_s / cpu_window_s, 1),
         "machine_cores": psutil.cpu_count() or 1,
+        # on a shared machine a process may be ready to run and wait for a core: per process,
+        # its threads' time on a core and waiting for one (streams.core_wait; Linux only)
+        "core_wait": {
+            name: (
+                None
+                if (w := core_wait(threads_start[name], end, cpu_window_s)) is None
+                else w.as_dict()
+            )
+            for name, end in threads_end.items()
+        },
         "cpu_window_s": round(cpu_window_s, 2),
         # a virtual machine's cores taken by its host meanwhile (runs are comparable only
         # when this is low)
@@ -394,6 +412,7 @@ def format_report(report: dict[str, Any]) -> str:
             f" {100 * report['machine_cores']}% · this client (load + reader)"
             f" {report['client_cpu_percent']}% · stolen by the host"
             f" {report['machine_steal_percent']}%",
+            *_core_wait_lines(report),
             f"behavior batches           mean {report['batch_mean_events']} events"
             f" in {report['batch_mean_ms']} ms · worker-side latency mean"
             f" {report['worker_latency_mean_ms']} ms (topic arrival → emit)",
@@ -401,6 +420,24 @@ def format_report(report: dict[str, Any]) -> str:
             *_scratch_lines(report),
         ]
     )
+
+
+def _core_wait_lines(report: dict[str, Any]) -> list[str]:
+    waits = report.get("core_wait") or {}
+    shown = [
+        f"{label} {w['waiting_percent']}%"
+        + (
+            f" (busiest thread {w['busiest_thread_on_core_percent']}% on a core,"
+            f" {w['busiest_thread_waiting_percent']}% waiting)"
+            if name == "worker"
+            else ""
+        )
+        for name, label in (("worker", "worker"), ("broker", "broker"), ("client", "this client"))
+        if (w := waits.get(name))
+    ]
+    if not shown:
+        return []
+    return [f"waiting for a core         {' · '.join(shown)}  (threads summed, of the window)"]
 
 
 def _scratch_lines(report: dict[str, Any]) -> list[str]:
