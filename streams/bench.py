@@ -234,15 +234,18 @@ def run_bench(
         drained = applied >= sent
         drained_at = time.time()
         time.sleep(1.0)  # let the last recommendations reach the reader
+        # before the reader stops: its threads (librdkafka's too) end with it, and a thread
+        # that ended is missing from the sample
+        threads_end: dict[str, dict[int, ThreadTimes]] = {
+            name: thread_times(pid) for name, pid in pids.items()
+        }
+        threads_window_s = time.time() - start
         collector.stop.set()
         reader.join(10)
         cpu_end = worker.cpu_times()
         broker_cpu_end = cpu_seconds(broker)
         client_cpu_end = cpu_seconds(client)
         machine_end = psutil.cpu_times()
-        threads_end: dict[str, dict[int, ThreadTimes]] = {
-            name: thread_times(pid) for name, pid in pids.items()
-        }
         # The counters ran past drained_at (the reader's last second and its join), so CPU
         # shares are over the counters' own window; total_s would overstate them.
         cpu_window_s = time.time() - start
@@ -311,7 +314,7 @@ def run_bench(
         "core_wait": {
             name: (
                 None
-                if (w := core_wait(threads_start[name], end, cpu_window_s)) is None
+                if (w := core_wait(threads_start[name], end, threads_window_s)) is None
                 else w.as_dict()
             )
             for name, end in threads_end.items()

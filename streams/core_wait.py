@@ -62,23 +62,24 @@ def thread_times(pid: int, proc: Path = PROC) -> dict[int, ThreadTimes]:
 def core_wait(
     start: dict[int, ThreadTimes], end: dict[int, ThreadTimes], seconds: float
 ) -> CoreWait | None:
-    """The window's shares from two samples (a thread born meanwhile counts from zero; one that
-    ended is not counted); None without samples or window."""
-    if not end or seconds <= 0:
+    """The window's shares from two samples (a thread born meanwhile, or a reused thread id,
+    counts from zero; one that ended is not counted); None without both samples, without a
+    window, or where the kernel reports no times (schedstats off: every value 0)."""
+    if not start or not end or seconds <= 0:
         return None
-    zero = ThreadTimes(0, 0)
-    deltas = [
-        (
-            t.on_core_ns - start.get(tid, zero).on_core_ns,
-            t.waiting_ns - start.get(tid, zero).waiting_ns,
-        )
-        for tid, t in end.items()
-    ]
+    if not any(t.on_core_ns or t.waiting_ns for t in end.values()):
+        return None
+    deltas = []
+    for tid, t in end.items():
+        before = start.get(tid)
+        if before is None or t.on_core_ns < before.on_core_ns or t.waiting_ns < before.waiting_ns:
+            before = ThreadTimes(0, 0)  # not the thread the start sample saw
+        deltas.append((t.on_core_ns - before.on_core_ns, t.waiting_ns - before.waiting_ns))
     window_ns = seconds * 1e9
     busiest = max(deltas)
 
     def share(ns: float) -> float:
-        return round(100.0 * max(ns, 0.0) / window_ns, 1)
+        return round(100.0 * ns / window_ns, 1)
 
     return CoreWait(
         on_core_percent=share(sum(d[0] for d in deltas)),

@@ -43,15 +43,24 @@ def test_shares_of_the_window_summed_over_threads_with_the_busiest_apart() -> No
     assert got.on_core_percent == 75.0
     assert got.waiting_percent == 40.0
     assert (got.busiest_on_core_percent, got.busiest_waiting_percent) == (60.0, 15.0)
+
+
+def test_a_reused_thread_id_counts_from_zero_and_missing_samples_give_nothing() -> None:
+    start = {1: ThreadTimes(9_000_000_000, 9_000_000_000)}
+    # thread 1 ended and a new thread got its id: its totals are below the old one's
+    got = core_wait(start, {1: ThreadTimes(1_000_000_000, 0)}, 10.0)
+    assert got is not None and (got.on_core_percent, got.waiting_percent) == (10.0, 0.0)
     assert core_wait(start, {}, 10.0) is None
-    assert core_wait(start, end, 0.0) is None
+    assert core_wait({}, start, 10.0) is None  # no start: a whole lifetime is no window
+    assert core_wait(start, start, 0.0) is None
+    assert core_wait({1: ThreadTimes(0, 0)}, {1: ThreadTimes(0, 0)}, 10.0) is None  # no stats
 
 
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or not Path(f"/proc/{os.getpid()}/schedstat").exists(),
     reason="needs Linux's per-thread scheduler statistics",
 )
-def test_a_busy_thread_of_this_process_shows_time_on_a_core() -> None:
+def test_a_spinning_thread_is_on_a_core_or_waiting_for_one_all_the_time() -> None:
     stop = threading.Event()
 
     def spin() -> None:
@@ -61,13 +70,20 @@ def test_a_busy_thread_of_this_process_shows_time_on_a_core() -> None:
     worker = threading.Thread(target=spin)
     worker.start()
     try:
+        time.sleep(0.05)
+        began = time.monotonic()
         before = thread_times(os.getpid())
         time.sleep(0.3)
         after = thread_times(os.getpid())
+        seconds = time.monotonic() - began
     finally:
         stop.set()
         worker.join()
-    assert worker.native_id in after
-    got = core_wait(before, after, 0.3)
-    assert got is not None
-    assert got.busiest_on_core_percent >= 50.0  # the spinning thread, alive at both samples
+    tid = worker.native_id
+    assert tid is not None and tid in before and tid in after
+    ran = after[tid].on_core_ns - before[tid].on_core_ns
+    waited = after[tid].waiting_ns - before[tid].waiting_ns
+    assert ran > 0
+    # never asleep (this thread sleeps and wants no GIL): however busy the machine, the
+    # spinner's time is on a core or in the queue for one
+    assert ran + waited >= 0.8 * seconds * 1e9
