@@ -14,7 +14,7 @@ import qdrant_edge as qe
 
 from infra.edge_store import EdgeStore, point_u64
 from infra.qdrant_store import QdrantStore, point_uuid
-from ranking.store import Query, StoredPoint, StoreUnavailable, VectorStore
+from ranking.store import Hit, Query, StoredPoint, StoreUnavailable, VectorStore
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +119,28 @@ def test_exclude_ids_never_returned(store: VectorStore) -> None:
     excluded = [f"item-{i}" for i in range(0, 20, 2)] + ["never-stored"]
     (hits,) = store.search("items", [Query(_unit(2), limit=20, exclude_ids=excluded)])
     assert {h.id for h in hits} == {f"item-{i}" for i in range(1, 20, 2)}
+
+
+def test_queries_of_one_call_are_answered_each_as_if_alone(store: VectorStore) -> None:
+    """The engine sends a batch's recall and new-item queries in one call (one GIL-holding
+    wait of the embedded store, not two): limits, filters and exclusions stay per query."""
+    store.upsert("items", _items())
+    near_many = [f"item-{i}" for i in range(9)]  # past any over-fetch slack: asked again
+    queries = [
+        Query(_unit(3), limit=5, exclude_ids=["item-3", "item-5"], where={"active": True}),
+        Query(_unit(3), limit=3, where={"active": True}, created_after=1012.0, with_vectors=True),
+        Query(_unit(4), limit=2, exclude_ids=near_many),
+        Query(_unit(8), limit=20, payload_fields=["category"]),
+    ]
+
+    def seen(hits: list[Hit]) -> list[tuple[str, float, dict[str, object], bool]]:
+        return [(h.id, round(h.score, 5), dict(h.payload), h.vector is not None) for h in hits]
+
+    together = store.search("items", queries)
+    alone = [store.search("items", [q])[0] for q in queries]
+    assert [seen(h) for h in together] == [seen(h) for h in alone]
+    assert [len(h) for h in together] == [5, 3, 2, 20]
+    assert all(h.id not in near_many for h in together[2])
 
 
 def test_exclusions_still_give_the_next_nearest_up_to_the_limit(store: VectorStore) -> None:
