@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -60,30 +60,25 @@ def test_a_reused_thread_id_counts_from_zero_and_missing_samples_give_nothing() 
     not sys.platform.startswith("linux") or not Path(f"/proc/{os.getpid()}/schedstat").exists(),
     reason="needs Linux's per-thread scheduler statistics",
 )
-def test_a_spinning_thread_is_on_a_core_or_waiting_for_one_all_the_time() -> None:
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            pass
-
-    worker = threading.Thread(target=spin)
-    worker.start()
+def test_a_spinning_process_is_on_a_core_or_waiting_for_one_all_the_time() -> None:
+    # a process of its own: a thread of this one would also sleep while another of its
+    # threads holds the GIL (the suite's earlier tests leave some behind)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        time.sleep(0.05)
+        time.sleep(0.2)  # past the interpreter's start-up, which reads files
         began = time.monotonic()
-        before = thread_times(os.getpid())
+        before = thread_times(spinner.pid)
         time.sleep(0.3)
-        after = thread_times(os.getpid())
+        after = thread_times(spinner.pid)
         seconds = time.monotonic() - began
     finally:
-        stop.set()
-        worker.join()
-    tid = worker.native_id
-    assert tid is not None and tid in before and tid in after
-    ran = after[tid].on_core_ns - before[tid].on_core_ns
-    waited = after[tid].waiting_ns - before[tid].waiting_ns
+        spinner.kill()
+        spinner.wait()
+    assert spinner.pid in before and spinner.pid in after
+    ran = after[spinner.pid].on_core_ns - before[spinner.pid].on_core_ns
+    waited = after[spinner.pid].waiting_ns - before[spinner.pid].waiting_ns
     assert ran > 0
-    # never asleep (this thread sleeps and wants no GIL): however busy the machine, the
-    # spinner's time is on a core or in the queue for one
+    # never asleep: however busy the machine, its time is on a core or in the queue for one
     assert ran + waited >= 0.8 * seconds * 1e9
+    got = core_wait(before, after, seconds)
+    assert got is not None and got.busiest_on_core_percent + got.busiest_waiting_percent >= 80
