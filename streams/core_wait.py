@@ -1,12 +1,12 @@
-"""How long a process's threads were ready to run but waited for a free core.
+"""How long a process's threads were ready to run but waited for a core.
 
-On the 2-core machine the bench shares with the embedded broker and its own load generator, CPU
-alone misread the worker as idle: at 2,000 events/s it used ~80% of a core while behind, and
-one GIL could not explain the rest. Linux's per-thread scheduler statistics
+CPU alone misread the worker at 2,000 events/s: it used ~80% of a core while behind, and one
+GIL did not explain the rest. Linux's per-thread scheduler statistics
 (``/proc/PID/task/TID/schedstat``: nanoseconds on a core, nanoseconds runnable but waiting for
-one) showed its batch thread waiting for a core 15% of the time, its event loop 11% and Faust's
-consumer thread 8% (session 23). ``coldstream bench`` reports these shares for the worker,
-the broker and itself, so a run says how contended the machine was.
+one) showed its batch thread waiting for a core 12-15% of the time, its event loop 11% and
+Faust's consumer thread 8% (session 23); with a core of its own it still waited 11.5%, behind
+the worker's own threads (each hand-over of the GIL is a wake-up through the scheduler).
+``coldstream bench`` reports these shares for the worker, the broker and itself.
 """
 
 from __future__ import annotations
