@@ -18,7 +18,7 @@ import json
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -313,9 +313,7 @@ def run_bench(
         # its threads' time on a core and waiting for one (streams.core_wait; Linux only)
         "core_wait": {
             name: (
-                None
-                if (w := core_wait(threads_start[name], end, threads_window_s)) is None
-                else w.as_dict()
+                asdict(w) if (w := core_wait(threads_start[name], end, threads_window_s)) else None
             )
             for name, end in threads_end.items()
         },

@@ -26,20 +26,12 @@ class ThreadTimes:
 @dataclass(frozen=True)
 class CoreWait:
     """Shares of a time window, in per cent of it (a process's threads summed: up to
-    100 × threads)."""
+    100 × threads); the busiest thread is the one that ran most."""
 
     on_core_percent: float
     waiting_percent: float
-    busiest_on_core_percent: float  # the thread that ran most: its own two shares
-    busiest_waiting_percent: float
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "on_core_percent": self.on_core_percent,
-            "waiting_percent": self.waiting_percent,
-            "busiest_thread_on_core_percent": self.busiest_on_core_percent,
-            "busiest_thread_waiting_percent": self.busiest_waiting_percent,
-        }
+    busiest_thread_on_core_percent: float
+    busiest_thread_waiting_percent: float
 
 
 def thread_times(pid: int, proc: Path = PROC) -> dict[int, ThreadTimes]:
@@ -84,6 +76,6 @@ def core_wait(
     return CoreWait(
         on_core_percent=share(sum(d[0] for d in deltas)),
         waiting_percent=share(sum(d[1] for d in deltas)),
-        busiest_on_core_percent=share(busiest[0]),
-        busiest_waiting_percent=share(busiest[1]),
+        busiest_thread_on_core_percent=share(busiest[0]),
+        busiest_thread_waiting_percent=share(busiest[1]),
     )

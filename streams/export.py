@@ -116,7 +116,7 @@ def export_log(
 
     def on_item(raw: bytes | None, where: str) -> None:
         report.item_records += 1
-        item = _decoded(raw, ItemEvent, limits, report, where)
+        item = _decoded(raw, ItemEvent, "item_id", limits, report, where)
         if item is None:
             report.invalid_items += 1
             return
@@ -136,7 +136,7 @@ def export_log(
 
     def on_event(raw: bytes | None, where: str) -> None:
         report.event_records += 1
-        ev = _decoded(raw, BehaviorEvent, limits, report, where)
+        ev = _decoded(raw, BehaviorEvent, "user_id", limits, report, where)
         if ev is None:
             report.invalid_events += 1
             return
@@ -176,19 +176,24 @@ def export_log(
 
 
 def _decoded(
-    raw: bytes | None, model: type[M], limits: Limits, report: ExportReport, where: str
+    raw: bytes | None,
+    model: type[M],
+    id_field: str,
+    limits: Limits,
+    report: ExportReport,
+    where: str,
 ) -> M | None:
-    """The record under its contract, or None (an example of why kept in the report). An id
-    with surrounding spaces is refused too: train's reader strips ids, and two would merge."""
+    """The record under its contract, or None (an example of why kept in the report). Its
+    ``id_field`` with surrounding spaces is refused too: train's reader strips ids, and two
+    would merge."""
     try:
         parsed = decode(raw, model, limits)
     except InvalidPayload as exc:
         _example(report, f"{where}: {exc.reason}: {exc.message}")
         return None
-    name = "item_id" if isinstance(parsed, ItemEvent) else "user_id"
-    value = getattr(parsed, name)
+    value = getattr(parsed, id_field)
     if value != value.strip():
-        _example(report, f"{where}: {name} {value!r} has surrounding spaces")
+        _example(report, f"{where}: {id_field} {value!r} has surrounding spaces")
         return None
     return parsed
 
