@@ -66,6 +66,17 @@ class Settings(BaseSettings):
         "counts as failed and the batch's outputs are sent again (their input events stay "
         "unacked meanwhile); Faust's own default is 1200 s",
     )
+    output_producer: Literal["librdkafka", "faust"] = Field(
+        "librdkafka",
+        description="what sends the agents' outputs: a librdkafka producer (one C call per "
+        "record, its I/O off the GIL) or Faust's own (aiokafka, in Python on the event loop)",
+    )
+    output_linger_ms: float = Field(
+        1.0,
+        ge=0,
+        description="with output_producer=librdkafka: how long a record may wait for others "
+        "to share its request (librdkafka's linger.ms; Faust's producer waits 1 ms)",
+    )
     kafka_consumer_group: str = Field(
         "coldstream",
         description="the workers' consumer group: workers of one group share the partitions",

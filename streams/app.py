@@ -7,7 +7,9 @@ the vector store, so a restarted or rebalanced worker loses nothing (DESIGN.md, 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import faust
 from faust.types import TopicT
@@ -17,12 +19,20 @@ from streams.batching import DrainingStream
 from streams.transport import transport_with_fetch_wait
 
 
+class OutputSink(Protocol):
+    """Where an output topic's records go: a Faust topic, or
+    ``streams.output_producer.OutputTopic`` (the default, librdkafka). ``send`` hands a record
+    over and returns what completes once the broker took it."""
+
+    async def send(self, *, key: bytes | None, value: bytes) -> Awaitable[Any]: ...
+
+
 @dataclass(frozen=True)
 class Topics:
     events: TopicT
     items: TopicT
-    recommendations: TopicT
-    dead_letter: TopicT
+    recommendations: OutputSink
+    dead_letter: OutputSink
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ from infra import metrics
 from infra.broker import kafka_bootstrap
 from infra.edge_store import EdgeStore
 from infra.health import HEALTH, LivenessWatchdog
-from infra.kafka import ensure_topics, topic_id
+from infra.kafka import client_config, ensure_topics, topic_id
 from infra.qdrant_store import QdrantStore
 from infra.runtime import configure_gc, use_event_loop
 from infra.settings import Settings
@@ -27,6 +28,7 @@ from ranking.scoring import BlendScorer
 from ranking.store import VectorStore
 from streams.agents import register_agents
 from streams.app import create_app
+from streams.output_producer import OutputProducer, OutputTopic
 from streams.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -219,12 +221,34 @@ def worker_app(
         )
     pipeline.engine.offsets_log = events_log or ""
     app, topics = create_app(settings, bootstrap)
+    output: OutputProducer | None = None
+    if settings.output_producer == "librdkafka":
+        output = OutputProducer(
+            client_config(
+                settings,
+                bootstrap,
+                **{
+                    "linger.ms": settings.output_linger_ms,
+                    # then an output counts as failed and is sent again (until_delivered)
+                    "message.timeout.ms": int(settings.producer_request_timeout_s * 1000),
+                },
+            )
+        )
+        topics = dataclasses.replace(
+            topics,
+            recommendations=OutputTopic(output, settings.topic_recommendations),
+            dead_letter=OutputTopic(output, settings.topic_dead_letter),
+        )
     register_agents(app, topics, pipeline, settings)
 
     try:
         yield app, pipeline
     finally:
-        pipeline.close()
+        try:
+            if output is not None:
+                output.close()
+        finally:
+            pipeline.close()
 
 
 def run_worker(settings: Settings) -> int:

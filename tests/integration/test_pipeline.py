@@ -99,10 +99,14 @@ class Reader:
             consumer.close()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+# every test here runs with each of the worker's output producers (streams.output_producer)
+@pytest.fixture(scope="module", params=["librdkafka", "faust"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
     root: Path = tmp_path_factory.mktemp("pipeline")
     settings = Settings(
+        output_producer=request.param,
         data_dir=root / "data",
         partitions_events=2,
         partitions_items=1,
