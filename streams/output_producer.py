@@ -103,9 +103,14 @@ class OutputProducer:
         left = int(self._producer.flush(timeout_s))
         self._stop.set()
         self._thread.join()
-        self._hand_over()
         if left:
             log.warning("output producer closed with %d records undelivered", left)
+            self._producer.purge()  # close() would wait for them without a bound
+            self._producer.poll(0)  # their callbacks: the futures fail
+        self._hand_over()
+        # the handle goes now, not when the last reference does: until then librdkafka keeps
+        # its connections, reconnecting to a broker that went away
+        self._producer.close()
         return left
 
 

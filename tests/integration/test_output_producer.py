@@ -74,7 +74,9 @@ def test_records_arrive_in_order_in_aiokafkas_partitions(broker: EmbeddedBroker)
         assert [v for _, k, v in got if k == key] == [v for k, v in sent if k == key]
 
 
-def test_an_unreachable_broker_fails_the_future(settings: Settings) -> None:
+def test_an_unreachable_broker_fails_the_future_and_close_drops_what_waits(
+    settings: Settings,
+) -> None:
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -82,15 +84,17 @@ def test_an_unreachable_broker_fails_the_future(settings: Settings) -> None:
         client_config(settings, f"127.0.0.1:{port}", **{"message.timeout.ms": 1500})
     )
 
-    async def send_one() -> None:
+    async def send_and_close() -> None:
         future = producer.send("recommendations", b"k", b"v")
         with pytest.raises(KafkaException):
             await asyncio.wait_for(future, 20)
+        # closed while a record still waits: it is dropped, counted, and its future fails
+        pending = producer.send("recommendations", b"k", b"w")
+        assert producer.close(timeout_s=0.2) == 1
+        with pytest.raises(KafkaException):
+            await asyncio.wait_for(pending, 5)
 
-    try:
-        asyncio.run(send_one())
-    finally:
-        producer.close(timeout_s=0.5)
+    asyncio.run(send_and_close())
 
 
 def test_a_record_the_producer_will_not_take_is_refused_and_a_closed_one_refuses_all(
