@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class OutputRefused(RuntimeError):
-    """The producer would not take a record (its queue is full): a send to try again later."""
+    """The producer would not take a record (its queue full, the record over the size limit,
+    the producer closed): a failed delivery to the agents, sent again as the others are."""
 
 
 class OutputProducer:
