@@ -176,6 +176,12 @@ OUTPUTS_AWAITING_ACKS = Gauge(
     "(their input events are acked, and so committable, only once it has)",
     registry=REGISTRY,
 )
+OUTPUT_RECORDS_QUEUED = Gauge(
+    "coldstream_output_records_queued",
+    "Output records handed to the worker's librdkafka producer and not yet acknowledged or "
+    "failed by the broker (COLDSTREAM_OUTPUT_PRODUCER=librdkafka; a full queue refuses sends)",
+    registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "coldstream_consumer_lag",
     "Records behind the log end, by topic and partition",

@@ -28,6 +28,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from infra import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -87,6 +89,7 @@ class OutputProducer:
                 self._producer.poll(self._poll_s)
             except Exception:  # a callback's error must not end deliveries for good
                 log.exception("output producer: poll failed")
+            metrics.OUTPUT_RECORDS_QUEUED.set(len(self._producer))
             self._hand_over()
 
     def _hand_over(self) -> None:
@@ -109,6 +112,7 @@ class OutputProducer:
             self._producer.purge()  # close() would wait for them without a bound
             self._producer.poll(0)  # their callbacks: the futures fail
         self._hand_over()
+        metrics.OUTPUT_RECORDS_QUEUED.set(0)
         # the handle goes now, not when the last reference does: until then librdkafka keeps
         # its connections, reconnecting to a broker that went away
         self._producer.close()

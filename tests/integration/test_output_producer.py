@@ -13,6 +13,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from infra import metrics
 from infra.broker import EmbeddedBroker
 from infra.kafka import client_config, ensure_topics
 from infra.settings import Settings
@@ -21,6 +22,10 @@ from streams.output_producer import OutputProducer, OutputRefused, OutputTopic
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 PARTITIONS = 4
+
+
+def _queued() -> float | None:
+    return metrics.REGISTRY.get_sample_value("coldstream_output_records_queued")
 
 
 def _read_all(
@@ -90,7 +95,12 @@ def test_an_unreachable_broker_fails_the_future_and_close_drops_what_waits(
             await asyncio.wait_for(future, 20)
         # closed while a record still waits: it is dropped, counted, and its future fails
         pending = producer.send("recommendations", b"k", b"w")
+        deadline = time.monotonic() + 5
+        while _queued() != 1 and time.monotonic() < deadline:  # the poll thread's gauge
+            await asyncio.sleep(0.02)
+        assert _queued() == 1
         assert producer.close(timeout_s=0.2) == 1
+        assert _queued() == 0
         with pytest.raises(KafkaException):
             await asyncio.wait_for(pending, 5)
 
