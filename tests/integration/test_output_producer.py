@@ -21,7 +21,7 @@ from streams.output_producer import OutputProducer, OutputRefused, OutputTopic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-PARTITIONS = 4
+PARTITIONS = 4  # the recommendations topic's, set below
 
 
 def _queued() -> float | None:
@@ -54,7 +54,9 @@ def _read_all(
 
 def test_records_arrive_in_order_in_aiokafkas_partitions(broker: EmbeddedBroker) -> None:
     topic = f"out-{uuid.uuid4().hex[:8]}"
-    settings = Settings(kafka_bootstrap="", topic_recommendations=topic)
+    settings = Settings(
+        kafka_bootstrap="", topic_recommendations=topic, partitions_recommendations=PARTITIONS
+    )
     ensure_topics(settings, broker.bootstrap)
     producer = OutputProducer(client_config(settings, broker.bootstrap, **{"linger.ms": 1}))
     sink = OutputTopic(producer, topic)
